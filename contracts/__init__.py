@@ -1,0 +1,97 @@
+"""deedmesh's on-chain half, from Python: artifacts, deployment, typed clients, chain backends.
+
+Imports neither ``mesh`` nor ``oracle``. Everything public is listed in ``__all__``; the
+``_``-prefixed modules are private.
+"""
+
+from ._anvil import Anvil, anvil_binary
+from ._artifacts import Artifact, artifact_names, load_artifact
+from ._chain import EMBEDDED, Chain
+from ._clients import Event, JobEscrowClient, LicenseRegistryClient, OracleRegistryClient, TokenClient
+from ._deploy import DeployConfig, Deployment, deploy
+from ._eip712 import (
+    csp_admission,
+    digest,
+    epoch_report,
+    escrow_domain,
+    job_submission,
+    recover,
+    release_leaf,
+    sign,
+    totals_hash,
+)
+from ._errors import (
+    ArtifactError,
+    ChainError,
+    ChainUnreachable,
+    ContractRevert,
+    DeploymentError,
+    TransactionFailed,
+)
+from ._revert import revert_class
+from ._types import (
+    AVAILABILITY_MAX,
+    BPS_DENOMINATOR,
+    BURN_ADDRESS,
+    Claim,
+    CspStatus,
+    Epoch,
+    Job,
+    JobId,
+    JobParams,
+    JobStatus,
+    JobTotals,
+    LicenseId,
+    LicenseStatus,
+    SettlementPolicy,
+    TokenUnits,
+)
+
+__all__ = [
+    "AVAILABILITY_MAX",
+    "BPS_DENOMINATOR",
+    "BURN_ADDRESS",
+    "EMBEDDED",
+    "Anvil",
+    "Artifact",
+    "ArtifactError",
+    "Chain",
+    "ChainError",
+    "ChainUnreachable",
+    "Claim",
+    "ContractRevert",
+    "CspStatus",
+    "DeployConfig",
+    "Deployment",
+    "DeploymentError",
+    "Epoch",
+    "Event",
+    "Job",
+    "JobEscrowClient",
+    "JobId",
+    "JobParams",
+    "JobStatus",
+    "JobTotals",
+    "LicenseId",
+    "LicenseRegistryClient",
+    "LicenseStatus",
+    "OracleRegistryClient",
+    "SettlementPolicy",
+    "TokenClient",
+    "TokenUnits",
+    "TransactionFailed",
+    "anvil_binary",
+    "artifact_names",
+    "csp_admission",
+    "deploy",
+    "digest",
+    "epoch_report",
+    "escrow_domain",
+    "job_submission",
+    "load_artifact",
+    "recover",
+    "release_leaf",
+    "revert_class",
+    "sign",
+    "totals_hash",
+]

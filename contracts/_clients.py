@@ -1,0 +1,316 @@
+"""Typed clients for the deployed contracts: one method per external function, Python values in
+and out (units and enums from ``_types``), reverts raised by name through ``Chain``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from eth_utils import to_checksum_address
+from web3.types import TxReceipt
+
+from . import _eip712
+from ._chain import Chain
+from ._types import (
+    Claim,
+    CspStatus,
+    Epoch,
+    Job,
+    JobId,
+    JobParams,
+    JobStatus,
+    JobTotals,
+    LicenseId,
+    LicenseStatus,
+    SettlementPolicy,
+    TokenUnits,
+)
+
+
+@dataclass(frozen=True)
+class Event:
+    """One decoded log: the event's name, its arguments, and the emitting contract."""
+
+    name: str
+    args: dict[str, Any]
+    address: str
+
+
+class _Client:
+    artifact = ""
+
+    def __init__(self, chain: Chain, address: str) -> None:
+        self.chain = chain
+        self.address = to_checksum_address(address)
+        self.contract = chain.contract(self.artifact, self.address)
+
+    def _tx(self, fn_name: str, *args: Any, sender: str) -> TxReceipt:
+        return self.chain.transact(getattr(self.contract.functions, fn_name)(*args), sender)
+
+    def _view(self, fn_name: str, *args: Any) -> Any:
+        return self.chain.call(getattr(self.contract.functions, fn_name)(*args))
+
+    def events(self, receipt: TxReceipt) -> list[Event]:
+        """Every log of ``receipt`` emitted by this contract, decoded, in order."""
+        found: list[Event] = []
+        for log in receipt["logs"]:
+            if to_checksum_address(log["address"]) != self.address:
+                continue
+            for abi_event in self.contract.events:
+                try:
+                    decoded = abi_event().process_log(log)
+                except Exception:  # not this event's signature
+                    continue
+                found.append(Event(decoded["event"], dict(decoded["args"]), self.address))
+                break
+        return found
+
+    def logs(self, event_name: str, from_block: int = 0, to_block: int | str = "latest") -> list[Event]:
+        """Every ``event_name`` log this contract emitted in the block range."""
+        event = getattr(self.contract.events, event_name)
+        return [Event(e["event"], dict(e["args"]), self.address)
+                for e in event().get_logs(from_block=from_block, to_block=to_block)]
+
+    def has_role(self, role: bytes, account: str) -> bool:
+        return bool(self._view("hasRole", role, to_checksum_address(account)))
+
+    def grant_role(self, role: bytes, account: str, *, sender: str) -> TxReceipt:
+        return self._tx("grantRole", role, to_checksum_address(account), sender=sender)
+
+    def role(self, name: str) -> bytes:
+        """The bytes32 id of role ``name`` (e.g. ``"GOVERNANCE_ROLE"``)."""
+        return bytes(self._view(name))
+
+
+class TokenClient(_Client):
+    """An ERC-20 (the mock stablecoin on dev chains, any token elsewhere)."""
+
+    artifact = "MockStablecoin"
+
+    def mint(self, to: str, amount: int, *, sender: str) -> TxReceipt:
+        return self._tx("mint", to_checksum_address(to), amount, sender=sender)
+
+    def approve(self, spender: str, amount: int, *, sender: str) -> TxReceipt:
+        return self._tx("approve", to_checksum_address(spender), amount, sender=sender)
+
+    def transfer(self, to: str, amount: int, *, sender: str) -> TxReceipt:
+        return self._tx("transfer", to_checksum_address(to), amount, sender=sender)
+
+    def balance_of(self, account: str) -> TokenUnits:
+        return TokenUnits(self._view("balanceOf", to_checksum_address(account)))
+
+    def decimals(self) -> int:
+        return int(self._view("decimals"))
+
+
+class LicenseRegistryClient(_Client):
+    artifact = "LicenseRegistry"
+
+    def mint(self, to: str, *, sender: str) -> LicenseId:
+        receipt = self._tx("mint", to_checksum_address(to), sender=sender)
+        minted = [e for e in self.events(receipt) if e.name == "LicenseMinted"]
+        return LicenseId(minted[0].args["licenseId"])
+
+    def link_node(self, license_id: int, node: str, *, sender: str) -> TxReceipt:
+        return self._tx("linkNode", license_id, to_checksum_address(node), sender=sender)
+
+    def unlink_node(self, license_id: int, *, sender: str) -> TxReceipt:
+        return self._tx("unlinkNode", license_id, sender=sender)
+
+    def set_status(self, license_id: int, status: LicenseStatus, *, sender: str) -> TxReceipt:
+        return self._tx("setStatus", license_id, int(status), sender=sender)
+
+    def set_relink_cooldown(self, seconds: int, *, sender: str) -> TxReceipt:
+        return self._tx("setRelinkCooldown", seconds, sender=sender)
+
+    def transfer(self, license_id: int, to: str, *, sender: str) -> TxReceipt:
+        return self._tx("transferFrom", to_checksum_address(sender), to_checksum_address(to), license_id,
+                        sender=sender)
+
+    def owner_of(self, license_id: int) -> str:
+        return str(self._view("ownerOf", license_id))
+
+    def balance_of(self, owner: str) -> int:
+        return int(self._view("balanceOf", to_checksum_address(owner)))
+
+    def node_of(self, license_id: int) -> str | None:
+        node = str(self._view("nodeOf", license_id))
+        return None if int(node, 16) == 0 else node
+
+    def license_of_node(self, node: str) -> LicenseId | None:
+        license_id = int(self._view("licenseOfNode", to_checksum_address(node)))
+        return LicenseId(license_id) if license_id else None
+
+    def status_of(self, license_id: int) -> LicenseStatus:
+        return LicenseStatus(self._view("statusOf", license_id))
+
+    def owner_and_status_of(self, license_id: int) -> tuple[str, LicenseStatus]:
+        owner, status = self._view("ownerAndStatusOf", license_id)
+        return str(owner), LicenseStatus(status)
+
+    def relink_ready_at(self, license_id: int) -> int:
+        return int(self._view("relinkReadyAt", license_id))
+
+    def relink_cooldown(self) -> int:
+        return int(self._view("relinkCooldown"))
+
+    def is_node_banned(self, node: str) -> bool:
+        return bool(self._view("isNodeBanned", to_checksum_address(node)))
+
+    def is_node_eligible(self, node: str) -> bool:
+        return bool(self._view("isNodeEligible", to_checksum_address(node)))
+
+    def last_license_id(self) -> int:
+        return int(self._view("lastLicenseId"))
+
+
+class OracleRegistryClient(_Client):
+    artifact = "OracleRegistry"
+
+    def add_oracle(self, oracle: str, *, sender: str) -> TxReceipt:
+        return self._tx("addOracle", to_checksum_address(oracle), sender=sender)
+
+    def remove_oracle(self, oracle: str, *, sender: str) -> TxReceipt:
+        return self._tx("removeOracle", to_checksum_address(oracle), sender=sender)
+
+    def set_threshold(self, threshold: int, *, sender: str) -> TxReceipt:
+        return self._tx("setThreshold", threshold, sender=sender)
+
+    def verify_quorum(self, digest: bytes, signatures: Sequence[bytes]) -> int:
+        return int(self._view("verifyQuorum", digest, list(signatures)))
+
+    def is_oracle(self, account: str) -> bool:
+        return bool(self._view("isOracle", to_checksum_address(account)))
+
+    def oracles(self) -> list[str]:
+        return [str(a) for a in self._view("oracles")]
+
+    def threshold(self) -> int:
+        return int(self._view("threshold"))
+
+
+class JobEscrowClient(_Client):
+    artifact = "JobEscrow"
+
+    # -- CSPs and jobs
+    def admit_csp(self, csp: str, kyc_ref: bytes, valid_until: int, nonce: int, signature: bytes, *,
+                  sender: str) -> TxReceipt:
+        return self._tx("admitCsp", to_checksum_address(csp), kyc_ref, valid_until, nonce, signature, sender=sender)
+
+    def create_job(self, params: JobParams, *, sender: str) -> JobId:
+        receipt = self._tx("createJob", params.as_abi(), sender=sender)
+        created = [e for e in self.events(receipt) if e.name == "JobCreated"]
+        return JobId(created[0].args["jobId"])
+
+    def top_up(self, job_id: int, amount: int, *, sender: str) -> TxReceipt:
+        return self._tx("topUp", job_id, amount, sender=sender)
+
+    def update_spec(self, job_id: int, spec_hash: bytes, *, sender: str) -> TxReceipt:
+        return self._tx("updateSpec", job_id, spec_hash, sender=sender)
+
+    def cancel_job(self, job_id: int, *, sender: str) -> TxReceipt:
+        return self._tx("cancelJob", job_id, sender=sender)
+
+    def close_job(self, job_id: int, *, sender: str) -> TxReceipt:
+        return self._tx("closeJob", job_id, sender=sender)
+
+    # -- reports and payouts
+    def submit_report(self, epoch: int, root: bytes, totals: Sequence[JobTotals], signatures: Sequence[bytes], *,
+                      sender: str) -> TxReceipt:
+        return self._tx("submitReport", epoch, root, [t.as_abi() for t in totals], list(signatures), sender=sender)
+
+    def claim(self, claims: Iterable[Claim], *, sender: str) -> TxReceipt:
+        return self._tx("claim", [c.as_abi() for c in claims], sender=sender)
+
+    def forfeit(self, claims: Iterable[Claim], *, sender: str) -> TxReceipt:
+        return self._tx("forfeit", [c.as_abi() for c in claims], sender=sender)
+
+    def take_refund(self, job_ids: Iterable[int], *, sender: str) -> TxReceipt:
+        return self._tx("takeRefund", list(job_ids), sender=sender)
+
+    def execute_burn(self, job_ids: Iterable[int], *, sender: str) -> TxReceipt:
+        return self._tx("executeBurn", list(job_ids), sender=sender)
+
+    # -- governance
+    def set_attester(self, attester: str, *, sender: str) -> TxReceipt:
+        return self._tx("setAttester", to_checksum_address(attester), sender=sender)
+
+    def set_token_allowed(self, token: str, allowed: bool, *, sender: str) -> TxReceipt:
+        return self._tx("setTokenAllowed", to_checksum_address(token), allowed, sender=sender)
+
+    def set_csp_status(self, csp: str, status: CspStatus, *, sender: str) -> TxReceipt:
+        return self._tx("setCspStatus", to_checksum_address(csp), int(status), sender=sender)
+
+    # -- views
+    def current_epoch(self) -> Epoch:
+        return Epoch(self._view("currentEpoch"))
+
+    def epoch_clock(self) -> tuple[int, int, int]:
+        genesis, seconds, grace = self._view("epochClock")
+        return int(genesis), int(seconds), int(grace)
+
+    def next_epoch(self) -> Epoch:
+        return Epoch(self._view("nextEpoch"))
+
+    def root_of(self, epoch: int) -> bytes:
+        return bytes(self._view("rootOf", epoch))
+
+    def last_job_id(self) -> int:
+        return int(self._view("lastJobId"))
+
+    def get_job(self, job_id: int) -> Job:
+        raw = self._view("getJob", job_id)
+        (csp, start, replicas, token, epochs, status, threshold, floor, bps, spec, price, deposited,
+         alloc_release, release_spent, alloc_refund, refunded, alloc_burn, burned, reclaimed, forfeited) = raw
+        return Job(
+            job_id=JobId(job_id), csp=str(csp), start_epoch=Epoch(start), replicas=replicas, token=str(token),
+            epochs=epochs, status=JobStatus(status),
+            policy=SettlementPolicy(release_threshold=threshold, burn_floor=floor, protocol_burn_bps=bps),
+            spec_hash=bytes(spec), price_per_node_epoch=TokenUnits(price), deposited=TokenUnits(deposited),
+            alloc_release=TokenUnits(alloc_release), release_spent=TokenUnits(release_spent),
+            alloc_refund=TokenUnits(alloc_refund), refunded=TokenUnits(refunded), alloc_burn=TokenUnits(alloc_burn),
+            burned=TokenUnits(burned), reclaimed=TokenUnits(reclaimed), forfeited=TokenUnits(forfeited),
+        )
+
+    def claimed_of(self, job_id: int, license_id: int) -> TokenUnits:
+        return TokenUnits(self._view("claimedOf", job_id, license_id))
+
+    def is_csp_admitted(self, csp: str) -> bool:
+        return bool(self._view("isCspAdmitted", to_checksum_address(csp)))
+
+    def admitted_until(self, csp: str) -> int:
+        return int(self._view("admittedUntil", to_checksum_address(csp)))
+
+    def csp_status(self, csp: str) -> CspStatus:
+        return CspStatus(self._view("cspStatus", to_checksum_address(csp)))
+
+    def is_token_allowed(self, token: str) -> bool:
+        return bool(self._view("isTokenAllowed", to_checksum_address(token)))
+
+    def attester(self) -> str:
+        return str(self._view("attester"))
+
+    def registries(self) -> tuple[str, str]:
+        licenses, oracles = self._view("registries")
+        return str(licenses), str(oracles)
+
+    # -- signed formats, computed by the contract (the vectors compare these with ``_eip712``)
+    def domain(self) -> dict[str, Any]:
+        return _eip712.escrow_domain(self.chain.chain_id, self.address)
+
+    def totals_hash(self, totals: Sequence[JobTotals]) -> bytes:
+        return bytes(self._view("totalsHash", [t.as_abi() for t in totals]))
+
+    def release_leaf(self, job_id: int, license_id: int, cumulative: int) -> bytes:
+        return bytes(self._view("releaseLeaf", job_id, license_id, cumulative))
+
+    def epoch_report_digest(self, epoch: int, root: bytes, totals_hash: bytes) -> bytes:
+        return bytes(self._view("epochReportDigest", epoch, root, totals_hash))
+
+    def csp_admission_digest(self, csp: str, kyc_ref: bytes, valid_until: int, nonce: int) -> bytes:
+        return bytes(self._view("cspAdmissionDigest", to_checksum_address(csp), kyc_ref, valid_until, nonce))
+
+    def job_submission_digest(self, job_id: int, spec_hash: bytes, nonce: int, expiry: int) -> bytes:
+        return bytes(self._view("jobSubmissionDigest", job_id, spec_hash, nonce, expiry))

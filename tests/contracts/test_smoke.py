@@ -1,0 +1,17 @@
+from contracts import JobTotals
+
+from .world import PRICE, World
+
+
+def test_job_settles_and_pays(world: World) -> None:
+    job = world.new_job(replicas=2, epochs=1)
+    start = world.escrow.get_job(job).start_epoch
+    world.advance_to_epoch(start + 1)
+    lic = world.license_ids
+    pay = {(job, lic[0]): PRICE, (job, lic[1]): PRICE // 2}
+    totals = [JobTotals(job, PRICE + PRICE // 2, PRICE // 2, 0)]
+    tree = world.post_report(start, pay, totals)
+    before = world.token.balance_of(world.owners[0])
+    world.escrow.claim([world.claim_of(tree, start, job, lic[0], PRICE)], sender=world.owners[0])
+    assert world.token.balance_of(world.owners[0]) - before == PRICE
+    world.assert_conserved()
