@@ -102,7 +102,10 @@ class Chain:
         art = load_artifact(name)
         factory = self.w3.eth.contract(abi=art.abi, bytecode=art.bytecode)
         receipt = self.transact(factory.constructor(*args), sender)
-        return self.contract(name, receipt["contractAddress"]), receipt
+        address = receipt["contractAddress"]
+        if address is None:
+            raise ChainError(f"deploying {name} produced no contract address")
+        return self.contract(name, address), receipt
 
     # ------------------------------------------------------------------ transactions
 
@@ -138,8 +141,22 @@ class Chain:
         except Exception as exc:
             raise self._translate(exc) from exc
         if receipt["status"] != 1:
-            raise TransactionFailed(receipt["transactionHash"].hex(), int(receipt["gasUsed"]))
+            raise self._failure(fn, params, receipt)
         return receipt
+
+    def _failure(self, fn: Any, params: dict[str, Any], receipt: TxReceipt) -> ChainError:
+        """Why a mined transaction failed: replayed as a call on the state it ran on, if possible."""
+        failed = TransactionFailed(receipt["transactionHash"].hex(), int(receipt["gasUsed"]))
+        if not hasattr(fn, "call"):
+            return failed
+        try:
+            fn.call({k: v for k, v in params.items() if k in ("from", "value", "gas")},
+                    block_identifier=receipt["blockNumber"] - 1)
+        except Exception as exc:
+            revert = as_contract_revert(exc)
+            if revert is not None:
+                return revert
+        return failed
 
     def send_value(self, sender: str, to: str, wei: int) -> TxReceipt:
         """Send plain ether (to fund a local signer on a dev chain)."""

@@ -97,5 +97,6 @@ def totals_hash(totals: Sequence[JobTotals]) -> bytes:
 
 def release_leaf(job_id: int, license_id: int, cumulative: int) -> bytes:
     """The Merkle leaf of a (job, license) cumulative node pay: OpenZeppelin's double hash."""
-    inner = keccak(abi_encode(["uint8", "uint256", "uint256", "uint256"], [LEAF_RELEASE, job_id, license_id, cumulative]))
+    inner = keccak(abi_encode(["uint8", "uint256", "uint256", "uint256"],
+                              [LEAF_RELEASE, job_id, license_id, cumulative]))
     return keccak(inner)

@@ -13,9 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from contracts import _compile  # noqa: E402
+from contracts import _compile
 
 
 def main() -> int:

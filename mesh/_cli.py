@@ -1,0 +1,103 @@
+"""The ``deedmesh`` command line: the top-level group, output and error conventions.
+
+Subcommands come from the ``deedmesh.commands`` entry-point group, so each package contributes
+its own commands without ``mesh`` importing ``oracle`` (the layering in DESIGN.md).
+
+Exit codes: 0 ok, 1 unexpected error, 2 usage error, 3 chain unreachable, 4 bad deployment record
+or artifact, 5 a contract reverted (the error is named), 6 transaction failed, 7 other chain error.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from importlib.metadata import entry_points
+from typing import Any
+
+import click
+
+from contracts import ArtifactError, ChainError, ChainUnreachable, ContractRevert, DeploymentError, TransactionFailed
+
+EXIT_CODES: dict[type[BaseException], int] = {
+    ChainUnreachable: 3,
+    DeploymentError: 4,
+    ArtifactError: 4,
+    ContractRevert: 5,
+    TransactionFailed: 6,
+    ChainError: 7,
+}
+
+
+class _JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message and any ``extra`` fields."""
+
+    _skip = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {"ts": round(record.created, 3), "level": record.levelname.lower(),
+                               "logger": record.name, "msg": record.getMessage()}
+        out.update({k: v for k, v in record.__dict__.items() if k not in self._skip})
+        return json.dumps(out, default=str)
+
+
+def _configure_logging(level: str, fmt: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    text = logging.Formatter("%(levelname)s %(name)s: %(message)s")
+    handler.setFormatter(_JsonFormatter() if fmt == "json" else text)
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+
+
+class _Group(click.Group):
+    """Loads contributed commands lazily and turns package errors into exit codes."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(super().list_commands(ctx)) | {ep.name for ep in entry_points(group="deedmesh.commands")})
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        found = super().get_command(ctx, name)
+        if found is not None:
+            return found
+        for ep in entry_points(group="deedmesh.commands"):
+            if ep.name == name:
+                command = ep.load()
+                assert isinstance(command, click.Command)
+                return command
+        return None
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ChainError as exc:
+            code = next(c for t, c in EXIT_CODES.items() if isinstance(exc, t))
+            if ctx.find_root().params.get("json_output"):
+                click.echo(json.dumps({"error": type(exc).__name__, "message": str(exc)}))
+            else:
+                click.secho(f"error: {type(exc).__name__}: {exc}", fg="red", err=True)
+            ctx.exit(code)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--json", "json_output", is_flag=True, help="Machine-readable JSON on stdout.")
+@click.option("--log-level", default="warning", show_default=True,
+              type=click.Choice(["debug", "info", "warning", "error"]), help="Log verbosity (stderr).")
+@click.option("--log-format", default="text", show_default=True, type=click.Choice(["text", "json"]),
+              help="Log line format: text, or one JSON object per line.")
+@click.pass_context
+def cli(ctx: click.Context, json_output: bool, log_level: str, log_format: str) -> None:
+    """deedmesh: decentralized orchestration for licensed edge compute.
+
+    \b
+    Exit codes: 0 ok, 2 usage, 3 chain unreachable, 4 bad deployment record or
+    artifact, 5 contract revert (named), 6 transaction failed, 7 other chain error.
+    """
+    ctx.ensure_object(dict)
+    ctx.obj["json"] = json_output
+    _configure_logging(log_level, log_format)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli(prog_name="deedmesh")
