@@ -19,6 +19,7 @@ from ._eip712 import (
     release_leaf,
     sign,
     totals_hash,
+    typed_message,
 )
 from ._errors import (
     ArtifactError,
@@ -94,4 +95,5 @@ __all__ = [
     "revert_class",
     "sign",
     "totals_hash",
+    "typed_message",
 ]

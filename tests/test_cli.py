@@ -1,0 +1,75 @@
+"""The ``deedmesh`` command line, run as a user runs it (a subprocess of the installed script)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from contracts._anvil import free_port
+
+DEEDMESH = str(Path(sys.executable).parent / "deedmesh")
+
+
+def run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([DEEDMESH, *args], capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def test_help_lists_contributed_commands_and_exit_codes() -> None:
+    out = run("--help")
+    assert out.returncode == 0
+    for word in ("devnet", "chain", "Exit codes"):
+        assert word in out.stdout
+
+
+def test_devnet_json_settles_an_epoch_and_balances() -> None:
+    out = run("--json", "devnet", "--nodes", "3", "--oracles", "3", "--threshold", "2")
+    assert out.returncode == 0, out.stderr
+    summary = json.loads(out.stdout)
+    assert summary["epochs_settled"] == 1
+    assert summary["report_signers"] == 2
+    assert [n["eligible"] for n in summary["nodes"]] == [True, True, True]
+    job = summary["job"]
+    assert job["deposited"] == job["released"] + job["refunded"] + job["burned"] + job["locked"]
+    assert job["released"] > 0
+    assert job["refunded"] > 0  # the node seen 60 % of the epoch is withheld for the CSP
+    assert summary["conservation"]["balanced"] is True
+    assert summary["conservation"]["escrow_balance"] == summary["conservation"]["escrow_holds"]
+    assert "private" not in out.stdout.lower()  # keys are never printed
+
+
+def test_devnet_refuses_an_impossible_threshold() -> None:
+    out = run("devnet", "--oracles", "2", "--threshold", "3")
+    assert out.returncode == 2
+    assert "--threshold 3 is more than --oracles 2" in out.stderr
+
+
+def test_unreachable_chain_exits_3_with_a_clear_message() -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    out = run("chain", "deploy", "--rpc", url, "--oracle", "0x" + "11" * 20, "--threshold", "1",
+              "--attester", "0x" + "22" * 20)
+    assert out.returncode == 3
+    assert f"chain at {url} is unreachable" in out.stderr
+    js = run("--json", "devnet", "--rpc", url)
+    assert js.returncode == 3
+    assert json.loads(js.stdout)["error"] == "ChainUnreachable"
+
+
+@pytest.mark.anvil
+def test_chain_deploy_to_anvil_writes_a_usable_record(anvil_url: str, tmp_path: Path) -> None:
+    record = tmp_path / "deployment.json"
+    out = run("--json", "chain", "deploy", "--rpc", anvil_url, "--oracle", "0x" + "11" * 20,
+              "--oracle", "0x" + "33" * 20, "--threshold", "2", "--attester", "0x" + "22" * 20, "--out", str(record))
+    assert out.returncode == 0, out.stderr
+    printed = json.loads(out.stdout)
+    assert json.loads(record.read_text()) == printed
+    assert printed["chain_id"] == 31337
+    from contracts import Chain, Deployment
+    chain = Chain.connect(anvil_url)
+    dep = Deployment.load(record)
+    dep.check_chain(chain)
+    assert dep.oracles(chain).threshold() == 2
+    assert dep.escrow(chain).is_token_allowed(dep.token)
