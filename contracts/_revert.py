@@ -14,7 +14,7 @@ from functools import cache
 from typing import Any
 
 from eth_abi import decode as abi_decode
-from eth_utils import keccak
+from eth_utils import keccak, to_checksum_address
 
 from ._artifacts import artifact_names, load_artifact
 from ._errors import ContractRevert
@@ -66,6 +66,7 @@ def decode_revert_data(data: bytes) -> ContractRevert | None:
         values = abi_decode(types, data[4:])
     except Exception:  # malformed payload: not one of ours after all
         return None
+    values = [to_checksum_address(v) if t == "address" else v for t, v in zip(types, values, strict=True)]
     return cls(dict(zip(names, values, strict=True)))
 
 
