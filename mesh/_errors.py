@@ -1,0 +1,36 @@
+"""The error tree of the ``mesh`` package.
+
+::
+
+    MeshError                   anything the node itself refuses or cannot do
+    ├── KeystoreError           a key file is missing, malformed, too open, or the password is wrong
+    └── ConfigError             a node configuration value is invalid
+
+Errors carry their fields; the CLI maps them to exit codes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class MeshError(Exception):
+    """Base of every error raised by ``mesh``."""
+
+
+class KeystoreError(MeshError):
+    """A key file could not be used."""
+
+    def __init__(self, path: Path | str, reason: str) -> None:
+        super().__init__(f"keystore {path}: {reason}")
+        self.path = str(path)
+        self.reason = reason
+
+
+class ConfigError(MeshError):
+    """A configuration value is invalid."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"config {field}: {reason}")
+        self.field = field
+        self.reason = reason

@@ -1,0 +1,107 @@
+"""Gossip validation, written like a spec: each check says whether a failure is ``[REJECT]`` (the
+sender misbehaved: penalize and do not forward) or ``[IGNORE]`` (not useful now: drop quietly).
+
+Validators are synchronous (py-libp2p's async validators let duplicates through, see
+shared/notes/libp2p.md §4) and pure: the caller passes the clock and the license view in
+``GossipState``. One adapter (in the transport) turns the outcome into py-libp2p's boolean and
+counts the reasons.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from ._envelope import MAX_ENVELOPE_BYTES, Envelope, canonical
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class GossipVerdict(Exception):
+    """Base of the two outcomes; ``reason`` is a short stable label used by the counters."""
+
+    verdict = ""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"[{self.verdict}] {reason}" + (f": {detail}" if detail else ""))
+        self.reason = reason
+        self.detail = detail
+
+
+class Reject(GossipVerdict):
+    verdict = "REJECT"
+
+
+class Ignore(GossipVerdict):
+    verdict = "IGNORE"
+
+
+@dataclass
+class GossipState:
+    """What validation needs to know; owned by the node, read here."""
+
+    now_ms: Callable[[], int]
+    is_eligible: Callable[[str], bool]  # licensed, linked and not banned (cached license view)
+    max_skew_ms: int = 30_000  # clocks of honest nodes agree within seconds; beyond this is stale or forged
+    last_seq: dict[tuple[str, str], int] = field(default_factory=dict)  # (topic, origin) -> highest accepted seq
+    counters: collections.Counter[tuple[str, str, str]] = field(default_factory=collections.Counter)
+
+
+def decode_envelope(raw: bytes) -> Envelope:
+    """Decode wire bytes; every failure is a ``Reject``."""
+    # [REJECT] the message is larger than any valid message can be
+    if len(raw) > MAX_ENVELOPE_BYTES:
+        raise Reject("oversized", f"{len(raw)} bytes > {MAX_ENVELOPE_BYTES}")
+    # [REJECT] the bytes are not a well-formed envelope
+    try:
+        return Envelope.model_validate_json(raw)
+    except ValidationError as exc:
+        raise Reject("malformed", exc.errors()[0]["msg"]) from exc
+
+
+def validate_envelope(state: GossipState, topic: str, env: Envelope) -> None:
+    """Check an envelope received on ``topic``; raise ``Reject`` or ``Ignore``."""
+    # [REJECT] the envelope names another topic than the one it arrived on
+    if env.topic != topic:
+        raise Reject("wrong-topic", f"{env.topic} on {topic}")
+    # [REJECT] the signature does not recover to the claimed origin
+    if env.recover_origin() != env.origin:
+        raise Reject("bad-signature", env.origin)
+    # [REJECT] the origin is not a licensed, linked, unbanned node
+    if not state.is_eligible(env.origin):
+        raise Reject("unlicensed", env.origin)
+    # [IGNORE] the timestamp is too far from our clock (stale, or from a badly skewed clock)
+    skew = env.ts_ms - state.now_ms()
+    if abs(skew) > state.max_skew_ms:
+        raise Ignore("clock-skew", f"{skew} ms")
+    # [IGNORE] we already accepted this origin's message with this or a later sequence number
+    key = (topic, env.origin)
+    if env.seq <= state.last_seq.get(key, 0):
+        raise Ignore("replay", f"seq {env.seq} <= {state.last_seq[key]}")
+
+
+def decode_payload(model: type[M], env: Envelope) -> M:
+    """The envelope's payload as the topic's model; a mismatch is a ``Reject``."""
+    # [REJECT] the payload does not fit the topic's schema
+    try:
+        return model.model_validate_json(canonical(env.payload))  # JSON mode: arrays may become tuples
+    except ValidationError as exc:
+        raise Reject("malformed-payload", exc.errors()[0]["msg"]) from exc
+
+
+def accept(state: GossipState, topic: str, raw: bytes, model: type[M]) -> tuple[Envelope, M]:
+    """Decode and validate a message; on success record its sequence number and count it."""
+    try:
+        env = decode_envelope(raw)
+        validate_envelope(state, topic, env)
+        payload = decode_payload(model, env)
+    except GossipVerdict as verdict:
+        state.counters[(topic, verdict.verdict, verdict.reason)] += 1
+        raise
+    state.last_seq[(topic, env.origin)] = env.seq
+    state.counters[(topic, "ACCEPT", "ok")] += 1
+    return env, payload

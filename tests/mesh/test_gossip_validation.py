@@ -1,0 +1,90 @@
+"""Every gossip validation outcome, with its [REJECT]/[IGNORE] reason counted."""
+
+from __future__ import annotations
+
+import pytest
+
+from mesh._envelope import MAX_ENVELOPE_BYTES, Envelope, seal
+from mesh._identity import NodeIdentity
+from mesh._validate import GossipState, Ignore, Reject, accept
+from mesh._wire_capacity import TOPIC as CAPACITY
+from mesh._wire_capacity import Capacity, Resources
+from mesh._wire_heartbeat import TOPIC as HEARTBEAT
+from mesh._wire_heartbeat import Heartbeat
+
+NOW = 1_800_000_000_000
+ALICE = NodeIdentity(b"\xa1" * 32)
+MALLORY = NodeIdentity(b"\x66" * 32)
+
+
+def state(*eligible: NodeIdentity) -> GossipState:
+    allowed = {i.address for i in eligible}
+    return GossipState(now_ms=lambda: NOW, is_eligible=allowed.__contains__)
+
+
+def beat(ident: NodeIdentity = ALICE, seq: int = 1, ts: int = NOW) -> Envelope:
+    return seal(ident.private_key, HEARTBEAT, seq, ts, Heartbeat(capacity_version=3, uptime_s=10))
+
+
+def verdict(st: GossipState, raw: bytes, topic: str = HEARTBEAT) -> tuple[str, str]:
+    with pytest.raises((Reject, Ignore)) as info:
+        accept(st, topic, raw, Heartbeat)
+    return type(info.value).__name__.upper(), info.value.reason
+
+
+def test_a_good_heartbeat_is_accepted_once() -> None:
+    st = state(ALICE)
+    env, hb = accept(st, HEARTBEAT, beat().encode(), Heartbeat)
+    assert (env.origin, hb.capacity_version) == (ALICE.address, 3)
+    assert verdict(st, beat().encode()) == ("IGNORE", "replay")
+    assert verdict(st, beat(seq=0 + 1).encode()) == ("IGNORE", "replay")
+    accept(st, HEARTBEAT, beat(seq=2).encode(), Heartbeat)
+    assert st.counters[(HEARTBEAT, "ACCEPT", "ok")] == 2
+    assert st.counters[(HEARTBEAT, "IGNORE", "replay")] == 2
+
+
+def test_each_reject_reason() -> None:
+    st = state(ALICE)
+    assert verdict(st, b"x" * (MAX_ENVELOPE_BYTES + 1)) == ("REJECT", "oversized")
+    assert verdict(st, b"{not json") == ("REJECT", "malformed")
+    assert verdict(st, beat().encode(), topic=CAPACITY) == ("REJECT", "wrong-topic")
+    forged = beat().model_copy(update={"origin": MALLORY.address})  # claims another origin
+    assert verdict(st, forged.encode()) == ("REJECT", "bad-signature")
+    tampered = beat().model_copy(update={"payload": {"capacity_version": 4, "uptime_s": 10}})
+    assert verdict(st, tampered.encode()) == ("REJECT", "bad-signature")
+    assert verdict(st, beat(MALLORY).encode()) == ("REJECT", "unlicensed")
+    odd = seal(ALICE.private_key, HEARTBEAT, 5, NOW, Heartbeat(capacity_version=1, uptime_s=1))
+    not_a_heartbeat = Resources(cpu_millis=1, memory_mb=1, gpus=0, disk_mb=1)
+    bad_payload = seal(ALICE.private_key, HEARTBEAT, 6, NOW, not_a_heartbeat)
+    assert verdict(st, bad_payload.encode()) == ("REJECT", "malformed-payload")
+    accept(st, HEARTBEAT, odd.encode(), Heartbeat)
+    for reason in ("oversized", "malformed", "bad-signature", "unlicensed", "malformed-payload"):
+        assert st.counters[(HEARTBEAT, "REJECT", reason)] >= 1
+    assert st.counters[(CAPACITY, "REJECT", "wrong-topic")] == 1
+
+
+def test_clock_skew_is_ignored_both_ways() -> None:
+    st = state(ALICE)
+    assert verdict(st, beat(ts=NOW + 31_000).encode()) == ("IGNORE", "clock-skew")
+    assert verdict(st, beat(ts=NOW - 31_000).encode()) == ("IGNORE", "clock-skew")
+    accept(st, HEARTBEAT, beat(ts=NOW - 29_000).encode(), Heartbeat)
+
+
+def test_a_rejected_message_does_not_advance_the_sequence() -> None:
+    st = state(ALICE)
+    accept(st, HEARTBEAT, beat(seq=10).encode(), Heartbeat)
+    verdict(st, beat(seq=11, ts=NOW + 60_000).encode())
+    accept(st, HEARTBEAT, beat(seq=11).encode(), Heartbeat)
+
+
+def test_capacity_schema() -> None:
+    total = Resources(cpu_millis=4000, memory_mb=8192, gpus=1, disk_mb=100_000)
+    free = Resources(cpu_millis=1000, memory_mb=1024, gpus=0, disk_mb=50_000)
+    cap = Capacity(version=7, total=total, free=free, tags=("gpu", "eu"))
+    env = seal(ALICE.private_key, CAPACITY, 1, NOW, cap)
+    _, decoded = accept(state(ALICE), CAPACITY, env.encode(), Capacity)
+    assert decoded == cap
+    with pytest.raises(ValueError, match="free resources exceed"):
+        Capacity(version=1, total=free, free=total)
+    with pytest.raises(ValueError, match="extra"):
+        Heartbeat.model_validate({"capacity_version": 1, "uptime_s": 1, "evil": True})
