@@ -66,8 +66,8 @@ def decode_revert_data(data: bytes) -> ContractRevert | None:
         values = abi_decode(types, data[4:])
     except Exception:  # malformed payload: not one of ours after all
         return None
-    values = [to_checksum_address(v) if t == "address" else v for t, v in zip(types, values, strict=True)]
-    return cls(dict(zip(names, values, strict=True)))
+    normalized = [to_checksum_address(v) if t == "address" else v for t, v in zip(types, values, strict=True)]
+    return cls(dict(zip(names, normalized, strict=True)))
 
 
 _TESTER_BYTES = re.compile(r"execution reverted: (b(['\"]).*\2)$", re.DOTALL)
