@@ -28,11 +28,16 @@ contract LicenseRegistry is ERC721, AccessControl {
         address node; // linked node address, or zero
         Status status;
         uint64 relinkReadyAt; // timestamp from which a new node may be linked
+        address previousNode; // the node unlinked last: still answerable for this license's record
     }
+
+    /// @notice Longest relink cooldown governance may set (keeps `now + cooldown` far from overflow).
+    uint64 public constant MAX_RELINK_COOLDOWN = 365 days;
 
     mapping(uint256 licenseId => License) private _licenses;
     mapping(address node => uint256 licenseId) private _licenseOfNode;
     mapping(address node => bool) private _bannedNodes;
+    mapping(address node => uint64 readyAt) private _nodeRelinkReadyAt;
     uint256 private _lastLicenseId;
     uint64 private _relinkCooldown;
 
@@ -46,6 +51,10 @@ contract LicenseRegistry is ERC721, AccessControl {
     error LicenseRegistryLicenseNotLinked(uint256 licenseId);
     /// @notice A node may be linked again only after the relink cooldown.
     error LicenseRegistryRelinkCooldown(uint256 licenseId, uint64 readyAt);
+    /// @notice An unlinked node may link again (to any license) only after the relink cooldown.
+    error LicenseRegistryNodeCooldown(address node, uint64 readyAt);
+    /// @notice The relink cooldown may not exceed `MAX_RELINK_COOLDOWN`.
+    error LicenseRegistryCooldownTooLong(uint64 cooldown, uint64 max);
     /// @notice The zero address cannot be a node.
     error LicenseRegistryZeroNode();
     /// @notice The node address was linked to a blacklisted license and is banned for good.
@@ -74,6 +83,9 @@ contract LicenseRegistry is ERC721, AccessControl {
         _grantRole(DEFAULT_ADMIN_ROLE, admin);
         _grantRole(MINTER_ROLE, admin);
         _grantRole(GOVERNANCE_ROLE, admin);
+        if (relinkCooldown_ > MAX_RELINK_COOLDOWN) {
+            revert LicenseRegistryCooldownTooLong(relinkCooldown_, MAX_RELINK_COOLDOWN);
+        }
         _relinkCooldown = relinkCooldown_;
         emit RelinkCooldownChanged(0, relinkCooldown_);
     }
@@ -99,21 +111,27 @@ contract LicenseRegistry is ERC721, AccessControl {
         uint256 other = _licenseOfNode[node];
         if (other != 0) revert LicenseRegistryNodeAlreadyLinked(node, other);
         if (block.timestamp < lic.relinkReadyAt) revert LicenseRegistryRelinkCooldown(licenseId, lic.relinkReadyAt);
+        uint64 nodeReadyAt = _nodeRelinkReadyAt[node];
+        if (block.timestamp < nodeReadyAt) revert LicenseRegistryNodeCooldown(node, nodeReadyAt);
         lic.node = node;
         _licenseOfNode[node] = licenseId;
         emit NodeLinked(licenseId, node);
     }
 
-    /// @notice Unlink the node of the caller's license `licenseId`; starts the relink cooldown.
+    /// @notice Unlink the node of the caller's license `licenseId`; starts the relink cooldown of
+    /// both the license and the node. A blacklisted license keeps its record: it cannot unlink.
     function unlinkNode(uint256 licenseId) external {
         _requireLicenseOwner(licenseId);
-        if (_licenses[licenseId].node == address(0)) revert LicenseRegistryLicenseNotLinked(licenseId);
+        License storage lic = _licenses[licenseId];
+        if (lic.status == Status.Blacklisted) revert LicenseRegistryLicenseBlacklisted(licenseId);
+        if (lic.node == address(0)) revert LicenseRegistryLicenseNotLinked(licenseId);
         _unlink(licenseId);
     }
 
     // ------------------------------------------------------------------ governance
 
-    /// @notice Set the status of a license. Blacklisting is final and bans the linked node address.
+    /// @notice Set the status of a license. Blacklisting is final and bans the linked node address
+    /// and the node unlinked last (so unlinking just before a blacklisting lands does not save it).
     function setStatus(uint256 licenseId, Status status) external onlyRole(GOVERNANCE_ROLE) {
         _requireExists(licenseId);
         License storage lic = _licenses[licenseId];
@@ -121,14 +139,16 @@ contract LicenseRegistry is ERC721, AccessControl {
         if (previous == Status.Blacklisted) revert LicenseRegistryLicenseBlacklisted(licenseId);
         if (previous == status) revert LicenseRegistryStatusUnchanged(licenseId, status);
         lic.status = status;
-        if (status == Status.Blacklisted && lic.node != address(0)) {
-            _bannedNodes[lic.node] = true;
+        if (status == Status.Blacklisted) {
+            if (lic.node != address(0)) _bannedNodes[lic.node] = true;
+            if (lic.previousNode != address(0)) _bannedNodes[lic.previousNode] = true;
         }
         emit LicenseStatusChanged(licenseId, previous, status);
     }
 
-    /// @notice Change the relink cooldown (seconds).
+    /// @notice Change the relink cooldown (seconds, at most `MAX_RELINK_COOLDOWN`).
     function setRelinkCooldown(uint64 cooldown) external onlyRole(DEFAULT_ADMIN_ROLE) {
+        if (cooldown > MAX_RELINK_COOLDOWN) revert LicenseRegistryCooldownTooLong(cooldown, MAX_RELINK_COOLDOWN);
         emit RelinkCooldownChanged(_relinkCooldown, cooldown);
         _relinkCooldown = cooldown;
     }
@@ -155,6 +175,16 @@ contract LicenseRegistry is ERC721, AccessControl {
     function ownerAndStatusOf(uint256 licenseId) external view returns (address owner, Status status) {
         owner = _requireExists(licenseId);
         status = _licenses[licenseId].status;
+    }
+
+    /// @notice Timestamp from which `node` may be linked again after an unlink.
+    function nodeRelinkReadyAt(address node) external view returns (uint64) {
+        return _nodeRelinkReadyAt[node];
+    }
+
+    /// @notice The node most recently unlinked from `licenseId`, or zero.
+    function previousNodeOf(uint256 licenseId) external view returns (address) {
+        return _licenses[licenseId].previousNode;
     }
 
     /// @notice Timestamp from which `licenseId` may link a node again.
@@ -206,8 +236,10 @@ contract LicenseRegistry is ERC721, AccessControl {
         address node = lic.node;
         delete _licenseOfNode[node];
         lic.node = address(0);
+        lic.previousNode = node;
         uint64 readyAt = uint64(block.timestamp) + _relinkCooldown;
         lic.relinkReadyAt = readyAt;
+        _nodeRelinkReadyAt[node] = readyAt;
         emit NodeUnlinked(licenseId, node, readyAt);
     }
 
