@@ -171,7 +171,7 @@ async def open_node(config: NodeConfig, identity: NodeIdentity, transport: Trans
     try:
         async with trio.open_nursery() as nursery:
             for topic in (HEARTBEAT_TOPIC, CAPACITY_TOPIC):
-                await nursery.start(node._receive_loop, topic, transport.subscribe(topic))
+                await nursery.start(node._receive_loop, topic, await transport.subscribe(topic))
             await nursery.start(node._tick_loop)
             await nursery.start(node._heartbeat_loop)
             await nursery.start(node._capacity_loop)

@@ -37,7 +37,7 @@ class Transport(Protocol):
 
     async def publish(self, topic: str, data: bytes) -> None: ...
 
-    def subscribe(self, topic: str) -> trio.MemoryReceiveChannel[Message]: ...
+    async def subscribe(self, topic: str) -> trio.MemoryReceiveChannel[Message]: ...
 
     def set_validator(self, topic: str, validator: Validator) -> None: ...
 
@@ -109,7 +109,8 @@ class MemoryTransport:
             self._network._deliver(self._id, topic, data)
         await trio.lowlevel.checkpoint()
 
-    def subscribe(self, topic: str) -> trio.MemoryReceiveChannel[Message]:
+    async def subscribe(self, topic: str) -> trio.MemoryReceiveChannel[Message]:
+        await trio.lowlevel.checkpoint()
         send, receive = trio.open_memory_channel[Message](SUBSCRIPTION_BUFFER)
         self._subs.setdefault(topic, []).append(send)
         return receive
