@@ -211,6 +211,8 @@ contract JobEscrow is AccessControl, EIP712, ReentrancyGuardTransient {
     event JobClosed(uint256 indexed jobId, uint256 reclaimed);
     /// @notice A quorum-signed report for `epoch` landed.
     event EpochSettled(uint64 indexed epoch, bytes32 root, bytes32 totalsHash, uint256 signers);
+    /// @notice A report carried totals for a job that is no longer active; they were not applied.
+    event JobAllocationSkipped(uint256 indexed jobId, uint64 indexed epoch, JobStatus status);
     /// @notice A report set the job's cumulative totals.
     event JobAllocated(uint256 indexed jobId, uint64 indexed epoch, uint128 release, uint128 refund, uint128 burn);
     /// @notice A license owner was paid node pay of a job.
@@ -354,7 +356,8 @@ contract JobEscrow is AccessControl, EIP712, ReentrancyGuardTransient {
     /// @notice Post the oracles' report for `epoch`: the Merkle root of node pay and each job's
     /// cumulative totals, signed by a quorum (EIP-712 `EpochReport` under this contract's domain).
     /// Anyone may submit it. Epochs only move forward; a skipped epoch is covered by the next
-    /// report, since all amounts are cumulative.
+    /// report, since all amounts are cumulative. Totals for a job that was closed or cancelled in
+    /// the meantime are skipped (`JobAllocationSkipped`), not applied.
     function submitReport(uint64 epoch, bytes32 root, JobTotals[] calldata totals, bytes[] calldata signatures)
         external
     {
@@ -370,7 +373,12 @@ contract JobEscrow is AccessControl, EIP712, ReentrancyGuardTransient {
             if (t.jobId <= previousJobId) revert JobEscrowTotalsNotSorted(i);
             previousJobId = t.jobId;
             Job storage job = _requireJob(t.jobId);
-            if (job.status != JobStatus.Active) revert JobEscrowJobNotActive(t.jobId, job.status);
+            if (job.status != JobStatus.Active) {
+                // A job closed (or cancelled) while the report was being agreed keeps its final
+                // accounts; skipping it keeps every other job's settlement from being held hostage.
+                emit JobAllocationSkipped(t.jobId, epoch, job.status);
+                continue;
+            }
             if (t.release < job.allocRelease || t.refund < job.allocRefund || t.burn < job.allocBurn) {
                 revert JobEscrowAllocationDecreased(t.jobId);
             }

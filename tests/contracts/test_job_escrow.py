@@ -447,10 +447,12 @@ def test_close_job_returns_unallocated_remainder(world: World) -> None:
     with pytest.raises(reverts.JobEscrowJobNotActive) as again:
         world.escrow.close_job(job, sender=world.csp)
     assert again.value.args_by_name == {"jobId": job, "status": JobStatus.CLOSED}
-    # no report may allocate to a closed job
-    with pytest.raises(reverts.JobEscrowJobNotActive) as late:
-        report(world, closable_from - 1, job, {0: PRICE}, refund=PRICE, burn=PRICE // 2)
-    assert late.value.args_by_name == {"jobId": job, "status": JobStatus.CLOSED}
+    # a late report cannot allocate to a closed job: its totals are skipped, the report still lands
+    _, late = report(world, closable_from - 1, job, {0: PRICE}, refund=PRICE, burn=PRICE // 2)
+    assert [e.name for e in world.escrow.events(late)] == ["JobAllocationSkipped", "EpochSettled"]
+    assert world.escrow.events(late)[0] == ev(world, "JobAllocationSkipped", jobId=job, epoch=closable_from - 1,
+                                              status=JobStatus.CLOSED)
+    assert world.escrow.get_job(job).conservation() == state.conservation()
     # what was allocated before the close stays payable
     world.escrow.claim([world.claim_of(tree, closable_from - 2, job, world.license_ids[0], PRICE)],
                        sender=world.outsider)
@@ -587,10 +589,18 @@ def test_report_rejects_unknown_and_inactive_jobs(world: World) -> None:
         world.post_report(e, {}, [JobTotals(JobId(job + 1), TokenUnits(0), TokenUnits(1), TokenUnits(0))])
     assert unknown.value.args_by_name == {"jobId": job + 1}
     world.escrow.cancel_job(job, sender=world.csp)
-    with pytest.raises(reverts.JobEscrowJobNotActive) as inactive:
-        world.post_report(e, {}, [JobTotals(job, TokenUnits(0), TokenUnits(1), TokenUnits(0))])
-    assert inactive.value.args_by_name == {"jobId": job, "status": JobStatus.CANCELLED}
-    assert world.escrow.next_epoch() == 0
+    other = world.new_job(start_epoch=e + 5)
+    # the cancelled job's totals are skipped; the active job in the same report is still settled
+    tree, root, sigs = world.signed_report(e, {}, [JobTotals(job, TokenUnits(0), TokenUnits(1), TokenUnits(0)),
+                                                   JobTotals(other, TokenUnits(0), TokenUnits(2), TokenUnits(0))])
+    receipt = world.escrow.submit_report(e, root, [JobTotals(job, TokenUnits(0), TokenUnits(1), TokenUnits(0)),
+                                                   JobTotals(other, TokenUnits(0), TokenUnits(2), TokenUnits(0))],
+                                         sigs, sender=world.outsider)
+    assert world.escrow.events(receipt)[0] == ev(world, "JobAllocationSkipped", jobId=job, epoch=e,
+                                                 status=JobStatus.CANCELLED)
+    assert world.escrow.get_job(job).alloc_refund == 0
+    assert world.escrow.get_job(other).alloc_refund == 2
+    assert world.escrow.next_epoch() == e + 1
     world.assert_conserved()
 
 
