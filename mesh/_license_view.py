@@ -1,0 +1,89 @@
+"""The node's cached view of the license contract: which node addresses may publish and be
+placed on (licensed, linked, status active). Gossip validators are synchronous and run per
+message, so they read this cache; a loop refreshes it from the chain every ``refresh_s``, so a
+status change on chain takes effect within one refresh interval.
+
+Chain calls are synchronous web3; ``ChainWorker`` runs them in a worker thread, one at a time
+(eth-tester is not thread-safe, and one node's call rate is low), never on the event loop.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, TypeVar
+
+import trio
+
+from contracts import ChainError, LicenseRegistryClient, LicenseStatus
+
+if TYPE_CHECKING:
+    from trio_typing import TaskStatus
+else:
+    TaskStatus = trio.TaskStatus
+
+log = logging.getLogger("deedmesh.licenses")
+T = TypeVar("T")
+
+
+class ChainWorker:
+    """Runs blocking chain calls in a worker thread, serialized."""
+
+    def __init__(self) -> None:
+        self._lock = trio.Lock()
+
+    async def run(self, fn: Callable[[], T]) -> T:
+        async with self._lock:
+            return await trio.to_thread.run_sync(fn)
+
+
+def fetch_eligible(licenses: LicenseRegistryClient) -> frozenset[str]:
+    """Every node address linked to an active license (blocking; one pass over all licenses)."""
+    eligible = set()
+    for license_id in range(1, licenses.last_license_id() + 1):
+        node = licenses.node_of(license_id)
+        if node is not None and licenses.status_of(license_id) is LicenseStatus.ACTIVE:
+            eligible.add(node)
+    return frozenset(eligible)
+
+
+class LicenseView:
+    """The cached eligible set, and the loop that refreshes it."""
+
+    def __init__(self, fetch: Callable[[], frozenset[str]], worker: ChainWorker, refresh_s: float = 5.0) -> None:
+        self._fetch = fetch
+        self._worker = worker
+        self.refresh_s = refresh_s  # how long a chain-side ban may take to bite
+        self._eligible: frozenset[str] = frozenset()
+        self.refreshed = trio.Event()  # set (and replaced) after every successful refresh
+        self.failures = 0
+        self.on_change: list[Callable[[frozenset[str], frozenset[str]], None]] = []
+
+    def is_eligible(self, address: str) -> bool:
+        return address in self._eligible
+
+    @property
+    def eligible(self) -> frozenset[str]:
+        return self._eligible
+
+    async def refresh(self) -> None:
+        """Fetch once; on a chain error keep the last good view and count the failure."""
+        try:
+            fresh = await self._worker.run(self._fetch)
+        except ChainError as exc:
+            self.failures += 1
+            log.warning("license refresh failed; keeping the last view", extra={"error": str(exc)})
+            return
+        old, self._eligible = self._eligible, fresh
+        if fresh != old:
+            for callback in self.on_change:
+                callback(old, fresh)
+        self.refreshed.set()
+        self.refreshed = trio.Event()
+
+    async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        await self.refresh()
+        task_status.started()
+        while True:
+            await trio.sleep(self.refresh_s)
+            await self.refresh()

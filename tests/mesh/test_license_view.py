@@ -1,0 +1,47 @@
+"""The license gate reads the real contract (eth-tester here) through a worker thread."""
+
+from __future__ import annotations
+
+import trio
+
+from contracts import ChainUnreachable, LicenseStatus
+from mesh._license_view import ChainWorker, LicenseView, fetch_eligible
+
+from ..contracts.world import World, build_world
+
+
+async def test_status_changes_on_chain_take_effect_at_the_next_refresh() -> None:
+    from contracts import Chain
+
+    world: World = await trio.to_thread.run_sync(lambda: build_world(Chain.embedded()))
+    view = LicenseView(lambda: fetch_eligible(world.licenses), ChainWorker(), refresh_s=0.05)
+    changes: list[tuple[frozenset[str], frozenset[str]]] = []
+    view.on_change.append(lambda old, new: changes.append((old, new)))
+    nodes = [n.address for n in world.nodes]
+    async with trio.open_nursery() as nursery:
+        await nursery.start(view.run)
+        assert view.eligible == frozenset(nodes)
+        await trio.to_thread.run_sync(
+            lambda: world.licenses.set_status(world.license_ids[1], LicenseStatus.BLACKLISTED, sender=world.admin))
+        with trio.fail_after(10):
+            while view.is_eligible(nodes[1]):  # noqa: ASYNC110 - the view's own refresh cadence
+                await view.refreshed.wait()
+        assert view.eligible == frozenset(nodes) - {nodes[1]}
+        assert changes[-1] == (frozenset(nodes), frozenset(nodes) - {nodes[1]})
+        nursery.cancel_scope.cancel()
+
+
+async def test_an_unreachable_chain_keeps_the_last_view() -> None:
+    calls = {"n": 0}
+
+    def flaky() -> frozenset[str]:
+        calls["n"] += 1
+        if calls["n"] > 1:
+            raise ChainUnreachable("http://127.0.0.1:1", "refused")
+        return frozenset({"0xabc"})
+
+    view = LicenseView(flaky, ChainWorker())
+    await view.refresh()
+    await view.refresh()
+    assert view.failures == 1
+    assert view.is_eligible("0xabc")
