@@ -24,7 +24,7 @@ async def test_status_changes_on_chain_take_effect_at_the_next_refresh() -> None
         await trio.to_thread.run_sync(
             lambda: world.licenses.set_status(world.license_ids[1], LicenseStatus.BLACKLISTED, sender=world.admin))
         with trio.fail_after(10):
-            while view.is_eligible(nodes[1]):  # noqa: ASYNC110 - the view's own refresh cadence
+            while view.is_eligible(nodes[1]):
                 await view.refreshed.wait()
         assert view.eligible == frozenset(nodes) - {nodes[1]}
         assert changes[-1] == (frozenset(nodes), frozenset(nodes) - {nodes[1]})
