@@ -591,11 +591,10 @@ def test_report_rejects_unknown_and_inactive_jobs(world: World) -> None:
     world.escrow.cancel_job(job, sender=world.csp)
     other = world.new_job(start_epoch=e + 5)
     # the cancelled job's totals are skipped; the active job in the same report is still settled
-    tree, root, sigs = world.signed_report(e, {}, [JobTotals(job, TokenUnits(0), TokenUnits(1), TokenUnits(0)),
-                                                   JobTotals(other, TokenUnits(0), TokenUnits(2), TokenUnits(0))])
-    receipt = world.escrow.submit_report(e, root, [JobTotals(job, TokenUnits(0), TokenUnits(1), TokenUnits(0)),
-                                                   JobTotals(other, TokenUnits(0), TokenUnits(2), TokenUnits(0))],
-                                         sigs, sender=world.outsider)
+    totals = [JobTotals(job, TokenUnits(0), TokenUnits(1), TokenUnits(0)),
+              JobTotals(other, TokenUnits(0), TokenUnits(2), TokenUnits(0))]
+    _, root, sigs = world.signed_report(e, {}, totals)
+    receipt = world.escrow.submit_report(e, root, totals, sigs, sender=world.outsider)
     assert world.escrow.events(receipt)[0] == ev(world, "JobAllocationSkipped", jobId=job, epoch=e,
                                                  status=JobStatus.CANCELLED)
     assert world.escrow.get_job(job).alloc_refund == 0
