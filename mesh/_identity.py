@@ -98,8 +98,9 @@ def resolve_password(*, password_file: Path | None = None, env: dict[str, str] |
     """A password from a file (first line) or ``$DEEDMESH_KEY_PASSWORD``; None means: prompt."""
     if password_file is not None:
         try:
-            return password_file.read_text().splitlines()[0] if password_file.read_text() else ""
+            lines = password_file.read_text().splitlines()
         except FileNotFoundError as exc:
             raise KeystoreError(password_file, "password file not found") from exc
+        return lines[0] if lines else ""
     source = os.environ if env is None else env
     return source.get(PASSWORD_ENV)

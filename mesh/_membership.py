@@ -62,11 +62,11 @@ class Membership:
         for peer, seen in self._last_seen.items():
             silent = now_ms - seen
             before = self._state[peer]
+            if before is PeerState.DEAD:
+                continue  # only a heartbeat (observe) revives a dead peer
             after = (PeerState.DEAD if silent >= self.config.dead_after_ms
-                     else PeerState.SUSPECT if silent >= self.config.suspect_after_ms else PeerState.ALIVE)
-            if after is not before and not (before is PeerState.ALIVE and after is PeerState.ALIVE):
-                if before is PeerState.DEAD and after is not PeerState.DEAD:
-                    continue  # only a heartbeat revives a dead peer
+                     else PeerState.SUSPECT if silent >= self.config.suspect_after_ms else before)
+            if after is not before:
                 self._state[peer] = after
                 out.append(Transition(peer, before, after, now_ms))
         return out
