@@ -4,7 +4,8 @@ Subcommands come from the ``deedmesh.commands`` entry-point group, so each packa
 its own commands without ``mesh`` importing ``oracle`` (the layering in DESIGN.md).
 
 Exit codes: 0 ok, 1 unexpected error, 2 usage error, 3 chain unreachable, 4 bad deployment record
-or artifact, 5 a contract reverted (the error is named), 6 transaction failed, 7 other chain error.
+or artifact, 5 a contract reverted (the error is named), 6 transaction failed, 7 other chain error,
+8 keystore error, 9 other node error.
 """
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ import click
 
 from contracts import ArtifactError, ChainError, ChainUnreachable, ContractRevert, DeploymentError, TransactionFailed
 
+from ._cli_keys import keys
+from ._errors import KeystoreError, MeshError
+
 EXIT_CODES: dict[type[BaseException], int] = {
     ChainUnreachable: 3,
     DeploymentError: 4,
@@ -26,6 +30,8 @@ EXIT_CODES: dict[type[BaseException], int] = {
     ContractRevert: 5,
     TransactionFailed: 6,
     ChainError: 7,
+    KeystoreError: 8,
+    MeshError: 9,
 }
 
 
@@ -70,7 +76,7 @@ class _Group(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except ChainError as exc:
+        except (ChainError, MeshError) as exc:
             code = next(c for t, c in EXIT_CODES.items() if isinstance(exc, t))
             if ctx.find_root().params.get("json_output"):
                 click.echo(json.dumps({"error": type(exc).__name__, "message": str(exc)}))
@@ -91,7 +97,8 @@ def cli(ctx: click.Context, json_output: bool, log_level: str, log_format: str) 
 
     \b
     Exit codes: 0 ok, 2 usage, 3 chain unreachable, 4 bad deployment record or
-    artifact, 5 contract revert (named), 6 transaction failed, 7 other chain error.
+    artifact, 5 contract revert (named), 6 transaction failed, 7 other chain error,
+    8 keystore error, 9 other node error.
     """
     ctx.ensure_object(dict)
     ctx.obj["json"] = json_output
@@ -101,3 +108,6 @@ def cli(ctx: click.Context, json_output: bool, log_level: str, log_format: str) 
 def main() -> None:
     """Console-script entry point."""
     cli(prog_name="deedmesh")
+
+
+cli.add_command(keys)
