@@ -21,6 +21,7 @@ import click
 from contracts import ArtifactError, ChainError, ChainUnreachable, ContractRevert, DeploymentError, TransactionFailed
 
 from ._cli_keys import keys
+from ._cli_node import node, status
 from ._errors import KeystoreError, MeshError
 
 EXIT_CODES: dict[type[BaseException], int] = {
@@ -111,3 +112,5 @@ def main() -> None:
 
 
 cli.add_command(keys)
+cli.add_command(node)
+cli.add_command(status)

@@ -1,0 +1,141 @@
+"""The node's HTTP API: a small ASGI app served by hypercorn under trio, on 127.0.0.1 by default.
+
+Read-only endpoints show the node's identity, its view of the mesh and its counters; nothing
+secret is ever served. Operator endpoints (``/admin/...``) need ``Authorization: Bearer <token>``.
+``/openapi.json`` documents every route.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from ._node import Node
+from ._wire_capacity import Capacity
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+MAX_BODY_BYTES = 64 * 1024
+
+OPENAPI: dict[str, Any] = {
+    "openapi": "3.1.0",
+    "info": {"title": "deedmesh node API", "version": "1"},
+    "paths": {
+        "/health": {"get": {"summary": "Liveness of this node and how many peers it sees alive",
+                            "responses": {"200": {"description": "ok"}}}},
+        "/identity": {"get": {"summary": "Node address, libp2p peer id and listen addresses",
+                              "responses": {"200": {"description": "ok"}}}},
+        "/peers": {"get": {"summary": "Every known peer: state (alive/suspect/dead), last seen, capacity",
+                           "responses": {"200": {"description": "ok"}}}},
+        "/counters": {"get": {"summary": "Gossip verdicts by topic, verdict and reason ([REJECT]/[IGNORE])",
+                              "responses": {"200": {"description": "ok"}}}},
+        "/metrics": {"get": {"summary": "Prometheus text exposition", "responses": {"200": {"description": "ok"}}}},
+        "/admin/capacity": {"post": {
+            "summary": "Advertise new capacity (operator only)",
+            "security": [{"bearer": []}],
+            "requestBody": {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/Capacity"}}}},
+            "responses": {"200": {"description": "advertised"}, "401": {"description": "no or wrong token"},
+                          "422": {"description": "invalid capacity"}}}},
+    },
+    "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+                   "schemas": {"Capacity": Capacity.model_json_schema()}},
+}
+
+
+class NodeApi:
+    """ASGI application over a running ``Node``."""
+
+    def __init__(self, node: Node, *, peer_id: str, addrs: Callable[[], list[str]], operator_token: str) -> None:
+        self.node = node
+        self.peer_id = peer_id
+        self.addrs = addrs
+        self._token = operator_token.encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        method, path = scope["method"], scope["path"]
+        routes: dict[tuple[str, str], Callable[[], Any]] = {
+            ("GET", "/health"): self._health, ("GET", "/identity"): self._identity, ("GET", "/peers"): self._peers,
+            ("GET", "/counters"): self._counters, ("GET", "/openapi.json"): lambda: OPENAPI,
+        }
+        if (method, path) in routes:
+            await _json(send, 200, routes[(method, path)]())
+        elif (method, path) == ("GET", "/metrics"):
+            await _respond(send, 200, self._metrics().encode(), "text/plain; version=0.0.4")
+        elif (method, path) == ("POST", "/admin/capacity"):
+            await self._admin_capacity(scope, receive, send)
+        elif path in {p for _, p in routes} | {"/metrics", "/admin/capacity"}:
+            await _json(send, 405, {"error": "method not allowed"})
+        else:
+            await _json(send, 404, {"error": f"no route {path}"})
+
+    # ---------------------------------------------------------------- handlers
+
+    def _health(self) -> dict[str, Any]:
+        return {"status": "ok", "address": self.node.address, "peers_alive": len(self.node.membership.alive())}
+
+    def _identity(self) -> dict[str, Any]:
+        return {"address": self.node.address, "peer_id": self.peer_id, "addrs": self.addrs()}
+
+    def _peers(self) -> list[dict[str, Any]]:
+        now = self.node._mono_ms()
+        return [{"address": p.address, "state": p.state.value,
+                 "last_seen_ms_ago": None if p.last_seen_ms is None else now - p.last_seen_ms,
+                 "capacity": None if p.capacity is None else p.capacity.model_dump(mode="json")}
+                for p in self.node.view()]
+
+    def _counters(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for (topic, verdict, reason), n in sorted(self.node.gossip.counters.items()):
+            out.setdefault(topic, {}).setdefault(verdict, {})[reason] = n
+        return out
+
+    def _metrics(self) -> str:
+        lines = ["# HELP deedmesh_gossip_messages_total Gossip messages by topic, verdict and reason.",
+                 "# TYPE deedmesh_gossip_messages_total counter"]
+        for (topic, verdict, reason), n in sorted(self.node.gossip.counters.items()):
+            lines.append(f'deedmesh_gossip_messages_total{{topic="{topic}",verdict="{verdict}",reason="{reason}"}} {n}')
+        lines += ["# HELP deedmesh_peers Known peers by liveness state.", "# TYPE deedmesh_peers gauge"]
+        states = [p.state.value for p in self.node.view()]
+        for state in ("alive", "suspect", "dead"):
+            lines.append(f'deedmesh_peers{{state="{state}"}} {states.count(state)}')
+        return "\n".join(lines) + "\n"
+
+    async def _admin_capacity(self, scope: Scope, receive: Receive, send: Send) -> None:
+        auth = dict(scope["headers"]).get(b"authorization", b"")
+        if not hmac.compare_digest(auth, b"Bearer " + self._token):
+            await _json(send, 401, {"error": "operator token required"})
+            return
+        body = b""
+        while True:
+            event = await receive()
+            body += event.get("body", b"")
+            if len(body) > MAX_BODY_BYTES:
+                await _json(send, 413, {"error": "body too large"})
+                return
+            if not event.get("more_body"):
+                break
+        try:
+            capacity = Capacity.model_validate_json(body)
+        except ValueError as exc:
+            await _json(send, 422, {"error": "invalid capacity", "detail": str(exc)[:500]})
+            return
+        await self.node.set_capacity(capacity)
+        await _json(send, 200, {"advertised": capacity.version})
+
+
+async def _respond(send: Send, status: int, body: bytes, content_type: str) -> None:
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", content_type.encode()), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _json(send: Send, status: int, value: Any) -> None:
+    await _respond(send, status, json.dumps(value).encode(), "application/json")

@@ -1,0 +1,96 @@
+"""``deedmesh node run``: one node as an OS process — keystore, chain-backed license gate,
+libp2p transport, the gossip node and its HTTP API, all in one trio nursery.
+
+When everything is up it prints one JSON line on stdout (``{"event": "ready", ...}``) with the API
+URL and the libp2p addresses to bootstrap from; supervisors and tests wait for that line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import sys
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio import serve
+
+from contracts import Chain, Deployment
+
+from ._api import NodeApi
+from ._identity import NodeIdentity
+from ._license_view import ChainWorker, LicenseView, fetch_eligible
+from ._node import NodeConfig, open_node
+from ._transport_libp2p import Libp2pConfig, open_libp2p_transport, peer_id_of
+from ._wire_capacity import Capacity, Resources
+
+
+@dataclass(frozen=True)
+class NodeSettings:
+    """Everything ``node run`` needs besides the key."""
+
+    rpc: str
+    deployment: Path
+    listen: str = "/ip4/127.0.0.1/tcp/0"  # loopback unless the operator opens it
+    bootstrap: tuple[str, ...] = ()
+    api_host: str = "127.0.0.1"  # the API is local by default; it is not meant for the internet
+    api_port: int = 8700
+    tags: tuple[str, ...] = ()
+    operator_token_file: Path | None = None
+    license_refresh_s: float = 5.0  # a ban on chain bites within this
+
+
+def detect_capacity(tags: tuple[str, ...]) -> Capacity:
+    """This machine's resources (all free at start; runners reserve from them)."""
+    cpus = (os.cpu_count() or 1) * 1000
+    memory_mb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20
+    disk_mb = shutil.disk_usage("/").free // 2**20
+    total = Resources(cpu_millis=cpus, memory_mb=memory_mb, gpus=0, disk_mb=disk_mb)
+    return Capacity(version=1, total=total, free=total, tags=tags)
+
+
+def operator_token(path: Path) -> str:
+    """The operator's API token: read from ``path``, or created there (0600) on first run."""
+    if path.exists():
+        return path.read_text().strip()
+    token = secrets.token_urlsafe(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(token + "\n")
+    return token
+
+
+async def serve_node(identity: NodeIdentity, settings: NodeSettings, token_file: Path) -> None:
+    chain = await trio.to_thread.run_sync(Chain.connect, settings.rpc)
+    deployment = Deployment.load(settings.deployment)
+    await trio.to_thread.run_sync(deployment.check_chain, chain)
+    licenses = deployment.licenses(chain)
+    view = LicenseView(lambda: fetch_eligible(licenses), ChainWorker(), settings.license_refresh_s)
+    token = operator_token(token_file)
+    listen = Libp2pConfig(listen=settings.listen)
+    async with open_libp2p_transport(identity, listen, settings.bootstrap) as transport, trio.open_nursery() as nursery:
+        await nursery.start(view.run)
+        async with open_node(NodeConfig(), identity, transport, detect_capacity(settings.tags),
+                             view.is_eligible) as node:
+            api = NodeApi(node, peer_id=peer_id_of(identity), addrs=transport.addrs, operator_token=token)
+            config = HypercornConfig()
+            config.bind = [f"{settings.api_host}:{settings.api_port}"]
+            config.accesslog = None
+            await nursery.start(partial(serve, api, config, shutdown_trigger=trio.sleep_forever))  # type: ignore[arg-type]
+            ready = {"event": "ready", "address": identity.address, "peer_id": peer_id_of(identity),
+                     "api": f"http://{settings.api_host}:{settings.api_port}", "addrs": transport.addrs(),
+                     "operator_token_file": str(token_file)}
+            print(json.dumps(ready), flush=True)
+            await trio.sleep_forever()
+
+
+def run(identity: NodeIdentity, settings: NodeSettings, token_file: Path) -> None:
+    try:
+        trio.run(serve_node, identity, settings, token_file)
+    except KeyboardInterrupt:
+        print(json.dumps({"event": "stopped"}), file=sys.stderr)
