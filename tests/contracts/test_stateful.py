@@ -243,8 +243,8 @@ class EscrowMachine(RuleBasedStateMachine):
         """What ``takeRefund`` (kind "refund") or ``executeBurn`` (kind "burn") would pay for ``job``."""
         return job.alloc_refund - job.refunded if kind == "refund" else job.alloc_burn - job.burned
 
-    def closable(self, job: ModelJob) -> bool:
-        return job.status == JobStatus.ACTIVE and self.epoch >= job.closable_from
+    def ended(self, job: ModelJob) -> bool:
+        return job.status == JobStatus.ACTIVE and self.epoch >= job.start_epoch + job.epochs
 
     def cancellable(self, job: ModelJob) -> bool:
         return job.status == JobStatus.ACTIVE and self.epoch < job.start_epoch and not job.allocated
@@ -378,11 +378,13 @@ class EscrowMachine(RuleBasedStateMachine):
         self.dirty_jobs.add(job_id)
         event("job cancelled")
 
-    @precondition(lambda self: any(self.closable(job) for job in self.jobs.values()))
+    @precondition(lambda self: any(self.ended(job) for job in self.jobs.values()))
     @rule(data=st.data())
     def close_job(self, data: st.DataObject) -> None:
+        """Anyone closes a job whose last epoch is over: after the grace period it returns what no
+        report allocated to the CSP; during it, it reverts."""
         w = self.world
-        job_id = self.draw_job_id(data, self.closable)
+        job_id = self.draw_job_id(data, self.ended)
         job = self.jobs.get(job_id)
         failure: Failure | None = None
         if job is None:
@@ -530,7 +532,8 @@ class EscrowMachine(RuleBasedStateMachine):
         elif defect == "exceeds deposit":
             index = data.draw(st.integers(0, len(totals) - 1), label="bad index")
             t, job = totals[index], self.jobs[totals[index].job_id]
-            over = job.deposited + data.draw(st.integers(1, MAX_PRICE), label="over by")  # what is allocated
+            by = 1 if chance(data, 2, "by one unit") else data.draw(st.integers(1, MAX_PRICE), label="by")
+            over = job.deposited + by  # what the report allocates
             which = data.draw(st.sampled_from(["release", "refund", "burn"]), label="inflated")
             inflated = getattr(t, which) + over - (t.release + t.refund + t.burn)
             totals[index] = dataclasses.replace(t, **{which: inflated})
@@ -599,6 +602,9 @@ class EscrowMachine(RuleBasedStateMachine):
     def license_blacklisted(self, lic: int) -> bool:
         return self.status[lic] == LicenseStatus.BLACKLISTED
 
+    def blacklisted_licenses(self) -> list[int]:
+        return sorted(lic for lic, status in self.status.items() if status == LicenseStatus.BLACKLISTED)
+
     def owed(self, leaf: tuple[int, int, int]) -> bool:
         epoch, job_id, lic = leaf
         return self.roots[epoch].pay[(job_id, lic)] > self.claimed.get((job_id, lic), 0)
@@ -656,8 +662,7 @@ class EscrowMachine(RuleBasedStateMachine):
         claims = self.draw_claims(data, self.leaves(), self.license_active, max_size=4)
         self.run_claims(claims, self.world.outsider)
 
-    @precondition(lambda self: LicenseStatus.BLACKLISTED in self.status.values()
-                  and any(r.pay for r in self.roots.values()))
+    @precondition(lambda self: self.blacklisted_licenses() and any(r.pay for r in self.roots.values()))
     @rule(data=st.data())
     def forfeit(self, data: st.DataObject) -> None:
         """Anyone burns the unclaimed pay of blacklisted licenses (1-3 leaves)."""
@@ -723,16 +728,8 @@ class EscrowMachine(RuleBasedStateMachine):
 
     # ------------------------------------------------------------------ license sanctions
 
-    @rule(data=st.data())
-    def set_license_status(self, data: st.DataObject) -> None:
-        """Governance freezes, suspends, reactivates or blacklists a license (blacklisting is final)."""
+    def set_license_status(self, lic: int, status: LicenseStatus) -> None:
         w = self.world
-        lic = data.draw(st.sampled_from(sorted(self.status)), label="license")
-        choices = [LicenseStatus.ACTIVE, LicenseStatus.FROZEN, LicenseStatus.SUSPENDED]
-        blacklisted = sum(s == LicenseStatus.BLACKLISTED for s in self.status.values())
-        if blacklisted < MAX_BLACKLISTED or self.status[lic] == LicenseStatus.BLACKLISTED:
-            choices.append(LicenseStatus.BLACKLISTED)
-        status = data.draw(st.sampled_from(choices), label="status")
         send = lambda: w.licenses.set_status(lic, status, sender=w.admin)  # noqa: E731
         if self.status[lic] == LicenseStatus.BLACKLISTED:
             self.expect((reverts.LicenseRegistryLicenseBlacklisted, {"licenseId": lic}), send)
@@ -742,6 +739,23 @@ class EscrowMachine(RuleBasedStateMachine):
             send()
             self.status[lic] = status
             event(f"license {status.name.lower()}")
+
+    @rule(data=st.data())
+    def restrict_or_restore_license(self, data: st.DataObject) -> None:
+        """Governance freezes, suspends or reactivates a license (a blacklisted one stays blacklisted)."""
+        lic = data.draw(st.sampled_from(sorted(self.status)), label="license")
+        status = data.draw(st.sampled_from([LicenseStatus.FROZEN, LicenseStatus.SUSPENDED, LicenseStatus.ACTIVE]),
+                           label="status")
+        self.set_license_status(lic, status)
+
+    @precondition(lambda self: sum(s == LicenseStatus.BLACKLISTED for s in self.status.values()) < MAX_BLACKLISTED)
+    @rule(data=st.data())
+    def blacklist_license(self, data: st.DataObject) -> None:
+        """Governance blacklists a license for good (at most MAX_BLACKLISTED of the five, to keep earners)."""
+        licenses = sorted(self.status)
+        owed = sorted({leaf[2] for leaf in self.leaves() if self.owed(leaf)} - {*self.blacklisted_licenses()})
+        pool = owed if owed and not chance(data, 4, "any license") else licenses
+        self.set_license_status(data.draw(st.sampled_from(pool), label="license"), LicenseStatus.BLACKLISTED)
 
     # ------------------------------------------------------------------ the invariant
 
