@@ -9,12 +9,12 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from eth_utils import is_address, keccak, to_checksum_address
+from eth_utils import keccak
 from web3.types import TxReceipt
 
 from contracts import LicenseRegistryClient, LicenseStatus, reverts
 
-from .world import COOLDOWN_S, World, key
+from .world import COOLDOWN_S, World, args_of, events, key
 
 ZERO = "0x0000000000000000000000000000000000000000"
 DEFAULT_ADMIN_ROLE = b"\x00" * 32
@@ -34,17 +34,6 @@ def tx(client: LicenseRegistryClient, fn: str, *args: Any, sender: str) -> TxRec
 
 def view(client: LicenseRegistryClient, fn: str, *args: Any) -> Any:
     return client.chain.call(getattr(client.contract.functions, fn)(*args))
-
-
-def events(client: LicenseRegistryClient, receipt: TxReceipt) -> list[tuple[str, dict[str, Any]]]:
-    return [(e.name, e.args) for e in client.events(receipt)]
-
-
-def args_of(err: pytest.ExceptionInfo[Any]) -> dict[str, Any]:
-    """The revert's arguments by name, addresses checksummed (the ABI decoder yields lower case)."""
-    values = err.value.args_by_name
-    assert tuple(values.values()) == err.value.values  # the two views of the arguments agree
-    return {k: to_checksum_address(v) if isinstance(v, str) and is_address(v) else v for k, v in values.items()}
 
 
 class AtBlock:

@@ -7,17 +7,15 @@ consuming contract), plus one EIP-712 round trip through ``contracts.sign``/``co
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
-from eth_utils import is_address, keccak, to_checksum_address
+from eth_utils import keccak
 from web3.types import TxReceipt
 
 from contracts import OracleRegistryClient, digest, epoch_report, reverts, sign
 
-from .world import World, key
+from .world import World, args_of, events, key
 
 ZERO = "0x0000000000000000000000000000000000000000"
 GOVERNANCE_ROLE = keccak(text="GOVERNANCE_ROLE")
@@ -43,17 +41,6 @@ def high_s(signature: bytes) -> bytes:
 
 def recover(digest_: bytes, signature: bytes) -> str:
     return str(Account._recover_hash(digest_, signature=signature))
-
-
-def events(client: OracleRegistryClient, receipt: TxReceipt) -> list[tuple[str, dict[str, Any]]]:
-    return [(e.name, e.args) for e in client.events(receipt)]
-
-
-def args_of(err: pytest.ExceptionInfo[Any]) -> dict[str, Any]:
-    """The revert's arguments by name, addresses checksummed (the ABI decoder yields lower case)."""
-    values = err.value.args_by_name
-    assert tuple(values.values()) == err.value.values  # the two views of the arguments agree
-    return {k: to_checksum_address(v) if isinstance(v, str) and is_address(v) else v for k, v in values.items()}
 
 
 def state(world: World) -> tuple[list[str], int]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
@@ -176,3 +177,15 @@ def build_world(chain: Chain) -> World:
         world.token.mint(c, CSP_FUNDS, sender=admin)
     world.admit(csp)
     return world
+
+
+def events(client: Any, receipt: Any) -> list[tuple[str, dict[str, Any]]]:
+    """(name, args) of every event ``client``'s contract emitted in ``receipt``."""
+    return [(e.name, e.args) for e in client.events(receipt)]
+
+
+def args_of(err: Any) -> dict[str, Any]:
+    """A revert's arguments by name (addresses come back checksummed from the decoder)."""
+    values = err.value.args_by_name
+    assert tuple(values.values()) == err.value.values  # the two views of the arguments agree
+    return dict(values)
