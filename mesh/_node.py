@@ -16,11 +16,11 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from ._envelope import next_seq, seal
+from ._envelope import Envelope, next_seq, seal
 from ._identity import NodeIdentity
 from ._membership import LivenessConfig, Membership, PeerState, Transition
 from ._transport import Message, Transport
-from ._validate import GossipState, GossipVerdict, accept
+from ._validate import GossipState, GossipVerdict, check, record
 from ._wire_capacity import TOPIC as CAPACITY_TOPIC
 from ._wire_capacity import Capacity
 from ._wire_heartbeat import TOPIC as HEARTBEAT_TOPIC
@@ -33,6 +33,7 @@ else:
     TaskStatus = trio.TaskStatus
 
 log = logging.getLogger("deedmesh.mesh")
+MAX_CHECKED = 4096  # validated-but-undelivered envelopes kept; far above what is in flight
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,9 @@ class Node:
         self._seq = 0
         self._started = trio.current_time()
         self._capacity_due = trio.Event()
+        # envelopes the transport's validator already checked, by raw bytes, so delivery does not
+        # verify a signature twice (bounded: entries leave on delivery, the cap covers drops)
+        self._checked: dict[bytes, tuple[Envelope, Heartbeat | Capacity]] = {}
         self.changed = trio.Event()  # set (and replaced) whenever the view changes
 
     # ---------------------------------------------------------------- the view
@@ -138,13 +142,31 @@ class Node:
         async for msg in channel:
             self._handle(topic, msg)
 
+    def validator(self, topic: str) -> Callable[[Message], bool]:
+        """The transport-level validator of ``topic``: a rejected message is neither delivered nor
+        forwarded (py-libp2p runs it before relaying)."""
+        model: type[Heartbeat] | type[Capacity] = Heartbeat if topic == HEARTBEAT_TOPIC else Capacity
+
+        def validate(msg: Message) -> bool:
+            try:
+                checked = check(self.gossip, topic, msg.data, model)
+            except GossipVerdict:
+                return False  # counted in self.gossip.counters
+            if len(self._checked) >= MAX_CHECKED:
+                self._checked.clear()
+            self._checked[msg.data] = checked
+            return True
+
+        return validate
+
     def _handle(self, topic: str, msg: Message) -> None:
-        model = Heartbeat if topic == HEARTBEAT_TOPIC else Capacity
-        try:
-            env, payload = accept(self.gossip, topic, msg.data, model)
-        except GossipVerdict:
-            return  # counted in self.gossip.counters
-        if env.origin == self.address:
+        checked = self._checked.pop(msg.data, None)
+        if checked is None:  # evicted, or a transport that skipped the validator: check now
+            if not self.validator(topic)(msg):
+                return
+            checked = self._checked.pop(msg.data)
+        env, payload = checked
+        if not record(self.gossip, topic, env) or env.origin == self.address:
             return
         transition = self.membership.observe(env.origin, self._mono_ms())
         if transition is not None:
@@ -171,6 +193,7 @@ async def open_node(config: NodeConfig, identity: NodeIdentity, transport: Trans
     try:
         async with trio.open_nursery() as nursery:
             for topic in (HEARTBEAT_TOPIC, CAPACITY_TOPIC):
+                transport.set_validator(topic, node.validator(topic))
                 await nursery.start(node._receive_loop, topic, await transport.subscribe(topic))
             await nursery.start(node._tick_loop)
             await nursery.start(node._heartbeat_loop)

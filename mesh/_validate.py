@@ -93,8 +93,9 @@ def decode_payload(model: type[M], env: Envelope) -> M:
         raise Reject("malformed-payload", exc.errors()[0]["msg"]) from exc
 
 
-def accept(state: GossipState, topic: str, raw: bytes, model: type[M]) -> tuple[Envelope, M]:
-    """Decode and validate a message; on success record its sequence number and count it."""
+def check(state: GossipState, topic: str, raw: bytes, model: type[M]) -> tuple[Envelope, M]:
+    """Decode and validate a message without recording it: what the transport's validator runs
+    before a message is forwarded. Rejections and ignores are counted."""
     try:
         env = decode_envelope(raw)
         validate_envelope(state, topic, env)
@@ -102,6 +103,25 @@ def accept(state: GossipState, topic: str, raw: bytes, model: type[M]) -> tuple[
     except GossipVerdict as verdict:
         state.counters[(topic, verdict.verdict, verdict.reason)] += 1
         raise
-    state.last_seq[(topic, env.origin)] = env.seq
+    return env, payload
+
+
+def record(state: GossipState, topic: str, env: Envelope) -> bool:
+    """Accept a checked envelope for delivery: False (counted as a replay) if a message with this
+    or a later sequence number from the same origin was delivered meanwhile."""
+    key = (topic, env.origin)
+    # [IGNORE] a copy of this message (or a later one) was delivered since it was checked
+    if env.seq <= state.last_seq.get(key, 0):
+        state.counters[(topic, "IGNORE", "replay")] += 1
+        return False
+    state.last_seq[key] = env.seq
     state.counters[(topic, "ACCEPT", "ok")] += 1
+    return True
+
+
+def accept(state: GossipState, topic: str, raw: bytes, model: type[M]) -> tuple[Envelope, M]:
+    """Check and record in one step; a replay raises ``Ignore``."""
+    env, payload = check(state, topic, raw, model)
+    if not record(state, topic, env):
+        raise Ignore("replay", f"seq {env.seq}")
     return env, payload

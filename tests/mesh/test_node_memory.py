@@ -36,10 +36,13 @@ def wall() -> Callable[[], int]:
 @asynccontextmanager
 async def mesh(network: MemoryNetwork, ids: list[NodeIdentity], eligible: set[str] | None = None,
                ) -> AsyncIterator[list[Node]]:
+    """Nodes on ``network``; those outside ``eligible`` believe everyone is licensed (a stale or
+    malicious view), so they publish and the licensed nodes must cut them off."""
     allowed = eligible if eligible is not None else {i.address for i in ids}
     async with AsyncExitStack() as stack:
-        nodes = [await stack.enter_async_context(open_node(NodeConfig(), i, network.endpoint(i.address), capacity(),
-                                                           allowed.__contains__, wall())) for i in ids]
+        nodes = [await stack.enter_async_context(open_node(
+            NodeConfig(), i, network.endpoint(i.address), capacity(),
+            allowed.__contains__ if i.address in allowed else (lambda _: True), wall())) for i in ids]
         yield nodes
 
 
