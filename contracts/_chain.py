@@ -114,7 +114,10 @@ class Chain:
         try:
             return fn.call({"from": sender} if sender else {})
         except Exception as exc:
-            raise self._translate(exc) from exc
+            translated = self._translate(exc)
+            if translated is exc:
+                raise
+            raise translated from exc
 
     def transact(self, fn: Any, sender: str, *, value: int = 0, gas: int | None = None) -> TxReceipt:
         """Send ``fn`` from ``sender`` and wait for it; raise the named revert if it would fail."""
@@ -139,7 +142,10 @@ class Chain:
         except (ChainError, TimeExhausted):
             raise
         except Exception as exc:
-            raise self._translate(exc) from exc
+            translated = self._translate(exc)
+            if translated is exc:
+                raise
+            raise translated from exc
         if receipt["status"] != 1:
             raise self._failure(fn, params, receipt)
         return receipt
