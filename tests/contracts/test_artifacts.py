@@ -16,8 +16,8 @@ def test_every_artifact_records_the_current_source_fingerprint() -> None:
 
 
 def test_the_contract_set_is_complete() -> None:
-    assert set(artifact_names()) == {"JobEscrow", "LicenseRegistry", "MockStablecoin", "OracleRegistry",
-                                     "ReentrantToken"}
+    assert set(artifact_names()) == {"FeeOnTransferToken", "JobEscrow", "LicenseRegistry", "MockStablecoin",
+                                     "OracleRegistry", "ReentrantToken"}
 
 
 def test_a_missing_artifact_is_a_named_error() -> None:
