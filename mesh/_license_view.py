@@ -11,16 +11,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING, TypeVar
+from typing import TypeVar
 
 import trio
 
 from contracts import ChainError, LicenseRegistryClient, LicenseStatus
 
-if TYPE_CHECKING:
-    from trio_typing import TaskStatus
-else:
-    TaskStatus = trio.TaskStatus
+from ._trio_types import TaskStatus
 
 log = logging.getLogger("deedmesh.licenses")
 T = TypeVar("T")

@@ -12,7 +12,6 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import trio
 
@@ -20,17 +19,12 @@ from ._envelope import Envelope, next_seq, seal
 from ._identity import NodeIdentity
 from ._membership import LivenessConfig, Membership, PeerState, Transition
 from ._transport import Message, Transport
+from ._trio_types import TaskStatus
 from ._validate import GossipState, GossipVerdict, check, record
 from ._wire_capacity import TOPIC as CAPACITY_TOPIC
 from ._wire_capacity import Capacity
 from ._wire_heartbeat import TOPIC as HEARTBEAT_TOPIC
 from ._wire_heartbeat import Heartbeat
-
-if TYPE_CHECKING:
-    # libp2p pulls in trio-typing, whose stale trio stubs shadow trio's own annotations for mypy
-    from trio_typing import TaskStatus
-else:
-    TaskStatus = trio.TaskStatus
 
 log = logging.getLogger("deedmesh.mesh")
 MAX_CHECKED = 4096  # validated-but-undelivered envelopes kept; far above what is in flight

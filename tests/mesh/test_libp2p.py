@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from contextlib import AsyncExitStack
 
 import trio
@@ -14,16 +13,10 @@ from mesh._node import Node, NodeConfig, _wall_ms, open_node
 from mesh._transport_libp2p import Libp2pTransport, open_libp2p_transport, peer_id_of
 from mesh._wire_heartbeat import Heartbeat
 
-from .test_node_memory import capacity
+from .test_node_memory import capacity, until
 
 IDS = [NodeIdentity(bytes([0x40 + i]) * 32) for i in range(6)]  # IDS[5]: a raw host, no node
 HEARTBEAT = "deedmesh/heartbeat/1"
-
-
-async def until(predicate: Callable[[], bool], deadline_s: float = 30) -> None:
-    with trio.fail_after(deadline_s):
-        while not predicate():  # noqa: ASYNC110 - polling real hosts with a deadline
-            await trio.sleep(0.05)
 
 
 def test_peer_id_is_derived_from_the_node_key() -> None:
