@@ -7,11 +7,13 @@ JSON-RPC, and stopped by the PID it was started with (never by name).
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import time
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from ._compile import EVM_VERSION
 from ._errors import ChainUnreachable
@@ -33,6 +35,19 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def stop_process(process: subprocess.Popen[Any], timeout_s: float = 10) -> None:
+    """Stop a process we started, by its PID: thaw it (it may be frozen), ask it to terminate,
+    kill it if it does not within ``timeout_s``, and reap it."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGCONT)
+        process.terminate()
+        try:
+            process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 class Anvil:
@@ -71,13 +86,7 @@ class Anvil:
         """Terminate the process we started (by its PID) and reap it."""
         if self.process is None:
             return
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)
         if self.process.stderr:
             self.process.stderr.close()
         self.process = None

@@ -85,9 +85,9 @@ class NodeApi:
         return {"address": self.node.address, "peer_id": self.peer_id, "addrs": self.addrs()}
 
     def _peers(self) -> list[dict[str, Any]]:
-        now = self.node._mono_ms()
-        return [{"address": p.address, "state": p.state.value,
-                 "last_seen_ms_ago": None if p.last_seen_ms is None else now - p.last_seen_ms,
+        now = self.node.now_ms()
+        return [{"address": p.address, "state": p.state.value, "connected": p.connected,
+                 "last_seen_ms_ago": None if p.last_beat_ms is None else now - p.last_beat_ms,
                  "capacity": None if p.capacity is None else p.capacity.model_dump(mode="json")}
                 for p in self.node.view()]
 
@@ -102,6 +102,8 @@ class NodeApi:
                  "# TYPE deedmesh_gossip_messages_total counter"]
         for (topic, verdict, reason), n in sorted(self.node.gossip.counters.items()):
             lines.append(f'deedmesh_gossip_messages_total{{topic="{topic}",verdict="{verdict}",reason="{reason}"}} {n}')
+        lines += ["# HELP deedmesh_connections Peers this node holds a connection to.",
+                  "# TYPE deedmesh_connections gauge", f"deedmesh_connections {len(self.node.transport.peers())}"]
         lines += ["# HELP deedmesh_peers Known peers by liveness state.", "# TYPE deedmesh_peers gauge"]
         states = [p.state.value for p in self.node.view()]
         for state in ("alive", "suspect", "dead"):

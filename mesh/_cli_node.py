@@ -6,11 +6,13 @@ import json
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import click
 from rich.console import Console
 from rich.table import Table
 
+from ._config import load_config
 from ._errors import MeshError
 from ._identity import read_keystore, resolve_password
 from ._process import NodeSettings, run
@@ -22,34 +24,59 @@ def node() -> None:
 
 
 @node.command("run")
-@click.option("--key", "keystore", type=click.Path(dir_okay=False, exists=True, path_type=Path), required=True,
-              help="The node's keystore file (deedmesh keys new).")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="TOML file with any of the settings below (flags override it).")
+@click.option("--key", "keystore", type=click.Path(dir_okay=False, path_type=Path),
+              help="The node's keystore file (deedmesh keys new).  [required]")
 @click.option("--password-file", type=click.Path(dir_okay=False, path_type=Path),
-              help="Keystore password file (default: $DEEDMESH_KEY_PASSWORD).")
-@click.option("--rpc", required=True, help="JSON-RPC URL of the chain holding the license registry.")
-@click.option("--deployment", type=click.Path(dir_okay=False, exists=True, path_type=Path), required=True,
-              help="Deployment record (deedmesh chain deploy --out).")
-@click.option("--listen", default="/ip4/127.0.0.1/tcp/0", show_default=True, help="libp2p listen multiaddr.")
+              help="Keystore password file (default: $DEEDMESH_KEY_PASSWORD, else a prompt).")
+@click.option("--rpc", help="JSON-RPC URL of the chain holding the license registry.  [required]")
+@click.option("--deployment", type=click.Path(dir_okay=False, path_type=Path),
+              help="Deployment record with the contract addresses (deedmesh chain deploy --out).  [required]")
+@click.option("--listen", help="libp2p listen multiaddr.  [default: /ip4/127.0.0.1/tcp/0]")
 @click.option("--bootstrap", multiple=True, help="A peer's multiaddr with /p2p/<id> (repeat).")
-@click.option("--api-port", type=click.IntRange(1, 65535), default=8700, show_default=True,
-              help="HTTP API port on 127.0.0.1.")
+@click.option("--api-port", type=click.IntRange(1, 65535), help="HTTP API port on 127.0.0.1.  [default: 8700]")
 @click.option("--tag", "tags", multiple=True, help="A capacity tag placement constraints can match (repeat).")
 @click.option("--operator-token-file", type=click.Path(dir_okay=False, path_type=Path),
               help="Operator API token (created 0600 if missing; default: <keystore>.token).")
-def run_command(keystore: Path, password_file: Path | None, rpc: str, deployment: Path, listen: str,
-                bootstrap: tuple[str, ...], api_port: int, tags: tuple[str, ...],
-                operator_token_file: Path | None) -> None:
-    """Join the mesh: gossip signed heartbeats and capacity, keep the mesh view, serve the API.
+@click.option("--heartbeat-interval-ms", type=click.IntRange(250, 60_000),
+              help="Liveness beat; peers are dead 2.75 intervals after their last beat.  [default: 1000]")
+@click.option("--target-peers", type=click.IntRange(0, 64), help="Connections discovery keeps.  [default: 6]")
+def run_command(config_file: Path | None, keystore: Path | None, password_file: Path | None, rpc: str | None,
+                deployment: Path | None, listen: str | None, bootstrap: tuple[str, ...], api_port: int | None,
+                tags: tuple[str, ...], operator_token_file: Path | None, heartbeat_interval_ms: int | None,
+                target_peers: int | None) -> None:
+    """Join the mesh: sync signed heartbeats and capacity with neighbours, keep the mesh view,
+    keep connections to licensed live peers only, serve the API.
 
     Prints one JSON line {"event": "ready", "api": ..., "addrs": [...]} when up.
     """
-    password = resolve_password(password_file=password_file)
+    file = load_config(config_file) if config_file else {}
+
+    def pick(flag: object, name: str) -> Any:
+        return flag if flag not in (None, ()) else file.get(name)
+
+    keystore_path, rpc_url, record = pick(keystore, "key"), pick(rpc, "rpc"), pick(deployment, "deployment")
+    missing = [flag for flag, v in (("--key", keystore_path), ("--rpc", rpc_url), ("--deployment", record)) if not v]
+    if missing:
+        raise click.UsageError(f"missing {', '.join(missing)} (as a flag or in --config)")
+    for label, path in (("--key", keystore_path), ("--deployment", record)):
+        if not Path(path).is_file():
+            raise click.BadParameter(f"{path} does not exist", param_hint=label)
+    secret_file = pick(password_file, "password_file")
+    password = resolve_password(password_file=Path(secret_file) if secret_file else None)
     if password is None:
         password = click.prompt("keystore password", hide_input=True, err=True)
-    identity = read_keystore(keystore, password)
-    settings = NodeSettings(rpc=rpc, deployment=deployment, listen=listen, bootstrap=bootstrap, api_port=api_port,
-                            tags=tags)
-    run(identity, settings, operator_token_file or keystore.with_suffix(".token"))
+    identity = read_keystore(Path(keystore_path), password)
+    optional: dict[str, Any] = {name: value for name, value in (
+        ("listen", pick(listen, "listen")), ("bootstrap", tuple(pick(bootstrap, "bootstrap") or ())),
+        ("api_port", pick(api_port, "api_port")), ("tags", tuple(pick(tags, "tags") or ())),
+        ("heartbeat_interval_ms", pick(heartbeat_interval_ms, "heartbeat_interval_ms")),
+        ("target_peers", pick(target_peers, "target_peers")), ("license_refresh_s", file.get("license_refresh_s")),
+    ) if value is not None}
+    settings = NodeSettings(rpc=rpc_url, deployment=Path(record), **optional)
+    token_file = pick(operator_token_file, "operator_token_file")
+    run(identity, settings, Path(token_file) if token_file else Path(keystore_path).with_suffix(".token"))
 
 
 def fetch(url: str, timeout_s: float = 5.0) -> object:

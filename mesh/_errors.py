@@ -4,7 +4,8 @@
 
     MeshError                   anything the node itself refuses or cannot do
     ├── KeystoreError           a key file is missing, malformed, too open, or the password is wrong
-    └── ConfigError             a node configuration value is invalid
+    ├── ConfigError             a node configuration value is invalid
+    └── TransportError          a peer could not be dialed or sent to
 
 Errors carry their fields; the CLI maps them to exit codes.
 """
@@ -33,4 +34,13 @@ class ConfigError(MeshError):
     def __init__(self, field: str, reason: str) -> None:
         super().__init__(f"config {field}: {reason}")
         self.field = field
+        self.reason = reason
+
+
+class TransportError(MeshError):
+    """A dial or a direct send failed (the peer is gone, stuck or unreachable)."""
+
+    def __init__(self, peer: str, reason: str) -> None:
+        super().__init__(f"peer {peer}: {reason}")
+        self.peer = peer
         self.reason = reason

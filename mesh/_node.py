@@ -1,26 +1,36 @@
-"""The gossiping node: beacons its liveness, advertises capacity, and keeps the mesh view.
+"""The gossiping node: beats, advertises capacity, syncs records with its neighbours, keeps the
+mesh view, and keeps its connections to licensed, live peers.
 
 ``open_node`` is an async context manager that owns its nursery; every loop lives in it and takes
-``task_status``. Time comes from trio's clock (so tests run on a fake clock) for intervals and
-liveness, and from an injected wall clock for the timestamps other machines check.
+``task_status``. Intervals come from trio's clock and timestamps from an injected wall clock (in
+tests both run on trio's fake clock).
+
+Traffic (shared/notes/libp2p.md, BENCHMARKS.md): heartbeats and capacity travel by neighbour sync
+(``_sync``): records batched into one frame per neighbour per wave over a direct stream, never
+one gossipsub message per beat. Capacity changes are also published on gossipsub, the fast path
+to every node; the sync covers late joiners and lost messages.
 """
 
 from __future__ import annotations
 
 import logging
+import math
+import random
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 import trio
 
 from ._envelope import Envelope, next_seq, seal
+from ._errors import TransportError
 from ._identity import NodeIdentity
 from ._membership import LivenessConfig, Membership, PeerState, Transition
+from ._sync import MAX_FRAME_BYTES, RecordStore, decode_frame, encode_frames, peek
 from ._transport import Message, Transport
 from ._trio_types import TaskStatus
-from ._validate import GossipState, GossipVerdict, check, record
+from ._validate import GossipState, GossipVerdict, Reject, check, record
 from ._wire_capacity import TOPIC as CAPACITY_TOPIC
 from ._wire_capacity import Capacity
 from ._wire_heartbeat import TOPIC as HEARTBEAT_TOPIC
@@ -28,6 +38,12 @@ from ._wire_heartbeat import Heartbeat
 
 log = logging.getLogger("deedmesh.mesh")
 MAX_CHECKED = 4096  # validated-but-undelivered envelopes kept; far above what is in flight
+MODELS: dict[str, type[Heartbeat] | type[Capacity]] = {HEARTBEAT_TOPIC: Heartbeat, CAPACITY_TOPIC: Capacity}
+# a neighbour that relays these broke the protocol itself (honest nodes verify before relaying);
+# "unlicensed" is not among them: license views may lag each other by a refresh interval
+MISBEHAVIOUR = frozenset({"oversized", "malformed", "wrong-topic", "bad-signature", "malformed-payload"})
+PEER = "peer"  # counters about connections rather than records
+SYNC = "sync"  # counters about frames
 
 
 @dataclass(frozen=True)
@@ -35,37 +51,50 @@ class NodeConfig:
     """The gossip side of a node; every default has a reason."""
 
     liveness: LivenessConfig = field(default_factory=LivenessConfig)
-    capacity_refresh_s: float = 30.0  # capacity also goes out on change; this covers late joiners
-    tick_s: float = 0.25  # liveness is re-judged 4x a second: detection lags the deadline by < 250 ms
-    readvertise_debounce_s: float = 0.2  # a new peer triggers a capacity re-advertisement; joins batch up
+    capacity_refresh_s: float = 10.0  # re-signed so late joiners get a record inside the 30 s skew window
+    tick_s: float = 0.25  # liveness and the license gate are re-judged 4x a second
+    sync_delay_s: float = 0.05  # a hop waits this long so one wave's records leave in one frame
+    target_peers: int = 6  # discovery dials until this many connections (gossipsub's D)
+    discovery_s: float = 2.0
 
 
 @dataclass(frozen=True)
 class PeerView:
     address: str
     state: PeerState
-    last_seen_ms: int | None
+    last_beat_ms: int | None  # the peer's own timestamp of its freshest heartbeat
     capacity: Capacity | None
+    connected: bool
 
 
 class Node:
     """A running node (create with ``open_node``)."""
 
     def __init__(self, config: NodeConfig, identity: NodeIdentity, transport: Transport, capacity: Capacity,
-                 is_eligible: Callable[[str], bool], wall_ms: Callable[[], int]) -> None:
+                 is_eligible: Callable[[str], bool], wall_ms: Callable[[], int],
+                 bootstrap: Sequence[str] = ()) -> None:
         self.config = config
         self.identity = identity
         self.address = identity.address
         self.transport = transport
         self.membership = Membership(config.liveness)
         self.gossip = GossipState(now_ms=wall_ms, is_eligible=is_eligible)
+        self.store = RecordStore()
         self.capacities: dict[str, Capacity] = {}
         self.transitions: list[Transition] = []
+        self.bootstrap = tuple(bootstrap)
+        self._is_eligible = is_eligible
         self._capacity = capacity
         self._wall_ms = wall_ms
         self._seq = 0
         self._started = trio.current_time()
-        self._capacity_due = trio.Event()
+        self._dirty = trio.Event()  # some neighbour lacks a record
+        self._sending: set[str] = set()
+        self._dialing: set[str] = set()
+        self._closing: set[str] = set()
+        self._neighbours: dict[str, float] = {}  # connected peer -> trio time first seen connected
+        self._rng = random.Random(identity.address)
+        self._nursery: trio.Nursery  # set by _run: sends, dials and disconnects run in it
         # envelopes the transport's validator already checked, by raw bytes, so delivery does not
         # verify a signature twice (bounded: entries leave on delivery, the cap covers drops)
         self._checked: dict[bytes, tuple[Envelope, Heartbeat | Capacity]] = {}
@@ -74,72 +103,51 @@ class Node:
     # ---------------------------------------------------------------- the view
 
     def view(self) -> list[PeerView]:
-        return [PeerView(p, s, self.membership.last_seen_ms(p), self.capacities.get(p))
+        connected = {self.transport.address_of(p) for p in self.transport.peers()}
+        return [PeerView(p, s, self.membership.last_beat_ms(p), self.capacities.get(p), p in connected)
                 for p, s in sorted(self.membership.peers().items())]
 
     def state_of(self, peer: str) -> PeerState | None:
         return self.membership.state(peer)
 
-    def _mono_ms(self) -> int:
-        return int(trio.current_time() * 1000)
+    def now_ms(self) -> int:
+        return self._wall_ms()
 
     def _notify(self) -> None:
         self.changed.set()
         self.changed = trio.Event()
 
-    # ---------------------------------------------------------------- publishing
+    # ---------------------------------------------------------------- own records
 
-    async def _publish(self, topic: str, payload: Heartbeat | Capacity) -> None:
+    def _seal(self, topic: str, payload: Heartbeat | Capacity) -> Envelope:
         self._seq = next_seq(self._seq, self._wall_ms())
         env = seal(self.identity.private_key, topic, self._seq, self._wall_ms(), payload)
-        await self.transport.publish(topic, env.encode())
+        self.gossip.last_seq[(topic, env.origin)] = env.seq
+        self.store.put(topic, env.origin, env.seq, env.encode())
+        self._dirty.set()
+        return env
+
+    def _advertisement(self) -> Capacity:
+        return self._capacity.model_copy(update={"addrs": tuple(self.transport.addrs())[:8]})
 
     async def set_capacity(self, capacity: Capacity) -> None:
-        """Advertise new capacity now (on change)."""
+        """Advertise new capacity now: on gossipsub (fast, to all) and by sync (to late joiners)."""
         self._capacity = capacity
-        await self._publish(CAPACITY_TOPIC, capacity)
+        env = self._seal(CAPACITY_TOPIC, self._advertisement())
+        await self.transport.publish(CAPACITY_TOPIC, env.encode())
 
-    # ---------------------------------------------------------------- loops
+    def beat(self) -> None:
+        uptime = int(trio.current_time() - self._started)
+        interval = self.config.liveness.heartbeat_interval_ms
+        self._seal(HEARTBEAT_TOPIC, Heartbeat(interval_ms=interval, capacity_version=self._capacity.version,
+                                              uptime_s=uptime))
 
-    async def _heartbeat_loop(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        task_status.started()
-        interval = self.config.liveness.heartbeat_interval_ms / 1000
-        while True:
-            uptime = int(trio.current_time() - self._started)
-            await self._publish(HEARTBEAT_TOPIC, Heartbeat(capacity_version=self._capacity.version, uptime_s=uptime))
-            await trio.sleep(interval)
-
-    async def _capacity_loop(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        task_status.started()
-        while True:
-            await self._publish(CAPACITY_TOPIC, self._capacity)
-            # periodic refresh, or sooner when a peer (re)joins and lacks our advertisement
-            with trio.move_on_after(self.config.capacity_refresh_s):
-                await self._capacity_due.wait()
-                await trio.sleep(self.config.readvertise_debounce_s)
-            self._capacity_due = trio.Event()
-
-    async def _tick_loop(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        task_status.started()
-        while True:
-            await trio.sleep(self.config.tick_s)
-            changes = self.membership.tick(self._mono_ms())
-            if changes:
-                self.transitions.extend(changes)
-                for t in changes:
-                    log.info("peer %s", t.after.value, extra={"peer": t.peer, "before": t.before and t.before.value})
-                self._notify()
-
-    async def _receive_loop(self, topic: str, channel: trio.MemoryReceiveChannel[Message], *,
-                            task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        task_status.started()
-        async for msg in channel:
-            self._handle(topic, msg)
+    # ---------------------------------------------------------------- records from others
 
     def validator(self, topic: str) -> Callable[[Message], bool]:
         """The transport-level validator of ``topic``: a rejected message is neither delivered nor
         forwarded (py-libp2p runs it before relaying)."""
-        model: type[Heartbeat] | type[Capacity] = Heartbeat if topic == HEARTBEAT_TOPIC else Capacity
+        model = MODELS[topic]
 
         def validate(msg: Message) -> bool:
             try:
@@ -153,25 +161,239 @@ class Node:
 
         return validate
 
-    def _handle(self, topic: str, msg: Message) -> None:
+    def _on_published(self, topic: str, msg: Message) -> None:
         checked = self._checked.pop(msg.data, None)
         if checked is None:  # evicted, or a transport that skipped the validator: check now
             if not self.validator(topic)(msg):
                 return
             checked = self._checked.pop(msg.data)
-        env, payload = checked
-        if not record(self.gossip, topic, env) or env.origin == self.address:
+        self._accept(msg.data, *checked)
+
+    def _accept(self, raw: bytes, env: Envelope, payload: Heartbeat | Capacity,
+                forwarder: str | None = None) -> None:
+        if not record(self.gossip, env.topic, env):
             return
-        transition = self.membership.observe(env.origin, self._mono_ms())
-        if transition is not None:
-            self.transitions.append(transition)
-            self._capacity_due.set()  # a newcomer (or a returning peer) has not seen our capacity
-        if isinstance(payload, Capacity):
+        self.store.put(env.topic, env.origin, env.seq, raw)
+        if forwarder is not None:
+            self.store.holds(forwarder, env.topic, env.origin, env.seq)
+        self._dirty.set()
+        if env.origin == self.address:
+            return
+        transition = None
+        if isinstance(payload, Heartbeat):
+            transition = self.membership.observe(env.origin, env.ts_ms, payload.interval_ms, self._wall_ms())
+        else:
             known = self.capacities.get(env.origin)
             if known is None or payload.version >= known.version:
                 self.capacities[env.origin] = payload
-        if transition is not None or isinstance(payload, Capacity):
+        if transition is not None:
+            self.transitions.append(transition)
+        self._notify()
+
+    def _on_frame(self, msg: Message) -> None:
+        """A neighbour's sync frame: every record it carries is checked and, if fresh, kept."""
+        peer = msg.forwarder
+        address = self.transport.address_of(peer)
+        if address is None or not self._is_eligible(address):
+            # [REJECT] frames from a peer that is not a licensed node: close the connection
+            self._cut(peer, "unlicensed")
+            return
+        if msg.oversized or len(msg.data) > MAX_FRAME_BYTES:
+            # [REJECT] a frame above the limit (its bytes were not even read)
+            self.gossip.counters[(SYNC, "REJECT", "oversized")] += 1
+            self._cut(peer, "oversized-frame")
+            return
+        misbehaved = False
+        for raw in decode_frame(msg.data):
+            head = peek(raw)
+            if head is None or head.topic not in MODELS:
+                # [REJECT] not a record of a synced kind
+                self.gossip.counters[(SYNC, "REJECT", "malformed")] += 1
+                misbehaved = True
+                continue
+            if head.seq <= self.store.seq_of(head.topic, head.origin):
+                # [IGNORE] we hold this record or a fresher one (normal: several neighbours relay it)
+                self.store.holds(peer, head.topic, head.origin, head.seq)
+                self.gossip.counters[(head.topic, "IGNORE", "duplicate")] += 1
+                continue
+            try:
+                env, payload = check(self.gossip, head.topic, raw, MODELS[head.topic])
+            except Reject as verdict:
+                misbehaved |= verdict.reason in MISBEHAVIOUR
+                continue
+            except GossipVerdict:
+                continue
+            self._accept(raw, env, payload, forwarder=peer)
+        if misbehaved:
+            self._cut(peer, "relayed-invalid")
+
+    # ---------------------------------------------------------------- connections
+
+    def _cut(self, peer: str, reason: str) -> None:
+        """Close the connection to ``peer`` (once), counting why."""
+        if peer in self._closing:
+            return
+        self._closing.add(peer)
+        self.gossip.counters[(PEER, "REJECT", reason)] += 1
+        log.info("closing connection", extra={"peer": peer, "reason": reason})
+        self._nursery.start_soon(self._disconnect, peer)
+
+    async def _disconnect(self, peer: str) -> None:
+        try:
+            await self.transport.disconnect(peer)
+        finally:
+            self._closing.discard(peer)
+            self._neighbours.pop(peer, None)
+            self.store.forget_neighbour(peer)
+
+    def _sweep(self) -> None:
+        """Keep the neighbour table, close connections to ineligible or long-dead peers, and forget
+        origins whose license lapsed."""
+        now = trio.current_time()
+        peers = self.transport.peers()
+        for gone in set(self._neighbours) - peers:
+            del self._neighbours[gone]
+            self.store.forget_neighbour(gone)
+        for peer in peers:
+            if peer not in self._neighbours:
+                self._neighbours[peer] = now
+                self._dirty.set()  # a new neighbour gets our full state
+            address = self.transport.address_of(peer)
+            if address is None or not self._is_eligible(address):
+                self._cut(peer, "unlicensed")
+            elif (self.membership.state(address) is PeerState.DEAD
+                  and now - self._neighbours[peer] > self._grace_s()):
+                self._cut(peer, "dead")  # frozen: its TCP connection is open but it says nothing
+        for origin in [o for o in self.membership.peers() if not self._is_eligible(o)]:
+            self.membership.forget(origin)
+            self.capacities.pop(origin, None)
+            self.store.drop_origin(origin)
             self._notify()
+
+    def _grace_s(self) -> float:
+        """How long a fresh connection may stay quiet before a dead verdict closes it."""
+        cfg = self.config.liveness  # a (re)joining peer sends its fresh heartbeat within one sync delay
+        return cfg.dead_factor * cfg.heartbeat_interval_ms / 1000
+
+    # ---------------------------------------------------------------- loops
+
+    async def _heartbeat_loop(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Beat on the wall clock's multiples of the interval, so every node's beat of one interval
+        travels in the same wave."""
+        task_status.started()
+        interval = self.config.liveness.heartbeat_interval_ms
+        self.beat()
+        while True:
+            now = self._wall_ms()
+            await trio.sleep((math.floor(now / interval) + 1) * interval / 1000 - now / 1000)
+            self.beat()
+
+    async def _capacity_loop(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        while True:
+            self._seal(CAPACITY_TOPIC, self._advertisement())
+            await trio.sleep(self.config.capacity_refresh_s)
+
+    async def _tick_loop(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        while True:
+            await trio.sleep(self.config.tick_s)
+            self._sweep()
+            changes = self.membership.tick(self._wall_ms())
+            if changes:
+                self.transitions.extend(changes)
+                for t in changes:
+                    log.info("peer %s", t.after.value, extra={"peer": t.peer, "before": t.before and t.before.value})
+                self._notify()
+
+    async def _sync_loop(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        while True:
+            await self._dirty.wait()
+            await trio.sleep(self.config.sync_delay_s)  # let the wave's other records arrive
+            self._dirty = trio.Event()
+            for peer in list(self._neighbours):
+                if peer in self._sending or peer in self._closing or not self.store.lacks(peer):
+                    continue
+                self._sending.add(peer)
+                self._nursery.start_soon(self._send_to, peer)
+
+    async def _send_to(self, peer: str) -> None:
+        try:
+            for frame in encode_frames(self.store.delta(peer)):
+                await self.transport.send(peer, frame)
+        except TransportError as exc:
+            self.store.forget_neighbour(peer)
+            log.info("sync send failed", extra={"peer": peer, "error": str(exc)})
+            self._cut(peer, "send-failed")
+        finally:
+            self._sending.discard(peer)
+        if self.store.lacks(peer):
+            self._dirty.set()
+
+    async def _discovery_loop(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Keep ``target_peers`` connections: dial live, licensed peers learned from their capacity
+        records; short of those, one peer not heard from lately per round (it may be back, or a
+        partition may have healed); with no connection at all, the bootstrap peers again."""
+        task_status.started()
+        while True:
+            await trio.sleep(self.config.discovery_s)
+            connected = {self.transport.address_of(p) for p in self.transport.peers()}
+            missing = self.config.target_peers - len(connected)
+            if missing <= 0:
+                continue
+            alive: list[tuple[str, ...]] = []
+            quiet: list[tuple[str, ...]] = []
+            for origin, cap in sorted(self.capacities.items()):
+                if (origin in connected or not cap.addrs or cap.addrs[0] in self._dialing
+                        or not self._is_eligible(origin)):
+                    continue
+                (alive if self.membership.state(origin) is PeerState.ALIVE else quiet).append(cap.addrs)
+            self._rng.shuffle(alive)
+            picks = alive[:missing] + ([self._rng.choice(quiet)] if quiet and len(alive) < missing else [])
+            if not connected:
+                picks += [(addr,) for addr in self.bootstrap]
+            for addrs in picks:
+                self._nursery.start_soon(self._dial, addrs)
+
+    async def _dial(self, addrs: Sequence[str]) -> None:
+        key = addrs[0]
+        if key in self._dialing:
+            return
+        self._dialing.add(key)
+        try:
+            for addr in addrs:
+                try:
+                    await self.transport.connect(addr)
+                    return
+                except TransportError as exc:
+                    self.gossip.counters[(PEER, "IGNORE", "dial-failed")] += 1
+                    log.debug("dial failed", extra={"addr": addr, "error": str(exc)})
+        finally:
+            self._dialing.discard(key)
+
+    async def _published_loop(self, topic: str, channel: trio.MemoryReceiveChannel[Message], *,
+                              task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        async for msg in channel:
+            self._on_published(topic, msg)
+
+    async def _direct_loop(self, channel: trio.MemoryReceiveChannel[Message], *,
+                           task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        async for msg in channel:
+            self._on_frame(msg)
+
+    async def _run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            self.transport.set_validator(CAPACITY_TOPIC, self.validator(CAPACITY_TOPIC))
+            await nursery.start(self._published_loop, CAPACITY_TOPIC, await self.transport.subscribe(CAPACITY_TOPIC))
+            await nursery.start(self._direct_loop, await self.transport.direct())
+            for loop in (self._tick_loop, self._sync_loop, self._heartbeat_loop, self._capacity_loop,
+                         self._discovery_loop):
+                await nursery.start(loop)
+            task_status.started()
 
 
 def _wall_ms() -> int:
@@ -181,17 +403,12 @@ def _wall_ms() -> int:
 @asynccontextmanager
 async def open_node(config: NodeConfig, identity: NodeIdentity, transport: Transport, capacity: Capacity,
                     is_eligible: Callable[[str], bool], wall_ms: Callable[[], int] = _wall_ms,
-                    ) -> AsyncIterator[Node]:
+                    bootstrap: Sequence[str] = ()) -> AsyncIterator[Node]:
     """Run a node on ``transport`` until the block exits; then stop every loop and close it."""
-    node = Node(config, identity, transport, capacity, is_eligible, wall_ms)
+    node = Node(config, identity, transport, capacity, is_eligible, wall_ms, bootstrap)
     try:
         async with trio.open_nursery() as nursery:
-            for topic in (HEARTBEAT_TOPIC, CAPACITY_TOPIC):
-                transport.set_validator(topic, node.validator(topic))
-                await nursery.start(node._receive_loop, topic, await transport.subscribe(topic))
-            await nursery.start(node._tick_loop)
-            await nursery.start(node._heartbeat_loop)
-            await nursery.start(node._capacity_loop)
+            await nursery.start(node._run)
             yield node
             nursery.cancel_scope.cancel()
     finally:

@@ -25,6 +25,7 @@ from contracts import Chain, Deployment
 from ._api import NodeApi
 from ._identity import NodeIdentity
 from ._license_view import ChainWorker, LicenseView, fetch_eligible
+from ._membership import LivenessConfig
 from ._node import NodeConfig, open_node
 from ._transport_libp2p import Libp2pConfig, open_libp2p_transport, peer_id_of
 from ._wire_capacity import Capacity, Resources
@@ -43,6 +44,8 @@ class NodeSettings:
     tags: tuple[str, ...] = ()
     operator_token_file: Path | None = None
     license_refresh_s: float = 5.0  # a ban on chain bites within this
+    heartbeat_interval_ms: int = 1_000  # small meshes; larger ones beat slower (BENCHMARKS.md)
+    target_peers: int = 6  # gossipsub's D: fewer connections cannot fill its mesh
 
 
 def detect_capacity(tags: tuple[str, ...]) -> Capacity:
@@ -75,8 +78,10 @@ async def serve_node(identity: NodeIdentity, settings: NodeSettings, token_file:
     listen = Libp2pConfig(listen=settings.listen)
     async with open_libp2p_transport(identity, listen, settings.bootstrap) as transport, trio.open_nursery() as nursery:
         await nursery.start(view.run)
-        async with open_node(NodeConfig(), identity, transport, detect_capacity(settings.tags),
-                             view.is_eligible) as node:
+        gossip = NodeConfig(liveness=LivenessConfig(heartbeat_interval_ms=settings.heartbeat_interval_ms),
+                            target_peers=settings.target_peers)
+        async with open_node(gossip, identity, transport, detect_capacity(settings.tags), view.is_eligible,
+                             bootstrap=settings.bootstrap) as node:
             api = NodeApi(node, peer_id=peer_id_of(identity), addrs=transport.addrs, operator_token=token)
             config = HypercornConfig()
             config.bind = [f"{settings.api_host}:{settings.api_port}"]

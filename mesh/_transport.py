@@ -1,9 +1,11 @@
-"""The transport seam: what the node needs from a pub/sub network, and a deterministic in-memory
-twin of it for unit tests (drops, partitions, no wall clock).
+"""The transport seam: what the node needs from a network, and a deterministic in-memory twin of
+it for unit tests (links, drops, partitions, no wall clock).
 
-The real implementation is ``_transport_libp2p`` (the only module that imports libp2p). Every
-implementation runs each topic's validator on receipt, before delivery, and delivers to
-subscribers through channels that the node drains at once.
+Two ways to talk: pub/sub topics (gossipsub: a message reaches every subscriber, several hops
+away) and direct frames to a connected neighbour (neighbour sync). The real implementation is
+``_transport_libp2p`` (the only module that imports libp2p). Every implementation runs each
+topic's validator on receipt, before delivery and forwarding, and delivers through channels that
+the node drains at once.
 """
 
 from __future__ import annotations
@@ -15,25 +17,33 @@ from typing import Protocol
 
 import trio
 
+from ._errors import TransportError
+
 
 @dataclass(frozen=True)
 class Message:
-    """A message as received: the topic, the raw bytes, and the peer that forwarded it to us."""
+    """A message as received: the topic (or the direct protocol), the raw bytes, and the peer that
+    forwarded it to us. ``oversized`` is the declared length of a direct frame that exceeded the
+    limit (its bytes were not read, ``data`` is empty)."""
 
     topic: str
     data: bytes
     forwarder: str
+    oversized: int = 0
 
 
 Validator = Callable[[Message], bool]
 SUBSCRIPTION_BUFFER = 1024  # a subscriber drains at once; the buffer absorbs bursts, not backlogs
+DIRECT = "direct"  # the topic of Messages that arrived as direct frames
 
 
 class Transport(Protocol):
-    """A pub/sub network endpoint."""
+    """A network endpoint: pub/sub plus direct frames to connected peers."""
 
     @property
     def local_id(self) -> str: ...
+
+    def addrs(self) -> list[str]: ...
 
     async def publish(self, topic: str, data: bytes) -> None: ...
 
@@ -41,18 +51,45 @@ class Transport(Protocol):
 
     def set_validator(self, topic: str, validator: Validator) -> None: ...
 
-    def peers(self) -> set[str]: ...
+    async def send(self, peer: str, frame: bytes) -> None:
+        """Send one frame to a connected peer; ``TransportError`` if it cannot be delivered."""
+        ...
+
+    async def direct(self) -> trio.MemoryReceiveChannel[Message]:
+        """The frames neighbours send us (one receiver)."""
+        ...
+
+    async def connect(self, addr: str) -> None:
+        """Dial ``addr`` (one of a peer's ``addrs()``); ``TransportError`` if it fails."""
+        ...
+
+    async def disconnect(self, peer: str) -> None: ...
+
+    def peers(self) -> set[str]:
+        """Peers we hold a connection to."""
+        ...
+
+    def address_of(self, peer: str) -> str | None:
+        """The node (Ethereum) address behind a connected peer id, or None if it has none."""
+        ...
 
     async def aclose(self) -> None: ...
 
 
 @dataclass
 class MemoryNetwork:
-    """A set of in-memory endpoints that deliver to each other, with deterministic faults."""
+    """A set of in-memory endpoints joined by links, with deterministic faults.
+
+    With ``auto_connect`` every new endpoint is linked to all others (a full mesh); otherwise
+    links come from ``connect``. Publishing reaches every endpoint reachable over links (as
+    gossipsub's relaying does); direct frames cross one link.
+    """
 
     seed: int = 0
     drop_rate: float = 0.0  # probability that one delivery is lost
+    auto_connect: bool = True
     _endpoints: dict[str, MemoryTransport] = field(default_factory=dict)
+    _links: set[frozenset[str]] = field(default_factory=set)
     _group_of: dict[str, int] = field(default_factory=dict)  # partition group; absent = group 0
     _rng: random.Random = field(init=False)
 
@@ -63,6 +100,8 @@ class MemoryNetwork:
         if local_id in self._endpoints:
             raise ValueError(f"{local_id} already joined")
         t = MemoryTransport(self, local_id)
+        if self.auto_connect:
+            self._links |= {frozenset((local_id, other)) for other in self._endpoints}
         self._endpoints[local_id] = t
         return t
 
@@ -73,32 +112,60 @@ class MemoryNetwork:
     def heal(self) -> None:
         self._group_of = {}
 
+    def link(self, a: str, b: str) -> None:
+        self._links.add(frozenset((a, b)))
+
+    def unlink(self, a: str, b: str) -> None:
+        self._links.discard(frozenset((a, b)))
+
+    def linked(self, a: str, b: str) -> bool:
+        return frozenset((a, b)) in self._links and b in self._endpoints and a in self._endpoints
+
     def reachable(self, a: str, b: str) -> bool:
-        return a != b and b in self._endpoints and self._group_of.get(a, 0) == self._group_of.get(b, 0)
+        """Over a live link: both joined, linked, and on the same side of any partition."""
+        return a != b and self.linked(a, b) and self._group_of.get(a, 0) == self._group_of.get(b, 0)
 
     def _leave(self, local_id: str) -> None:
         self._endpoints.pop(local_id, None)
+        self._links = {link for link in self._links if local_id not in link}
+
+    def _component(self, start: str) -> list[str]:
+        seen, todo = {start}, [start]
+        while todo:
+            here = todo.pop()
+            for other in self._endpoints:
+                if other not in seen and self.reachable(here, other):
+                    seen.add(other)
+                    todo.append(other)
+        return sorted(seen - {start})
+
+    def _lost(self) -> bool:
+        return self._rng.random() < self.drop_rate
 
     def _deliver(self, sender: str, topic: str, data: bytes) -> None:
-        for peer_id in sorted(self._endpoints):
-            if self.reachable(sender, peer_id) and self._rng.random() >= self.drop_rate:
+        for peer_id in self._component(sender):
+            if not self._lost():
                 self._endpoints[peer_id]._receive(Message(topic, data, sender))
 
 
 class MemoryTransport:
-    """One endpoint of a ``MemoryNetwork``; conforms to ``Transport``."""
+    """One endpoint of a ``MemoryNetwork``; conforms to ``Transport``. Its id is its address."""
 
     def __init__(self, network: MemoryNetwork, local_id: str) -> None:
         self._network = network
         self._id = local_id
         self._subs: dict[str, list[trio.MemorySendChannel[Message]]] = {}
         self._validators: dict[str, Validator] = {}
+        self._direct_send, self._direct_receive = trio.open_memory_channel[Message](SUBSCRIPTION_BUFFER)
         self._closed = False
         self.dropped_full = 0  # deliveries lost to a full subscription buffer
 
     @property
     def local_id(self) -> str:
         return self._id
+
+    def addrs(self) -> list[str]:
+        return [self._id]
 
     async def publish(self, topic: str, data: bytes) -> None:
         if self._closed:
@@ -118,8 +185,33 @@ class MemoryTransport:
     def set_validator(self, topic: str, validator: Validator) -> None:
         self._validators[topic] = validator
 
+    async def send(self, peer: str, frame: bytes) -> None:
+        await trio.lowlevel.checkpoint()
+        if self._closed or not self._network.reachable(self._id, peer):
+            raise TransportError(peer, "not connected")
+        if not self._network._lost():
+            target = self._network._endpoints[peer]
+            target._put(target._direct_send, Message(DIRECT, frame, self._id))
+
+    async def direct(self) -> trio.MemoryReceiveChannel[Message]:
+        await trio.lowlevel.checkpoint()
+        return self._direct_receive
+
+    async def connect(self, addr: str) -> None:
+        await trio.lowlevel.checkpoint()
+        if addr not in self._network._endpoints or addr == self._id:
+            raise TransportError(addr, "no such endpoint")
+        self._network.link(self._id, addr)
+
+    async def disconnect(self, peer: str) -> None:
+        await trio.lowlevel.checkpoint()
+        self._network.unlink(self._id, peer)
+
     def peers(self) -> set[str]:
         return {p for p in self._network._endpoints if self._network.reachable(self._id, p)}
+
+    def address_of(self, peer: str) -> str | None:
+        return peer if peer.startswith("0x") and len(peer) == 42 else None
 
     async def aclose(self) -> None:
         self._closed = True
@@ -127,16 +219,20 @@ class MemoryTransport:
         for sends in self._subs.values():
             for s in sends:
                 s.close()
+        self._direct_send.close()
         await trio.lowlevel.checkpoint()
+
+    def _put(self, channel: trio.MemorySendChannel[Message], msg: Message) -> None:
+        try:
+            channel.send_nowait(msg)
+        except trio.WouldBlock:
+            self.dropped_full += 1
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
 
     def _receive(self, msg: Message) -> None:
         validator = self._validators.get(msg.topic)
         if validator is not None and not validator(msg):
             return
         for send in self._subs.get(msg.topic, []):
-            try:
-                send.send_nowait(msg)
-            except trio.WouldBlock:
-                self.dropped_full += 1
-            except trio.BrokenResourceError:
-                pass
+            self._put(send, msg)

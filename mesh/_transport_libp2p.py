@@ -8,7 +8,14 @@ subscriptions drained into our own buffers at once (py-libp2p's hold 32), and sy
 validators only (its async ones let duplicates through).
 
 The node key is the libp2p key: a secp256k1 peer id ("16Uiu2HA...") and the node's Ethereum
-address are the same key.
+address are the same key, so the address behind a connection is known from its peer id (Noise
+authenticated it), and the license gate can close connections, not only drop messages.
+
+Direct frames (neighbour sync) go over one long-lived outbound stream per peer
+(``/deedmesh/sync/1``), each frame a 4-byte big-endian length and the bytes; a frame above the
+limit is not read (the stream is reset and the node told). A send that does not complete within
+``send_timeout_s`` (a frozen peer stops reading; its TCP connection stays open) fails and resets
+the stream instead of blocking the sender.
 """
 
 from __future__ import annotations
@@ -20,9 +27,12 @@ from dataclasses import dataclass
 
 import multiaddr
 import trio
+from eth_keys import keys
 from libp2p import new_host
 from libp2p.crypto.secp256k1 import create_new_key_pair
 from libp2p.crypto.x25519 import create_new_key_pair as x25519_key_pair
+from libp2p.custom_types import TProtocol
+from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import info_from_p2p_addr
 from libp2p.pubsub.gossipsub import PROTOCOL_ID_V11, PROTOCOL_ID_V12, GossipSub
 from libp2p.pubsub.pubsub import Pubsub
@@ -30,8 +40,11 @@ from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
 from libp2p.tools.anyio_service import background_trio_service
 
+from ._errors import TransportError
 from ._identity import NodeIdentity
-from ._transport import SUBSCRIPTION_BUFFER, Message, Validator
+from ._sync import MAX_FRAME_BYTES
+from ._sync import PROTOCOL as SYNC_PROTOCOL
+from ._transport import DIRECT, SUBSCRIPTION_BUFFER, Message, Validator
 
 log = logging.getLogger("deedmesh.transport")
 
@@ -47,23 +60,41 @@ class Libp2pConfig:
     heartbeat_interval_s: int = 1  # py-libp2p defaults to 120 s; go-libp2p uses 1 s
     max_messages_per_topic_per_second: float = 1000.0  # real traffic is ~N/s; the default 10 drops forwards
     max_inbound_rpc_bytes: int = 1 << 20
+    send_timeout_s: float = 2.0  # a frame to a live peer takes milliseconds; a frozen one never drains
+    dial_timeout_s: float = 5.0
+    max_frame_bytes: int = MAX_FRAME_BYTES
 
 
 def peer_id_of(identity: NodeIdentity) -> str:
     """The libp2p peer id of a node key."""
-    from libp2p.peer.id import ID
-
     return str(ID.from_pubkey(create_new_key_pair(identity.private_key).public_key))
+
+
+def address_of_peer(peer: str) -> str | None:
+    """The Ethereum address of a secp256k1 peer id (its key is inlined in the id), else None."""
+    try:
+        public_key = ID.from_base58(peer).extract_public_key()
+    except ValueError:
+        return None
+    if public_key is None or public_key.get_type().name != "Secp256k1":
+        return None
+    return str(keys.PublicKey.from_compressed_bytes(public_key.to_bytes()).to_checksum_address())
 
 
 class Libp2pTransport:
     """A running libp2p host with gossipsub; conforms to ``Transport``."""
 
-    def __init__(self, host: object, pubsub: Pubsub, nursery: trio.Nursery) -> None:
+    def __init__(self, host: object, pubsub: Pubsub, nursery: trio.Nursery, config: Libp2pConfig) -> None:
         self._host = host
         self._pubsub = pubsub
         self._nursery = nursery
+        self._config = config
+        self._streams: dict[str, object] = {}  # peer id -> our outbound sync stream to it
+        self._stream_locks: dict[str, trio.Lock] = {}
+        self._addresses: dict[str, str | None] = {}
+        self._direct_send, self._direct_receive = trio.open_memory_channel[Message](SUBSCRIPTION_BUFFER)
         self.dropped_full = 0
+        host.set_stream_handler(TProtocol(SYNC_PROTOCOL), self._serve_stream)  # type: ignore[attr-defined]
 
     @property
     def local_id(self) -> str:
@@ -74,7 +105,97 @@ class Libp2pTransport:
         return [str(a) for a in self._host.get_addrs()]  # type: ignore[attr-defined]
 
     async def connect(self, addr: str) -> None:
-        await self._host.connect(info_from_p2p_addr(multiaddr.Multiaddr(addr)))  # type: ignore[attr-defined]
+        try:
+            info = info_from_p2p_addr(multiaddr.Multiaddr(addr))
+            with trio.fail_after(self._config.dial_timeout_s):
+                await self._host.connect(info)  # type: ignore[attr-defined]
+        except trio.TooSlowError as exc:
+            raise TransportError(addr, "dial timed out") from exc
+        except Exception as exc:  # py-libp2p raises a zoo of errors for one failed dial
+            raise TransportError(addr, f"dial failed: {exc}") from exc
+
+    async def disconnect(self, peer: str) -> None:
+        await self._drop_stream(peer)
+        try:
+            await self._host.disconnect(ID.from_base58(peer))  # type: ignore[attr-defined]
+        except Exception as exc:  # already gone is fine
+            log.debug("disconnect failed", extra={"peer": peer, "error": str(exc)})
+
+    def address_of(self, peer: str) -> str | None:
+        if peer not in self._addresses:
+            self._addresses[peer] = address_of_peer(peer)
+        return self._addresses[peer]
+
+    # ------------------------------------------------------------ direct frames
+
+    async def send(self, peer: str, frame: bytes) -> None:
+        if len(frame) > self._config.max_frame_bytes:
+            raise ValueError(f"frame of {len(frame)} bytes exceeds {self._config.max_frame_bytes}")
+        lock = self._stream_locks.setdefault(peer, trio.Lock())
+        async with lock:  # frames on one stream must not interleave
+            try:
+                with trio.fail_after(self._config.send_timeout_s):
+                    stream = self._streams.get(peer)
+                    if stream is None:
+                        stream = await self._host.new_stream(  # type: ignore[attr-defined]
+                            ID.from_base58(peer), [TProtocol(SYNC_PROTOCOL)])
+                        self._streams[peer] = stream
+                    await stream.write(len(frame).to_bytes(4, "big") + frame)  # type: ignore[attr-defined]
+            except trio.TooSlowError as exc:
+                await self._drop_stream(peer)
+                raise TransportError(peer, f"send timed out after {self._config.send_timeout_s} s") from exc
+            except Exception as exc:
+                await self._drop_stream(peer)
+                raise TransportError(peer, f"send failed: {exc}") from exc
+
+    async def _drop_stream(self, peer: str) -> None:
+        stream = self._streams.pop(peer, None)
+        if stream is not None:
+            with trio.move_on_after(1):
+                try:
+                    await stream.reset()  # type: ignore[attr-defined]
+                except Exception as exc:  # the connection may be gone already
+                    log.debug("stream reset failed", extra={"peer": peer, "error": str(exc)})
+
+    async def direct(self) -> trio.MemoryReceiveChannel[Message]:
+        await trio.lowlevel.checkpoint()
+        return self._direct_receive
+
+    async def _serve_stream(self, stream: object) -> None:
+        """Read length-prefixed frames from a neighbour until it closes the stream."""
+        peer = str(stream.muxed_conn.peer_id)  # type: ignore[attr-defined]
+        try:
+            while True:
+                header = await self._read_exactly(stream, 4)
+                if header is None:
+                    return
+                size = int.from_bytes(header, "big")
+                if size > self._config.max_frame_bytes:
+                    self._deliver(Message(DIRECT, b"", peer, oversized=size))
+                    await stream.reset()  # type: ignore[attr-defined]
+                    return
+                frame = await self._read_exactly(stream, size)
+                if frame is None:
+                    return
+                self._deliver(Message(DIRECT, frame, peer))
+        except Exception as exc:  # a reset or a dropped connection ends this stream, not the node
+            log.debug("sync stream ended", extra={"peer": peer, "error": str(exc)})
+
+    @staticmethod
+    async def _read_exactly(stream: object, n: int) -> bytes | None:
+        buf = b""
+        while len(buf) < n:
+            chunk = await stream.read(n - len(buf))  # type: ignore[attr-defined]
+            if not chunk:
+                return None
+            buf += chunk
+        return buf
+
+    def _deliver(self, msg: Message) -> None:
+        try:
+            self._direct_send.send_nowait(msg)
+        except trio.WouldBlock:
+            self.dropped_full += 1
 
     async def publish(self, topic: str, data: bytes) -> None:
         await self._pubsub.publish(topic, data)
@@ -134,11 +255,11 @@ async def open_libp2p_transport(identity: NodeIdentity, config: Libp2pConfig = L
         await stack.enter_async_context(background_trio_service(router))
         await pubsub.wait_until_ready()
         async with trio.open_nursery() as nursery:
-            transport = Libp2pTransport(host, pubsub, nursery)
+            transport = Libp2pTransport(host, pubsub, nursery, config)
             for addr in bootstrap:
                 try:
                     await transport.connect(addr)
-                except Exception as exc:  # a dead bootstrap peer must not stop the node
+                except TransportError as exc:  # a dead bootstrap peer must not stop the node
                     log.warning("bootstrap dial failed", extra={"addr": addr, "error": str(exc)})
             yield transport
             nursery.cancel_scope.cancel()

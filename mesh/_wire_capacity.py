@@ -1,4 +1,5 @@
-"""Topic ``deedmesh/capacity/1``: what a node offers, gossiped on change and refreshed periodically."""
+"""Record ``deedmesh/capacity/1``: what a node offers and where to dial it; published on change
+(gossipsub) and carried by neighbour sync, re-signed periodically so late joiners accept it."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from ._envelope import Payload
 TOPIC = "deedmesh/capacity/1"
 VERSION = 1
 MAX_TAGS = 32
+MAX_ADDRS = 8
 
 
 class Resources(Payload):
@@ -25,12 +27,13 @@ class Resources(Payload):
 
 
 class Capacity(Payload):
-    """Total and free resources and the node's tags, at ``version`` (increases on every change)."""
+    """Total and free resources, tags and dial addresses, at ``version`` (increases on every change)."""
 
     version: int = Field(ge=0)
     total: Resources
     free: Resources
     tags: tuple[str, ...] = Field(default=(), max_length=MAX_TAGS)
+    addrs: tuple[str, ...] = Field(default=(), max_length=MAX_ADDRS)  # where to dial the node (discovery)
 
     @model_validator(mode="after")
     def _free_within_total(self) -> Capacity:
@@ -38,4 +41,6 @@ class Capacity(Payload):
             raise ValueError("free resources exceed the total")
         if any(not tag or len(tag) > 64 for tag in self.tags):
             raise ValueError("tags must be 1-64 characters")
+        if any(not addr or len(addr) > 256 for addr in self.addrs):
+            raise ValueError("addrs must be 1-256 characters")
         return self

@@ -23,7 +23,7 @@ def state(*eligible: NodeIdentity) -> GossipState:
 
 
 def beat(ident: NodeIdentity = ALICE, seq: int = 1, ts: int = NOW) -> Envelope:
-    return seal(ident.private_key, HEARTBEAT, seq, ts, Heartbeat(capacity_version=3, uptime_s=10))
+    return seal(ident.private_key, HEARTBEAT, seq, ts, Heartbeat(interval_ms=1000, capacity_version=3, uptime_s=10))
 
 
 def verdict(st: GossipState, raw: bytes, topic: str = HEARTBEAT) -> tuple[str, str]:
@@ -53,7 +53,7 @@ def test_each_reject_reason() -> None:
     tampered = beat().model_copy(update={"payload": {"capacity_version": 4, "uptime_s": 10}})
     assert verdict(st, tampered.encode()) == ("REJECT", "bad-signature")
     assert verdict(st, beat(MALLORY).encode()) == ("REJECT", "unlicensed")
-    odd = seal(ALICE.private_key, HEARTBEAT, 5, NOW, Heartbeat(capacity_version=1, uptime_s=1))
+    odd = seal(ALICE.private_key, HEARTBEAT, 5, NOW, Heartbeat(interval_ms=1000, capacity_version=1, uptime_s=1))
     not_a_heartbeat = Resources(cpu_millis=1, memory_mb=1, gpus=0, disk_mb=1)
     bad_payload = seal(ALICE.private_key, HEARTBEAT, 6, NOW, not_a_heartbeat)
     assert verdict(st, bad_payload.encode()) == ("REJECT", "malformed-payload")

@@ -1,8 +1,10 @@
-"""Nodes on the in-memory transport and trio's fake clock: views converge, silence kills,
-partitions heal, and unlicensed or forged traffic is cut off and counted."""
+"""Nodes on the in-memory transport and trio's fake clock: views converge over neighbour sync,
+silence kills within three intervals however far away, partitions heal, restarts rejoin,
+discovery grows a sparse topology, and unlicensed, banned or forging peers are cut off and counted."""
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 
@@ -12,15 +14,18 @@ import trio.testing
 
 from mesh._envelope import seal
 from mesh._identity import NodeIdentity
-from mesh._membership import PeerState
+from mesh._membership import LivenessConfig, PeerState
 from mesh._node import Node, NodeConfig, open_node
-from mesh._transport import MemoryNetwork
+from mesh._sync import MAX_FRAME_BYTES, encode_frames
+from mesh._transport import DIRECT, MemoryNetwork, Message
+from mesh._wire_capacity import TOPIC as CAPACITY
 from mesh._wire_capacity import Capacity, Resources
 from mesh._wire_heartbeat import TOPIC as HEARTBEAT
 from mesh._wire_heartbeat import Heartbeat
 
-IDS = [NodeIdentity(bytes([i + 1]) * 32) for i in range(5)]
+IDS = [NodeIdentity(bytes([i + 1]) * 32) for i in range(8)]
 WALL_START = 1_800_000_000_000
+INTERVAL_S = NodeConfig().liveness.heartbeat_interval_ms / 1000
 
 
 def capacity(version: int = 1, free_cpu: int = 2000) -> Capacity:
@@ -29,19 +34,24 @@ def capacity(version: int = 1, free_cpu: int = 2000) -> Capacity:
                                                                 disk_mb=5000), tags=("edge",))
 
 
+def wall_now() -> int:
+    return WALL_START + int(trio.current_time() * 1000)
+
+
 def wall() -> Callable[[], int]:
-    return lambda: WALL_START + int(trio.current_time() * 1000)
+    return wall_now
 
 
 @asynccontextmanager
 async def mesh(network: MemoryNetwork, ids: list[NodeIdentity], eligible: set[str] | None = None,
-               ) -> AsyncIterator[list[Node]]:
+               config: NodeConfig | None = None) -> AsyncIterator[list[Node]]:
     """Nodes on ``network``; those outside ``eligible`` believe everyone is licensed (a stale or
-    malicious view), so they publish and the licensed nodes must cut them off."""
+    malicious view), so they talk and the licensed nodes must cut them off. ``eligible`` is read
+    live, so a test can ban a node mid-run."""
     allowed = eligible if eligible is not None else {i.address for i in ids}
     async with AsyncExitStack() as stack:
         nodes = [await stack.enter_async_context(open_node(
-            NodeConfig(), i, network.endpoint(i.address), capacity(),
+            config or NodeConfig(), i, network.endpoint(i.address), capacity(),
             allowed.__contains__ if i.address in allowed else (lambda _: True), wall())) for i in ids]
         yield nodes
 
@@ -59,50 +69,150 @@ def autojump_clock() -> trio.testing.MockClock:
     return trio.testing.MockClock(autojump_threshold=0)
 
 
+def all_alive(nodes: list[Node]) -> bool:
+    return all(len(n.membership.alive()) == len(nodes) - 1 for n in nodes)
+
+
 async def test_views_converge_with_capacity(autojump_clock: trio.testing.MockClock) -> None:
-    async with mesh(MemoryNetwork(), IDS) as nodes:
-        await until(lambda: all(len(n.membership.alive()) == 4 for n in nodes))
+    async with mesh(MemoryNetwork(), IDS[:5]) as nodes:
+        await until(lambda: all_alive(nodes))
         for n in nodes:
-            assert {p.address for p in n.view()} == {i.address for i in IDS} - {n.address}
-            assert all(p.capacity == capacity() for p in n.view())
+            assert {p.address for p in n.view()} == {i.address for i in IDS[:5]} - {n.address}
+            assert all(p.capacity is not None and p.capacity.free == capacity().free for p in n.view())
+            assert all(p.capacity is not None and p.capacity.addrs == (p.address,) for p in n.view())
         await nodes[0].set_capacity(capacity(version=2, free_cpu=500))
         await until(lambda: all(n.capacities[IDS[0].address].version == 2 for n in nodes[1:]))
+        # heartbeats travel only by sync: nothing was published on a heartbeat topic
+        assert all(n.gossip.counters[(HEARTBEAT, "ACCEPT", "ok")] > 0 for n in nodes)
+        assert nodes[1].gossip.counters[(CAPACITY, "ACCEPT", "ok")] >= 2
 
 
 async def test_a_silent_node_goes_dead_within_three_intervals(autojump_clock: trio.testing.MockClock) -> None:
     network = MemoryNetwork()
     async with mesh(network, IDS[:3]) as nodes:
-        await until(lambda: all(len(n.membership.alive()) == 2 for n in nodes))
+        await until(lambda: all_alive(nodes))
         network.partition({IDS[2].address}, {IDS[0].address, IDS[1].address})  # a freeze, as others see it
         cut = trio.current_time()
         await until(lambda: nodes[0].state_of(IDS[2].address) is PeerState.DEAD)
-        assert trio.current_time() - cut <= 3 * nodes[0].config.liveness.heartbeat_interval_ms / 1000 + 0.5
+        assert trio.current_time() - cut <= 3 * INTERVAL_S
         states = [t.after for t in nodes[0].transitions if t.peer == IDS[2].address]
         assert states[-2:] == [PeerState.SUSPECT, PeerState.DEAD]
         network.heal()
         await until(lambda: nodes[0].state_of(IDS[2].address) is PeerState.ALIVE)
-        assert nodes[2].state_of(IDS[0].address) is PeerState.ALIVE
+        await until(lambda: nodes[2].state_of(IDS[0].address) is PeerState.ALIVE)
 
 
-async def test_unlicensed_and_forged_traffic_is_rejected_and_counted(
+async def test_records_hop_through_a_line_and_far_deaths_are_as_fast_as_near_ones(
+        autojump_clock: trio.testing.MockClock) -> None:
+    # a line 0-1-2-3-4-5 with discovery off: heartbeats reach the far end only through relays
+    network = MemoryNetwork(auto_connect=False)
+    ids = IDS[:6]
+    for a, b in itertools.pairwise(ids):
+        network.link(a.address, b.address)
+    config = NodeConfig(target_peers=0)
+    async with mesh(network, ids, config=config) as nodes:
+        await until(lambda: all_alive(nodes))
+        assert nodes[0].transport.peers() == {ids[1].address}  # still a line
+        network.partition({ids[5].address}, {i.address for i in ids[:5]})
+        cut = trio.current_time()
+        await until(lambda: nodes[4].state_of(ids[5].address) is PeerState.DEAD)
+        near = trio.current_time() - cut
+        await until(lambda: nodes[0].state_of(ids[5].address) is PeerState.DEAD)
+        far = trio.current_time() - cut
+        assert far <= 3 * INTERVAL_S
+        assert far - near <= config.tick_s  # judged on the beat's own timestamp, not on arrival
+
+
+async def test_discovery_dials_peers_learned_through_the_mesh(autojump_clock: trio.testing.MockClock) -> None:
+    network = MemoryNetwork(auto_connect=False)
+    ids = IDS[:6]
+    for a, b in itertools.pairwise(ids):
+        network.link(a.address, b.address)
+    async with mesh(network, ids, config=NodeConfig(target_peers=4)) as nodes:
+        await until(lambda: all(len(n.transport.peers()) >= 4 for n in nodes))
+        await until(lambda: all_alive(nodes))
+
+
+async def test_a_restarted_node_rejoins(autojump_clock: trio.testing.MockClock) -> None:
+    network = MemoryNetwork()
+    async with mesh(network, IDS[:3], eligible={i.address for i in IDS[:4]}) as nodes:
+        await until(lambda: all_alive(nodes))
+        async with open_node(NodeConfig(), IDS[3], network.endpoint(IDS[3].address), capacity(),
+                             lambda _: True, wall()):
+            await until(lambda: nodes[0].state_of(IDS[3].address) is PeerState.ALIVE)
+        await until(lambda: nodes[0].state_of(IDS[3].address) is PeerState.DEAD)
+        first_seq = nodes[0].store.seq_of(HEARTBEAT, IDS[3].address)
+        async with open_node(NodeConfig(), IDS[3], network.endpoint(IDS[3].address), capacity(version=5),
+                             lambda _: True, wall()) as again:
+            await until(lambda: nodes[0].state_of(IDS[3].address) is PeerState.ALIVE)
+            await until(lambda: len(again.membership.alive()) == 3)
+            assert nodes[0].store.seq_of(HEARTBEAT, IDS[3].address) > first_seq
+            await until(lambda: nodes[1].capacities[IDS[3].address].version == 5)
+
+
+async def test_unlicensed_peers_are_cut_off_and_banned_ones_dropped_mid_run(
         autojump_clock: trio.testing.MockClock) -> None:
     network = MemoryNetwork()
-    licensed = {i.address for i in IDS[:2]}
-    async with mesh(network, IDS[:3], eligible=licensed) as nodes:
-        await until(lambda: nodes[0].gossip.counters[(HEARTBEAT, "REJECT", "unlicensed")] >= 2)
-        assert nodes[0].state_of(IDS[2].address) is None  # never admitted to the view
-        assert nodes[0].state_of(IDS[1].address) is PeerState.ALIVE
-        forger = network.endpoint("forger")
-        env = seal(IDS[2].private_key, HEARTBEAT, 10**15, WALL_START, Heartbeat(capacity_version=1, uptime_s=1))
-        claimed = env.model_copy(update={"origin": IDS[1].address})
-        await forger.publish(HEARTBEAT, claimed.encode())
-        await forger.publish(HEARTBEAT, b"\x00garbage")
+    licensed = {i.address for i in IDS[:3]}
+    async with mesh(network, IDS[:4], eligible=licensed) as nodes:
         counters = nodes[0].gossip.counters
-        await until(lambda: counters[(HEARTBEAT, "REJECT", "malformed")] == 1)
-        assert counters[(HEARTBEAT, "REJECT", "bad-signature")] == 1  # published first, handled first
+        await until(lambda: counters[("peer", "REJECT", "unlicensed")] >= 1)
+        await until(lambda: all(len(n.membership.alive()) == 2 for n in nodes[:3]))
+        assert nodes[0].state_of(IDS[3].address) is None  # never admitted to the view
+        assert IDS[3].address not in nodes[0].transport.peers()
+        # node 2's license is revoked on chain: at the next look it is cut off and forgotten
+        licensed.discard(IDS[2].address)
+        await until(lambda: all(IDS[2].address not in n.transport.peers() for n in nodes[:2]))
+        await until(lambda: all(n.state_of(IDS[2].address) is None for n in nodes[:2]))
+        assert IDS[2].address not in nodes[1].capacities
+        assert nodes[0].state_of(IDS[1].address) is PeerState.ALIVE
+
+
+async def test_forged_replayed_and_oversized_sync_traffic_is_rejected_counted_and_cut(
+        autojump_clock: trio.testing.MockClock) -> None:
+    network = MemoryNetwork()
+    async with mesh(network, IDS[:2], eligible={IDS[n].address for n in (0, 1, 5, 6)}) as nodes:
+        await until(lambda: all_alive(nodes))
+        node, counters = nodes[0], nodes[0].gossip.counters
+        # a raw endpoint holding a licensed address (node 5's) relays bad records to node 0
+        raw = network.endpoint(IDS[5].address)
+        now = wall_now()
+        beat = Heartbeat(interval_ms=1000, capacity_version=1, uptime_s=1)
+        forged = seal(IDS[4].private_key, HEARTBEAT, now, now, beat).model_copy(update={"origin": IDS[1].address})
+        replayed = seal(IDS[1].private_key, HEARTBEAT, 1, now, beat)
+        skewed = seal(IDS[6].private_key, HEARTBEAT, now + 1, now + 3_600_000, beat)
+        for frame in encode_frames([replayed.encode(), skewed.encode()]):
+            await raw.send(IDS[0].address, frame)
+        await until(lambda: counters[(HEARTBEAT, "IGNORE", "duplicate")] >= 1
+                    and counters[(HEARTBEAT, "IGNORE", "clock-skew")] >= 1)
+        assert IDS[5].address in node.transport.peers()  # ignoring is not punishing
+        await raw.send(IDS[0].address, encode_frames([forged.encode(), b"not json"])[0])
+        await until(lambda: counters[(HEARTBEAT, "REJECT", "bad-signature")] == 1
+                    and counters[("sync", "REJECT", "malformed")] == 1)
+        await until(lambda: IDS[5].address not in node.transport.peers())
+        assert counters[("peer", "REJECT", "relayed-invalid")] == 1
+        network.link(IDS[5].address, IDS[0].address)
+        node._on_frame(Message(DIRECT, b"", IDS[5].address, oversized=MAX_FRAME_BYTES + 1))
+        assert counters[("sync", "REJECT", "oversized")] == 1
+        await until(lambda: IDS[5].address not in node.transport.peers())
+        assert node.state_of(IDS[1].address) is PeerState.ALIVE
+        # over gossipsub, the capacity topic's validator judges forged and malformed messages
+        forger = network.endpoint("forger")
+        fake = seal(IDS[4].private_key, CAPACITY, now, now, capacity()).model_copy(update={"origin": IDS[1].address})
+        await forger.publish(CAPACITY, fake.encode())
+        await forger.publish(CAPACITY, b"\x00garbage")
+        await until(lambda: counters[(CAPACITY, "REJECT", "malformed")] == 1)
+        assert counters[(CAPACITY, "REJECT", "bad-signature")] == 1
 
 
 async def test_lossy_network_still_converges(autojump_clock: trio.testing.MockClock) -> None:
-    async with mesh(MemoryNetwork(seed=7, drop_rate=0.3), IDS) as nodes:
-        await until(lambda: all(len(n.membership.alive()) == 4 for n in nodes))
+    async with mesh(MemoryNetwork(seed=7, drop_rate=0.3), IDS[:5]) as nodes:
+        await until(lambda: all_alive(nodes))
         await until(lambda: all(len(n.capacities) == 4 for n in nodes))
+
+
+def test_liveness_config_is_checked() -> None:
+    with pytest.raises(ValueError, match="heartbeat_interval_ms"):
+        LivenessConfig(heartbeat_interval_ms=100)
+    with pytest.raises(ValueError, match="suspect_factor"):
+        LivenessConfig(suspect_factor=3.0, dead_factor=2.0)

@@ -1,6 +1,8 @@
-"""Three ``deedmesh node run`` processes on 127.0.0.1 against anvil: they form a mesh visible in
-``deedmesh status``, and a node killed with SIGKILL or frozen with SIGSTOP goes dead everywhere.
-Every process is stopped by the PID this test started."""
+"""Five ``deedmesh node run`` processes on 127.0.0.1 against anvil: the licensed four form a mesh
+visible in ``deedmesh status`` and cut the unlicensed fifth off; a license blacklisted on chain
+mid-run drops out of every view; a node frozen with SIGSTOP and one killed with SIGKILL go dead
+everywhere; the killed one restarts and rejoins. Every process is stopped by the PID this test
+started."""
 
 from __future__ import annotations
 
@@ -11,14 +13,14 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from contracts import Anvil, Chain, DeployConfig, deploy
-from contracts._anvil import free_port
+from contracts import Anvil, Chain, DeployConfig, LicenseStatus, deploy
+from contracts._anvil import free_port, stop_process
 from mesh._identity import NodeIdentity, write_keystore
 
 DEEDMESH = str(Path(sys.executable).parent / "deedmesh")
@@ -57,14 +59,26 @@ class NodeProcess:
         self.address: str = ready["address"]
 
 
-def start_node(tmp: Path, n: int, ident: NodeIdentity, rpc: str, record: Path, bootstrap: list[str]) -> NodeProcess:
-    key = write_keystore(tmp / f"node{n}.json", ident, PASSWORD, scrypt_n=2**10)
-    args = [DEEDMESH, "node", "run", "--key", str(key), "--rpc", rpc, "--deployment", str(record),
-            "--api-port", str(free_port())]
-    for b in bootstrap:
-        args += ["--bootstrap", b]
+def start_node(tmp: Path, n: int, ident: NodeIdentity, rpc: str, record: Path, bootstrap: list[str],
+               api_port: int | None = None) -> NodeProcess:
+    """Node 0 takes every setting from a config file; the others mix a config file and flags."""
+    key = tmp / f"node{n}.json"
+    if not key.exists():
+        write_keystore(key, ident, PASSWORD, scrypt_n=2**10)
+    config = tmp / f"node{n}.toml"
+    lines = ["license_refresh_s = 1.0"]  # a ban on chain bites within a second
+    if n == 0:
+        lines += [f'key = "{key.name}"', f'rpc = "{rpc}"', f'deployment = "{record.name}"',
+                  f"api_port = {api_port or free_port()}", f"bootstrap = {json.dumps(bootstrap)}", 'tags = ["edge"]']
+        args = [DEEDMESH, "node", "run", "--config", str(config)]
+    else:
+        args = [DEEDMESH, "node", "run", "--config", str(config), "--key", str(key), "--rpc", rpc,
+                "--deployment", str(record), "--api-port", str(api_port or free_port())]
+        for b in bootstrap:
+            args += ["--bootstrap", b]
+    config.write_text("\n".join(lines) + "\n")
     env = os.environ | {"DEEDMESH_KEY_PASSWORD": PASSWORD}
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=open(tmp / f"node{n}.log", "w"),  # noqa: SIM115
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=open(tmp / f"node{n}.log", "a"),  # noqa: SIM115
                             text=True, env=env)
     assert proc.stdout is not None
     ready, _, _ = select.select([proc.stdout], [], [], START_DEADLINE_S)
@@ -76,17 +90,25 @@ def start_node(tmp: Path, n: int, ident: NodeIdentity, rpc: str, record: Path, b
     return NodeProcess(proc, json.loads(line))
 
 
-@pytest.fixture
-def mesh3(tmp_path: Path) -> Iterator[tuple[list[NodeProcess], list[NodeIdentity]]]:
-    idents = [NodeIdentity(bytes([0x70 + i]) * 32) for i in range(3)]
+def stop(node: NodeProcess) -> None:
+    """Stop a node we started, by its PID; a frozen one is thawed so it can exit."""
+    stop_process(node.proc)
+    if node.proc.stdout:
+        node.proc.stdout.close()
+
+
+@pytest.mark.anvil
+def test_five_processes_gate_ban_freeze_kill_and_rejoin(tmp_path: Path) -> None:
+    idents = [NodeIdentity(bytes([0x70 + i]) * 32) for i in range(5)]  # idents[4] holds no license
     with Anvil() as anvil:
         chain = Chain.connect(anvil.url)
         a = chain.accounts
         dep = deploy(chain, DeployConfig.devnet(), admin=a[0], oracles=[a[1], a[2], a[3]], attester=a[4])
         licenses = dep.licenses(chain)
-        for i, ident in enumerate(idents):
-            license_id = licenses.mint(a[5 + i], sender=a[0])
-            licenses.link_node(license_id, ident.address, sender=a[5 + i])
+        license_ids = []
+        for i, ident in enumerate(idents[:4]):
+            license_ids.append(licenses.mint(a[5 + i], sender=a[0]))
+            licenses.link_node(license_ids[-1], ident.address, sender=a[5 + i])
         record = tmp_path / "deployment.json"
         record.write_text(dep.to_json())
         nodes: list[NodeProcess] = []
@@ -94,41 +116,41 @@ def mesh3(tmp_path: Path) -> Iterator[tuple[list[NodeProcess], list[NodeIdentity
             for n, ident in enumerate(idents):
                 bootstrap = nodes[0].ready["addrs"][:1] if nodes else []
                 nodes.append(start_node(tmp_path, n, ident, anvil.url, record, bootstrap))
-            yield nodes, idents
+            run_scenario(tmp_path, nodes, idents, anvil.url, record, licenses, license_ids, a[0])
         finally:
-            for node in nodes:  # by the PIDs we started; a frozen one is thawed so it can exit
-                if node.proc.poll() is None:
-                    node.proc.send_signal(signal.SIGCONT)
-                    node.proc.terminate()
-                    try:
-                        node.proc.wait(timeout=10)
-                    except subprocess.TimeoutExpired:
-                        node.proc.kill()
-                        node.proc.wait()
-                if node.proc.stdout:
-                    node.proc.stdout.close()
+            for node in nodes:
+                stop(node)
 
 
-@pytest.mark.anvil
-def test_three_processes_form_a_mesh_and_detect_kill_and_freeze(mesh3: tuple[list[NodeProcess], list[NodeIdentity]],
-                                                               ) -> None:
-    nodes, idents = mesh3
-    everyone = {i.address for i in idents}
+def run_scenario(tmp: Path, nodes: list[NodeProcess], idents: list[NodeIdentity], rpc: str, record: Path,
+                 licenses: Any, license_ids: Sequence[int], admin: str) -> None:
+    licensed = {i.address for i in idents[:4]}
 
-    def all_alive() -> bool:
-        return all(peer_states(n.api) == {a: "alive" for a in everyone - {n.address}} for n in nodes)
+    def sees(n: int, expected: set[str]) -> bool:
+        return peer_states(nodes[n].api) == {a: "alive" for a in expected - {nodes[n].address}}
 
-    wait_for(all_alive, 30, "every node to see the two others alive")
+    wait_for(lambda: all(sees(n, licensed) for n in range(4)), 60, "the licensed nodes to see each other alive")
+    counters = get(f"{nodes[0].api}/counters")
+    assert counters["deedmesh/heartbeat/1"]["ACCEPT"]["ok"] > 0
+    wait_for(lambda: any(get(f"{nodes[n].api}/counters").get("peer", {}).get("REJECT", {}).get("unlicensed", 0)
+                         for n in range(4)), 30, "a licensed node to cut the unlicensed one off")
+
     status = subprocess.run([DEEDMESH, "--json", "status", "--via", nodes[1].api], capture_output=True, text=True,
                             timeout=60, check=False)
     assert status.returncode == 0, status.stderr
     shown = json.loads(status.stdout)
     assert shown["node"]["address"] == nodes[1].address
-    assert {p["address"] for p in shown["peers"]} == everyone - {nodes[1].address}
+    assert {p["address"] for p in shown["peers"]} == licensed - {nodes[1].address}
     assert all(p["capacity"]["total"]["cpu_millis"] > 0 for p in shown["peers"])
+    assert next(p for p in shown["peers"] if p["address"] == nodes[0].address)["capacity"]["tags"] == ["edge"]
     table = subprocess.run([DEEDMESH, "status", "--via", nodes[1].api], capture_output=True, text=True, timeout=60,
                            check=False)
     assert "alive" in table.stdout
+
+    # node 3's license is blacklisted on chain: within a refresh it leaves every view
+    licenses.set_status(license_ids[3], LicenseStatus.BLACKLISTED, sender=admin)
+    licensed.discard(nodes[3].address)
+    wait_for(lambda: all(sees(n, licensed) for n in range(3)), 30, "the blacklisted node to be dropped")
 
     nodes[2].proc.send_signal(signal.SIGSTOP)  # frozen: its TCP connections stay open
     took = wait_for(lambda: peer_states(nodes[0].api).get(nodes[2].address) == "dead"
@@ -138,9 +160,13 @@ def test_three_processes_form_a_mesh_and_detect_kill_and_freeze(mesh3: tuple[lis
     nodes[1].proc.kill()  # SIGKILL
     nodes[1].proc.wait()
     wait_for(lambda: peer_states(nodes[0].api).get(nodes[1].address) == "dead", 30, "the killed node to go dead")
-    counters = get(f"{nodes[0].api}/counters")
-    assert counters["deedmesh/heartbeat/1"]["ACCEPT"]["ok"] > 0
     metrics = subprocess.run(["python3", "-c", f"import urllib.request;print(urllib.request.urlopen("
                               f"'{nodes[0].api}/metrics').read().decode())"], capture_output=True, text=True,
                              timeout=30, check=False).stdout
     assert 'deedmesh_peers{state="dead"} 2' in metrics
+
+    # the killed node restarts with the same key (a new port, new sequence numbers) and rejoins
+    nodes[1].proc.stdout and nodes[1].proc.stdout.close()
+    nodes[1] = start_node(tmp, 1, idents[1], rpc, record, nodes[0].ready["addrs"][:1])
+    wait_for(lambda: peer_states(nodes[0].api).get(nodes[1].address) == "alive"
+             and peer_states(nodes[1].api).get(nodes[0].address) == "alive", 60, "the restarted node to rejoin")

@@ -1,0 +1,54 @@
+"""The record store and frame codec of neighbour sync: deltas per neighbour, freshness, framing."""
+
+from __future__ import annotations
+
+from mesh._envelope import seal
+from mesh._identity import NodeIdentity
+from mesh._sync import RecordStore, decode_frame, encode_frames, peek
+from mesh._wire_heartbeat import TOPIC as HEARTBEAT
+from mesh._wire_heartbeat import Heartbeat
+
+A, B = NodeIdentity(b"\x11" * 32), NodeIdentity(b"\x12" * 32)
+
+
+def beat(ident: NodeIdentity, seq: int) -> bytes:
+    return seal(ident.private_key, HEARTBEAT, seq, seq, Heartbeat(interval_ms=1000, capacity_version=1,
+                                                                 uptime_s=0)).encode()
+
+
+def test_a_neighbour_gets_only_what_it_lacks() -> None:
+    store = RecordStore()
+    assert store.put(HEARTBEAT, A.address, 5, beat(A, 5))
+    assert not store.put(HEARTBEAT, A.address.lower(), 5, beat(A, 5))  # same origin, any case
+    assert store.put(HEARTBEAT, B.address, 7, beat(B, 7))
+    assert store.lacks("n1")
+    assert sorted(store.delta("n1")) == sorted([beat(A, 5), beat(B, 7)])
+    assert not store.lacks("n1")
+    assert store.delta("n1") == []
+    store.put(HEARTBEAT, A.address, 6, beat(A, 6))
+    assert store.delta("n1") == [beat(A, 6)]
+    store.holds("n2", HEARTBEAT, B.address, 9)  # n2 told us of a fresher one than we hold
+    assert store.delta("n2") == [beat(A, 6)]
+    store.forget_neighbour("n1")  # a failed send: the next frame carries everything again
+    assert len(store.delta("n1")) == 2
+    store.drop_origin(A.address)
+    assert store.seq_of(HEARTBEAT, A.address) == 0
+    assert store.delta("n3") == [beat(B, 7)]
+
+
+def test_frames_split_at_the_limit_and_round_trip() -> None:
+    records = [beat(A, n) for n in range(1, 40)]
+    frames = encode_frames(records, limit=2000)
+    assert len(frames) > 1
+    assert all(len(f) <= 2000 for f in frames)
+    assert [r for f in frames for r in decode_frame(f)] == records
+    assert encode_frames([]) == []
+
+
+def test_peek_reads_routing_fields_or_refuses() -> None:
+    head = peek(beat(A, 3))
+    assert head is not None
+    assert (head.topic, head.origin, head.seq) == (HEARTBEAT, A.address.lower(), 3)
+    for bad in (b"not json", b"[]", b'{"topic": 1, "origin": "x", "seq": 1}', b'{"topic": "t", "origin": "x"}',
+                b'{"topic": "t", "origin": "x", "seq": true}'):
+        assert peek(bad) is None
