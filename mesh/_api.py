@@ -88,6 +88,7 @@ class NodeApi:
         now = self.node.now_ms()
         return [{"address": p.address, "state": p.state.value, "connected": p.connected,
                  "last_seen_ms_ago": None if p.last_beat_ms is None else now - p.last_beat_ms,
+                 "capacity_received_ms": p.capacity_received_ms, "state_since_ms": p.since_ms,
                  "capacity": None if p.capacity is None else p.capacity.model_dump(mode="json")}
                 for p in self.node.view()]
 

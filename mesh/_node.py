@@ -51,11 +51,14 @@ class NodeConfig:
     """The gossip side of a node; every default has a reason."""
 
     liveness: LivenessConfig = field(default_factory=LivenessConfig)
-    capacity_refresh_s: float = 10.0  # re-signed so late joiners get a record inside the 30 s skew window
+    capacity_refresh_s: float = 60.0  # capacity goes out on change; this re-signs it now and then anyway
     tick_s: float = 0.25  # liveness and the license gate are re-judged 4x a second
-    sync_delay_s: float = 0.05  # a hop waits this long so one wave's records leave in one frame
+    # a hop waits this long so one wave's records leave in one frame; it also caps the frames per
+    # neighbour at 8 an interval when records trickle in (a loaded host); None: interval / 8
+    sync_delay_s: float | None = None
     target_peers: int = 6  # discovery dials until this many connections (gossipsub's D)
     discovery_s: float = 2.0
+    forget_after_s: float = 600.0  # a peer dead this long leaves the view and is no longer relayed
 
 
 @dataclass(frozen=True)
@@ -64,7 +67,9 @@ class PeerView:
     state: PeerState
     last_beat_ms: int | None  # the peer's own timestamp of its freshest heartbeat
     capacity: Capacity | None
+    capacity_received_ms: int | None  # our clock when this capacity version reached us
     connected: bool
+    since_ms: int | None  # our clock when the peer entered its current state
 
 
 class Node:
@@ -81,7 +86,9 @@ class Node:
         self.gossip = GossipState(now_ms=wall_ms, is_eligible=is_eligible)
         self.store = RecordStore()
         self.capacities: dict[str, Capacity] = {}
+        self.capacity_received_ms: dict[str, int] = {}  # origin -> our wall clock when its capacity changed
         self.transitions: list[Transition] = []
+        self.state_since_ms: dict[str, int] = {}  # peer -> our clock at its last state change
         self.bootstrap = tuple(bootstrap)
         self._is_eligible = is_eligible
         self._capacity = capacity
@@ -94,6 +101,8 @@ class Node:
         self._closing: set[str] = set()
         self._neighbours: dict[str, float] = {}  # connected peer -> trio time first seen connected
         self._rng = random.Random(identity.address)
+        interval_s = config.liveness.heartbeat_interval_ms / 1000
+        self._sync_delay_s = config.sync_delay_s if config.sync_delay_s is not None else max(0.02, interval_s / 8)
         self._nursery: trio.Nursery  # set by _run: sends, dials and disconnects run in it
         # envelopes the transport's validator already checked, by raw bytes, so delivery does not
         # verify a signature twice (bounded: entries leave on delivery, the cap covers drops)
@@ -104,7 +113,8 @@ class Node:
 
     def view(self) -> list[PeerView]:
         connected = {self.transport.address_of(p) for p in self.transport.peers()}
-        return [PeerView(p, s, self.membership.last_beat_ms(p), self.capacities.get(p), p in connected)
+        return [PeerView(p, s, self.membership.last_beat_ms(p), self.capacities.get(p),
+                         self.capacity_received_ms.get(p), p in connected, self.state_since_ms.get(p))
                 for p, s in sorted(self.membership.peers().items())]
 
     def state_of(self, peer: str) -> PeerState | None:
@@ -150,6 +160,8 @@ class Node:
         model = MODELS[topic]
 
         def validate(msg: Message) -> bool:
+            if msg.forwarder == self.transport.local_id:
+                return True  # our own publish (py-libp2p validates those too): sealed and recorded by us
             try:
                 checked = check(self.gossip, topic, msg.data, model)
             except GossipVerdict:
@@ -163,10 +175,11 @@ class Node:
 
     def _on_published(self, topic: str, msg: Message) -> None:
         checked = self._checked.pop(msg.data, None)
-        if checked is None:  # evicted, or a transport that skipped the validator: check now
-            if not self.validator(topic)(msg):
-                return
-            checked = self._checked.pop(msg.data)
+        if checked is None:  # our own, evicted, or a transport that skipped the validator: check now
+            try:
+                checked = check(self.gossip, topic, msg.data, MODELS[topic])
+            except GossipVerdict:
+                return  # counted
         self._accept(msg.data, *checked)
 
     def _accept(self, raw: bytes, env: Envelope, payload: Heartbeat | Capacity,
@@ -184,11 +197,21 @@ class Node:
             transition = self.membership.observe(env.origin, env.ts_ms, payload.interval_ms, self._wall_ms())
         else:
             known = self.capacities.get(env.origin)
+            if known is None or payload.version > known.version:
+                self.capacity_received_ms[env.origin] = self._wall_ms()
             if known is None or payload.version >= known.version:
                 self.capacities[env.origin] = payload
         if transition is not None:
-            self.transitions.append(transition)
-        self._notify()
+            self._record([transition])
+        if transition is not None or isinstance(payload, Capacity):
+            self._notify()
+
+    def _record(self, changes: list[Transition]) -> None:
+        self.transitions.extend(changes)
+        del self.transitions[:-1000]  # a bounded history; state_since_ms keeps the latest per peer
+        for t in changes:
+            self.state_since_ms[t.peer] = t.at_ms
+            log.info("peer %s", t.after.value, extra={"peer": t.peer, "before": t.before and t.before.value})
 
     def _on_frame(self, msg: Message) -> None:
         """A neighbour's sync frame: every record it carries is checked and, if fresh, kept."""
@@ -217,7 +240,7 @@ class Node:
                 self.gossip.counters[(head.topic, "IGNORE", "duplicate")] += 1
                 continue
             try:
-                env, payload = check(self.gossip, head.topic, raw, MODELS[head.topic])
+                env, payload = check(self.gossip, head.topic, raw, MODELS[head.topic], stale_ok=True)
             except Reject as verdict:
                 misbehaved |= verdict.reason in MISBEHAVIOUR
                 continue
@@ -244,7 +267,7 @@ class Node:
         finally:
             self._closing.discard(peer)
             self._neighbours.pop(peer, None)
-            self.store.forget_neighbour(peer)
+            self.store.drop_neighbour(peer)
 
     def _sweep(self) -> None:
         """Keep the neighbour table, close connections to ineligible or long-dead peers, and forget
@@ -253,10 +276,11 @@ class Node:
         peers = self.transport.peers()
         for gone in set(self._neighbours) - peers:
             del self._neighbours[gone]
-            self.store.forget_neighbour(gone)
+            self.store.drop_neighbour(gone)
         for peer in peers:
             if peer not in self._neighbours:
                 self._neighbours[peer] = now
+                self.store.add_neighbour(peer)
                 self._dirty.set()  # a new neighbour gets our full state
             address = self.transport.address_of(peer)
             if address is None or not self._is_eligible(address):
@@ -264,11 +288,19 @@ class Node:
             elif (self.membership.state(address) is PeerState.DEAD
                   and now - self._neighbours[peer] > self._grace_s()):
                 self._cut(peer, "dead")  # frozen: its TCP connection is open but it says nothing
-        for origin in [o for o in self.membership.peers() if not self._is_eligible(o)]:
-            self.membership.forget(origin)
-            self.capacities.pop(origin, None)
-            self.store.drop_origin(origin)
-            self._notify()
+        oldest = self._wall_ms() - self.config.forget_after_s * 1000
+        for origin, state in self.membership.peers().items():
+            if not self._is_eligible(origin) or (state is PeerState.DEAD
+                                                 and (self.membership.last_beat_ms(origin) or 0) < oldest):
+                self._forget(origin)
+
+    def _forget(self, origin: str) -> None:
+        self.membership.forget(origin)
+        self.capacities.pop(origin, None)
+        self.capacity_received_ms.pop(origin, None)
+        self.state_since_ms.pop(origin, None)
+        self.store.drop_origin(origin)
+        self._notify()
 
     def _grace_s(self) -> float:
         """How long a fresh connection may stay quiet before a dead verdict closes it."""
@@ -301,16 +333,14 @@ class Node:
             self._sweep()
             changes = self.membership.tick(self._wall_ms())
             if changes:
-                self.transitions.extend(changes)
-                for t in changes:
-                    log.info("peer %s", t.after.value, extra={"peer": t.peer, "before": t.before and t.before.value})
+                self._record(changes)
                 self._notify()
 
     async def _sync_loop(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
         while True:
             await self._dirty.wait()
-            await trio.sleep(self.config.sync_delay_s)  # let the wave's other records arrive
+            await trio.sleep(self._sync_delay_s)  # let the wave's other records arrive
             self._dirty = trio.Event()
             for peer in list(self._neighbours):
                 if peer in self._sending or peer in self._closing or not self.store.lacks(peer):
@@ -319,13 +349,16 @@ class Node:
                 self._nursery.start_soon(self._send_to, peer)
 
     async def _send_to(self, peer: str) -> None:
+        sent = self.store.delta(peer)
         try:
-            for frame in encode_frames(self.store.delta(peer)):
+            for frame in encode_frames([raw for _, _, raw in sent]):
                 await self.transport.send(peer, frame)
         except TransportError as exc:
-            self.store.forget_neighbour(peer)
+            # only what this send carried goes again; the connection stays: a slow peer (a loaded
+            # machine) is not a dead one, and if it is frozen, its silence closes the connection
+            self.store.unsend(peer, sent)
+            self.gossip.counters[(SYNC, "IGNORE", "send-failed")] += 1
             log.info("sync send failed", extra={"peer": peer, "error": str(exc)})
-            self._cut(peer, "send-failed")
         finally:
             self._sending.discard(peer)
         if self.store.lacks(peer):

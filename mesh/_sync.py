@@ -71,13 +71,13 @@ def decode_frame(frame: bytes) -> list[bytes]:
 
 @dataclass
 class RecordStore:
-    """The freshest record per (topic, origin), and what each neighbour is known to hold.
-
-    Origins are keyed lower-case, so a checksummed and a plain address are one origin.
-    """
+    """The freshest record per (topic, origin), what each neighbour is known to hold, and what it
+    still lacks (kept incrementally: a wave touches each record once per neighbour, never the
+    whole store). Origins are keyed lower-case, so a checksummed and a plain address are one."""
 
     latest: dict[Key, tuple[int, bytes]] = field(default_factory=dict)
     known: dict[str, dict[Key, int]] = field(default_factory=dict)  # neighbour -> key -> seq it holds
+    pending: dict[str, set[Key]] = field(default_factory=dict)  # neighbour -> keys it lacks
 
     def seq_of(self, topic: str, origin: str) -> int:
         held = self.latest.get((topic, origin.lower()))
@@ -89,34 +89,59 @@ class RecordStore:
         if seq <= self.seq_of(*key):
             return False
         self.latest[key] = (seq, raw)
+        for neighbour, held in self.known.items():
+            if held.get(key, 0) < seq:
+                self.pending[neighbour].add(key)
         return True
 
+    def add_neighbour(self, neighbour: str) -> None:
+        """A new (or reconnected) neighbour: it lacks everything until it says otherwise."""
+        if neighbour not in self.known:
+            self.known[neighbour] = {}
+            self.pending[neighbour] = set(self.latest)
+
     def holds(self, neighbour: str, topic: str, origin: str, seq: int) -> None:
-        """``neighbour`` has this record (it sent it to us, or we sent it to it)."""
-        held = self.known.setdefault(neighbour, {})
+        """``neighbour`` has this record (it sent it to us)."""
+        self.add_neighbour(neighbour)
+        held = self.known[neighbour]
         key = (topic, origin.lower())
         if seq > held.get(key, 0):
             held[key] = seq
+        if held[key] >= self.seq_of(*key):
+            self.pending[neighbour].discard(key)
 
-    def delta(self, neighbour: str) -> list[bytes]:
-        """The records ``neighbour`` lacks; they are marked as held (call ``forget_neighbour`` if the
-        send fails, so the next frame carries everything again)."""
-        held = self.known.setdefault(neighbour, {})
-        out = []
-        for key, (seq, raw) in self.latest.items():
-            if held.get(key, 0) < seq:
-                held[key] = seq
-                out.append(raw)
+    def delta(self, neighbour: str) -> list[tuple[Key, int, bytes]]:
+        """The records ``neighbour`` lacks, now marked as held by it (``unsend`` them if the send
+        fails)."""
+        self.add_neighbour(neighbour)
+        held, out = self.known[neighbour], []
+        for key in self.pending[neighbour]:
+            seq, raw = self.latest[key]
+            out.append((key, held.get(key, 0), raw))
+            held[key] = seq
+        self.pending[neighbour] = set()
         return out
 
-    def lacks(self, neighbour: str) -> bool:
-        held = self.known.get(neighbour, {})
-        return any(held.get(key, 0) < seq for key, (seq, _) in self.latest.items())
+    def unsend(self, neighbour: str, sent: list[tuple[Key, int, bytes]]) -> None:
+        """A send failed: ``neighbour`` lacks these records again (and only these)."""
+        held = self.known.get(neighbour)
+        if held is None:
+            return
+        for key, before, _ in sent:
+            if key in self.latest:
+                held[key] = before
+                self.pending[neighbour].add(key)
 
-    def forget_neighbour(self, neighbour: str) -> None:
+    def lacks(self, neighbour: str) -> bool:
+        return bool(self.pending.get(neighbour, self.latest))
+
+    def drop_neighbour(self, neighbour: str) -> None:
         self.known.pop(neighbour, None)
+        self.pending.pop(neighbour, None)
 
     def drop_origin(self, origin: str) -> None:
-        """Stop holding and relaying an origin's records (it was banned)."""
+        """Stop holding and relaying an origin's records (it was banned, or is long dead)."""
         for key in [k for k in self.latest if k[1] == origin.lower()]:
             del self.latest[key]
+            for lacking in self.pending.values():
+                lacking.discard(key)

@@ -63,8 +63,9 @@ def decode_envelope(raw: bytes) -> Envelope:
         raise Reject("malformed", exc.errors()[0]["msg"]) from exc
 
 
-def validate_envelope(state: GossipState, topic: str, env: Envelope) -> None:
-    """Check an envelope received on ``topic``; raise ``Reject`` or ``Ignore``."""
+def validate_envelope(state: GossipState, topic: str, env: Envelope, *, stale_ok: bool = False) -> None:
+    """Check an envelope received on ``topic``; raise ``Reject`` or ``Ignore``. ``stale_ok``: the
+    message is a state record (the latest of its origin, relayed by sync), not an event."""
     # [REJECT] the envelope names another topic than the one it arrived on
     if env.topic != topic:
         raise Reject("wrong-topic", f"{env.topic} on {topic}")
@@ -74,9 +75,10 @@ def validate_envelope(state: GossipState, topic: str, env: Envelope) -> None:
     # [REJECT] the origin is not a licensed, linked, unbanned node
     if not state.is_eligible(env.origin):
         raise Reject("unlicensed", env.origin)
-    # [IGNORE] the timestamp is too far from our clock (stale, or from a badly skewed clock)
+    # [IGNORE] the timestamp is too far from our clock: ahead (a badly skewed clock), or behind
+    # (stale) for messages that must be fresh; a synced record may be old, its seq orders it
     skew = env.ts_ms - state.now_ms()
-    if abs(skew) > state.max_skew_ms:
+    if skew > state.max_skew_ms or (not stale_ok and skew < -state.max_skew_ms):
         raise Ignore("clock-skew", f"{skew} ms")
     # [IGNORE] we already accepted this origin's message with this or a later sequence number
     key = (topic, env.origin)
@@ -93,12 +95,13 @@ def decode_payload(model: type[M], env: Envelope) -> M:
         raise Reject("malformed-payload", exc.errors()[0]["msg"]) from exc
 
 
-def check(state: GossipState, topic: str, raw: bytes, model: type[M]) -> tuple[Envelope, M]:
+def check(state: GossipState, topic: str, raw: bytes, model: type[M], *, stale_ok: bool = False,
+          ) -> tuple[Envelope, M]:
     """Decode and validate a message without recording it: what the transport's validator runs
     before a message is forwarded. Rejections and ignores are counted."""
     try:
         env = decode_envelope(raw)
-        validate_envelope(state, topic, env)
+        validate_envelope(state, topic, env, stale_ok=stale_ok)
         payload = decode_payload(model, env)
     except GossipVerdict as verdict:
         state.counters[(topic, verdict.verdict, verdict.reason)] += 1

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from mesh._envelope import MAX_ENVELOPE_BYTES, Envelope, seal
+from mesh._envelope import MAX_ENVELOPE_BYTES, SECP256K1_N, Envelope, recover_address, seal
 from mesh._identity import NodeIdentity
-from mesh._validate import GossipState, Ignore, Reject, accept
+from mesh._validate import GossipState, Ignore, Reject, accept, check
 from mesh._wire_capacity import TOPIC as CAPACITY
 from mesh._wire_capacity import Capacity, Resources
 from mesh._wire_heartbeat import TOPIC as HEARTBEAT
@@ -88,3 +88,28 @@ def test_capacity_schema() -> None:
         Capacity(version=1, total=free, free=total)
     with pytest.raises(ValueError, match="extra"):
         Heartbeat.model_validate({"capacity_version": 1, "uptime_s": 1, "evil": True})
+
+
+def test_only_canonical_signatures_recover() -> None:
+    env = beat()
+    sig = bytes.fromhex(env.sig[2:])
+    assert recover_address(env.signing_digest(), sig) == ALICE.address
+    r, s, v = sig[:32], int.from_bytes(sig[32:64], "big"), sig[64]
+    twin = r + (SECP256K1_N - s).to_bytes(32, "big") + bytes([1 - v])  # the malleable high-s twin
+    assert recover_address(env.signing_digest(), twin) is None
+    assert recover_address(env.signing_digest(), sig[:64] + b"\x1b") is None  # v must be 0 or 1
+    assert recover_address(env.signing_digest(), sig[:64]) is None
+    assert recover_address(env.signing_digest(), b"\x00" * 65) is None
+    forged = env.model_copy(update={"sig": "0x" + twin.hex()})
+    assert verdict(state(ALICE), forged.encode()) == ("REJECT", "bad-signature")
+
+
+def test_a_synced_record_may_be_old_but_never_from_the_future() -> None:
+    st = state(ALICE)
+    old = beat(ts=NOW - 3_600_000).encode()
+    env, _ = check(st, HEARTBEAT, old, Heartbeat, stale_ok=True)
+    assert env.ts_ms == NOW - 3_600_000
+    with pytest.raises(Ignore, match="clock-skew"):
+        check(st, HEARTBEAT, beat(seq=2, ts=NOW + 31_000).encode(), Heartbeat, stale_ok=True)
+    with pytest.raises(Ignore, match="clock-skew"):
+        check(st, HEARTBEAT, old, Heartbeat)

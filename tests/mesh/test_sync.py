@@ -16,24 +16,36 @@ def beat(ident: NodeIdentity, seq: int) -> bytes:
                                                                  uptime_s=0)).encode()
 
 
+def raws(sent: list[tuple[tuple[str, str], int, bytes]]) -> list[bytes]:
+    return sorted(raw for _, _, raw in sent)
+
+
 def test_a_neighbour_gets_only_what_it_lacks() -> None:
     store = RecordStore()
     assert store.put(HEARTBEAT, A.address, 5, beat(A, 5))
     assert not store.put(HEARTBEAT, A.address.lower(), 5, beat(A, 5))  # same origin, any case
     assert store.put(HEARTBEAT, B.address, 7, beat(B, 7))
     assert store.lacks("n1")
-    assert sorted(store.delta("n1")) == sorted([beat(A, 5), beat(B, 7)])
+    assert raws(store.delta("n1")) == sorted([beat(A, 5), beat(B, 7)])
     assert not store.lacks("n1")
     assert store.delta("n1") == []
     store.put(HEARTBEAT, A.address, 6, beat(A, 6))
-    assert store.delta("n1") == [beat(A, 6)]
+    assert store.lacks("n1")
+    sent = store.delta("n1")
+    assert raws(sent) == [beat(A, 6)]
+    store.unsend("n1", sent)  # that send failed: only that record goes again
+    assert raws(store.delta("n1")) == [beat(A, 6)]
+    store.add_neighbour("n2")
     store.holds("n2", HEARTBEAT, B.address, 9)  # n2 told us of a fresher one than we hold
-    assert store.delta("n2") == [beat(A, 6)]
-    store.forget_neighbour("n1")  # a failed send: the next frame carries everything again
+    assert raws(store.delta("n2")) == [beat(A, 6)]
+    store.drop_neighbour("n1")  # gone: when it is back, it gets everything
     assert len(store.delta("n1")) == 2
     store.drop_origin(A.address)
     assert store.seq_of(HEARTBEAT, A.address) == 0
-    assert store.delta("n3") == [beat(B, 7)]
+    assert raws(store.delta("n3")) == [beat(B, 7)]
+    store.put(HEARTBEAT, A.address, 8, beat(A, 8))
+    store.holds("n3", HEARTBEAT, A.address, 8)  # it got it elsewhere before we sent it
+    assert not store.lacks("n3")
 
 
 def test_frames_split_at_the_limit_and_round_trip() -> None:
