@@ -162,6 +162,10 @@ class Node:
         def validate(msg: Message) -> bool:
             if msg.forwarder == self.transport.local_id:
                 return True  # our own publish (py-libp2p validates those too): sealed and recorded by us
+            if self._holds_exactly(msg.data):
+                # it reached us by sync first: still relay it on gossipsub (rejecting it as a replay
+                # would starve the nodes behind us), but it is not news to deliver
+                return True
             try:
                 checked = check(self.gossip, topic, msg.data, model)
             except GossipVerdict:
@@ -173,7 +177,17 @@ class Node:
 
         return validate
 
+    def _holds_exactly(self, raw: bytes) -> bool:
+        head = peek(raw)
+        if head is None:
+            return False
+        held = self.store.latest.get((head.topic, head.origin))
+        return held is not None and held[1] == raw
+
     def _on_published(self, topic: str, msg: Message) -> None:
+        if self._holds_exactly(msg.data):
+            self.gossip.counters[(topic, "IGNORE", "duplicate")] += 1
+            return
         checked = self._checked.pop(msg.data, None)
         if checked is None:  # our own, evicted, or a transport that skipped the validator: check now
             try:

@@ -27,6 +27,7 @@ import select
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Callable
@@ -323,9 +324,8 @@ def main() -> None:
         idle = trio.run(idle_inprocess, n, interval / 1000, warmup, measure, seed)
         log(f"baseline idle n={n}", idle)
         base["idle_cpu"][str(n)] = idle | {"interval_s": interval / 1000}
-    work = ROOT / "benchmarks" / ".work"
-    work.mkdir(parents=True, exist_ok=True)
-    ours_p = ours_processes(proc_n, 1000, messages // 2, 1.0, seed, work)
+    with tempfile.TemporaryDirectory(prefix="deedmesh-bench-") as work:  # keystores, deployment record
+        ours_p = ours_processes(proc_n, 1000, messages // 2, 1.0, seed, Path(work))
     log(f"deedmesh processes n={proc_n}", ours_p)
     out["propagation_ms"]["processes"][str(proc_n)] = ours_p["propagation_ms"]
     out["detection_s"] = ours_p["detection_s"] | {"n": proc_n, "interval_s": 1.0}

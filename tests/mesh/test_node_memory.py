@@ -221,6 +221,21 @@ async def test_forged_replayed_and_oversized_sync_traffic_is_rejected_counted_an
         assert counters[(CAPACITY, "REJECT", "bad-signature")] == 1
 
 
+async def test_a_record_that_came_by_sync_is_still_relayed_on_gossipsub_but_not_redelivered(
+        autojump_clock: trio.testing.MockClock) -> None:
+    async with mesh(MemoryNetwork(), IDS[:2]) as nodes:
+        await until(lambda: all_alive(nodes))
+        await until(lambda: IDS[1].address in nodes[0].capacities)
+        held = nodes[0].store.latest[(CAPACITY, IDS[1].address.lower())][1]
+        copy = Message(CAPACITY, held, "some-forwarder")
+        assert nodes[0].validator(CAPACITY)(copy)  # valid and forwarded: peers behind us may lack it
+        before = dict(nodes[0].gossip.counters)
+        nodes[0]._on_published(CAPACITY, copy)
+        after = nodes[0].gossip.counters
+        assert after[(CAPACITY, "IGNORE", "duplicate")] == before.get((CAPACITY, "IGNORE", "duplicate"), 0) + 1
+        assert after[(CAPACITY, "ACCEPT", "ok")] == before.get((CAPACITY, "ACCEPT", "ok"), 0)
+
+
 async def test_lossy_network_still_converges(autojump_clock: trio.testing.MockClock) -> None:
     # real links lose no frame silently (a failed send resends everything); this one drops 30 %,
     # so a lost capacity record comes back only when it is re-signed
