@@ -97,6 +97,7 @@ class Libp2pTransport:
         self._streams: dict[str, object] = {}  # peer id -> our outbound sync stream to it
         self._stream_locks: dict[str, trio.Lock] = {}
         self._addresses: dict[str, str | None] = {}
+        self._ids: dict[str, ID] = {}  # peer id string -> ID, decoded once (base58 is pure Python)
         self._direct_send, self._direct_receive = trio.open_memory_channel[Message](SUBSCRIPTION_BUFFER)
         self._task_scopes: list[trio.CancelScope] = []  # our own background tasks, stopped by aclose
         self._closed = False
@@ -124,9 +125,14 @@ class Libp2pTransport:
     async def disconnect(self, peer: str) -> None:
         await self._drop_stream(peer)
         try:
-            await self._host.disconnect(ID.from_base58(peer))  # type: ignore[attr-defined]
+            await self._host.disconnect(self._id(peer))  # type: ignore[attr-defined]
         except Exception as exc:  # already gone is fine
             log.debug("disconnect failed", extra={"peer": peer, "error": str(exc)})
+
+    def _id(self, peer: str) -> ID:
+        if peer not in self._ids:
+            self._ids[peer] = ID.from_base58(peer)
+        return self._ids[peer]
 
     def address_of(self, peer: str) -> str | None:
         if peer not in self._addresses:
@@ -140,16 +146,22 @@ class Libp2pTransport:
             raise TransportError(peer, "transport closed")
         if len(frame) > self._config.max_frame_bytes:
             raise ValueError(f"frame of {len(frame)} bytes exceeds {self._config.max_frame_bytes}")
+        try:
+            pid = self._id(peer)
+        except ValueError as exc:
+            raise TransportError(peer, f"send failed: {exc}") from exc
         lock = self._stream_locks.setdefault(peer, trio.Lock())
         async with lock:  # frames on one stream must not interleave
-            if peer not in self.peers():  # the connection went away: its stream is dead with it
+            # the connection went away: its stream is dead with it (checked by ID: peers() would
+            # base58-encode every connection's id on every frame)
+            if pid not in self._host.get_network().connections:  # type: ignore[attr-defined]
                 await self._drop_stream(peer)
             try:
                 with trio.fail_after(self._config.send_timeout_s):
                     stream = self._streams.get(peer)
                     if stream is None:
                         stream = await self._host.new_stream(  # type: ignore[attr-defined]
-                            ID.from_base58(peer), [TProtocol(SYNC_PROTOCOL)])
+                            pid, [TProtocol(SYNC_PROTOCOL)])
                         self._streams[peer] = stream
                     await stream.write(len(frame).to_bytes(4, "big") + frame)  # type: ignore[attr-defined]
             except trio.TooSlowError as exc:
