@@ -130,7 +130,7 @@ class NodeApi:
         except ValueError as exc:
             await _json(send, 422, {"error": "invalid capacity", "detail": str(exc)[:500]})
             return
-        await self.node.set_capacity(capacity)
+        self.node.set_capacity(capacity)
         await _json(send, 200, {"advertised": capacity.version})
 
 

@@ -41,7 +41,7 @@ def node() -> None:
               help="Operator API token (created 0600 if missing; default: <keystore>.token).")
 @click.option("--heartbeat-interval-ms", type=click.IntRange(250, 60_000),
               help="Liveness beat; peers are dead 2.75 intervals after their last beat.  [default: 1000]")
-@click.option("--target-peers", type=click.IntRange(0, 64), help="Connections discovery keeps.  [default: 6]")
+@click.option("--target-peers", type=click.IntRange(0, 64), help="Connections discovery keeps.  [default: 4]")
 def run_command(config_file: Path | None, keystore: Path | None, password_file: Path | None, rpc: str | None,
                 deployment: Path | None, listen: str | None, bootstrap: tuple[str, ...], api_port: int | None,
                 tags: tuple[str, ...], operator_token_file: Path | None, heartbeat_interval_ms: int | None,

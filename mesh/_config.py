@@ -11,7 +11,7 @@
     api_port = 8700
     tags = ["gpu", "eu-west"]
     heartbeat_interval_ms = 1000           # larger meshes beat slower (BENCHMARKS.md)
-    target_peers = 6
+    target_peers = 4
     license_refresh_s = 5.0
 
 Unknown keys and wrongly typed values are refused with the key named (a typo must not silently

@@ -6,9 +6,12 @@ mesh view, and keeps its connections to licensed, live peers.
 tests both run on trio's fake clock).
 
 Traffic (shared/notes/libp2p.md, BENCHMARKS.md): heartbeats and capacity travel by neighbour sync
-(``_sync``): records batched into one frame per neighbour per wave over a direct stream, never
-one gossipsub message per beat. Capacity changes are also published on gossipsub, the fast path
-to every node; the sync covers late joiners and lost messages.
+(``_sync``): each hop batches one wave's records into one frame per neighbour over a direct
+stream, never one gossipsub message per beat. A capacity change is news: every hop passes it on
+at once instead of waiting for the wave. Gossipsub carries none of this: a frame costs ~0.5 ms of
+CPU to send and receive, a gossipsub message ~5 ms at each of its ~D copies per node, and it was
+the slower path (N = 20 in one process: p99 to all 650 ms published on gossipsub as well, 200 ms
+by sync alone).
 """
 
 from __future__ import annotations
@@ -37,7 +40,6 @@ from ._wire_heartbeat import TOPIC as HEARTBEAT_TOPIC
 from ._wire_heartbeat import Heartbeat
 
 log = logging.getLogger("deedmesh.mesh")
-MAX_CHECKED = 4096  # validated-but-undelivered envelopes kept; far above what is in flight
 MODELS: dict[str, type[Heartbeat] | type[Capacity]] = {HEARTBEAT_TOPIC: Heartbeat, CAPACITY_TOPIC: Capacity}
 # a neighbour that relays these broke the protocol itself (honest nodes verify before relaying);
 # "unlicensed" is not among them: license views may lag each other by a refresh interval
@@ -56,7 +58,10 @@ class NodeConfig:
     # a hop waits this long so one wave's records leave in one frame; it also caps the frames per
     # neighbour at 8 an interval when records trickle in (a loaded host); None: interval / 8
     sync_delay_s: float | None = None
-    target_peers: int = 6  # discovery dials until this many connections (gossipsub's D)
+    # discovery dials until this many connections: records flood along them, so 4 keeps a random
+    # mesh connected (diameter ~4 at N = 50), and each more neighbour costs a frame per hop per wave
+    # (N = 50 in one process, 3 runs: 0.40 core idle with 4, 0.45 with 6)
+    target_peers: int = 4
     discovery_s: float = 2.0
     forget_after_s: float = 600.0  # a peer dead this long leaves the view and is no longer relayed
 
@@ -96,7 +101,9 @@ class Node:
         self._seq = 0
         self._started = trio.current_time()
         self._dirty = trio.Event()  # some neighbour lacks a record
-        self._sending: set[str] = set()
+        self._urgent = trio.Event()  # ... and it is news (a capacity change): no batching delay
+        self._sending: set[str] = set()  # neighbours a send is running to
+        self._rush: set[str] = set()  # ... which then lack news: send again without the delay
         self._dialing: set[str] = set()
         self._closing: set[str] = set()
         self._neighbours: dict[str, float] = {}  # connected peer -> trio time first seen connected
@@ -104,9 +111,6 @@ class Node:
         interval_s = config.liveness.heartbeat_interval_ms / 1000
         self._sync_delay_s = config.sync_delay_s if config.sync_delay_s is not None else max(0.02, interval_s / 8)
         self._nursery: trio.Nursery  # set by _run: sends, dials and disconnects run in it
-        # envelopes the transport's validator already checked, by raw bytes, so delivery does not
-        # verify a signature twice (bounded: entries leave on delivery, the cap covers drops)
-        self._checked: dict[bytes, tuple[Envelope, Heartbeat | Capacity]] = {}
         self.changed = trio.Event()  # set (and replaced) whenever the view changes
 
     # ---------------------------------------------------------------- the view
@@ -140,11 +144,11 @@ class Node:
     def _advertisement(self) -> Capacity:
         return self._capacity.model_copy(update={"addrs": tuple(self.transport.addrs())[:8]})
 
-    async def set_capacity(self, capacity: Capacity) -> None:
-        """Advertise new capacity now: on gossipsub (fast, to all) and by sync (to late joiners)."""
+    def set_capacity(self, capacity: Capacity) -> None:
+        """Advertise new capacity now: a change skips the sync delay at every hop."""
         self._capacity = capacity
-        env = self._seal(CAPACITY_TOPIC, self._advertisement())
-        await self.transport.publish(CAPACITY_TOPIC, env.encode())
+        self._seal(CAPACITY_TOPIC, self._advertisement())
+        self._urgent.set()
 
     def beat(self) -> None:
         uptime = int(trio.current_time() - self._started)
@@ -153,48 +157,6 @@ class Node:
                                               uptime_s=uptime))
 
     # ---------------------------------------------------------------- records from others
-
-    def validator(self, topic: str) -> Callable[[Message], bool]:
-        """The transport-level validator of ``topic``: a rejected message is neither delivered nor
-        forwarded (py-libp2p runs it before relaying)."""
-        model = MODELS[topic]
-
-        def validate(msg: Message) -> bool:
-            if msg.forwarder == self.transport.local_id:
-                return True  # our own publish (py-libp2p validates those too): sealed and recorded by us
-            if self._holds_exactly(msg.data):
-                # it reached us by sync first: still relay it on gossipsub (rejecting it as a replay
-                # would starve the nodes behind us), but it is not news to deliver
-                return True
-            try:
-                checked = check(self.gossip, topic, msg.data, model)
-            except GossipVerdict:
-                return False  # counted in self.gossip.counters
-            if len(self._checked) >= MAX_CHECKED:
-                self._checked.clear()
-            self._checked[msg.data] = checked
-            return True
-
-        return validate
-
-    def _holds_exactly(self, raw: bytes) -> bool:
-        head = peek(raw)
-        if head is None:
-            return False
-        held = self.store.latest.get((head.topic, head.origin))
-        return held is not None and held[1] == raw
-
-    def _on_published(self, topic: str, msg: Message) -> None:
-        if self._holds_exactly(msg.data):
-            self.gossip.counters[(topic, "IGNORE", "duplicate")] += 1
-            return
-        checked = self._checked.pop(msg.data, None)
-        if checked is None:  # our own, evicted, or a transport that skipped the validator: check now
-            try:
-                checked = check(self.gossip, topic, msg.data, MODELS[topic])
-            except GossipVerdict:
-                return  # counted
-        self._accept(msg.data, *checked)
 
     def _accept(self, raw: bytes, env: Envelope, payload: Heartbeat | Capacity,
                 forwarder: str | None = None) -> None:
@@ -213,6 +175,8 @@ class Node:
             known = self.capacities.get(env.origin)
             if known is None or payload.version > known.version:
                 self.capacity_received_ms[env.origin] = self._wall_ms()
+                if known is not None:
+                    self._urgent.set()  # a change, not a refresh or a newcomer: pass it on now
             if known is None or payload.version >= known.version:
                 self.capacities[env.origin] = payload
         if transition is not None:
@@ -248,10 +212,12 @@ class Node:
                 self.gossip.counters[(SYNC, "REJECT", "malformed")] += 1
                 misbehaved = True
                 continue
-            if head.seq <= self.store.seq_of(head.topic, head.origin):
-                # [IGNORE] we hold this record or a fresher one (normal: several neighbours relay it)
+            held = self.store.seq_of(head.topic, head.origin)
+            if head.seq <= held:
+                # [IGNORE] we hold this record (normal: several neighbours relay it) or a fresher one
+                # (a replay, or a neighbour that had not heard the newer record yet)
                 self.store.holds(peer, head.topic, head.origin, head.seq)
-                self.gossip.counters[(head.topic, "IGNORE", "duplicate")] += 1
+                self.gossip.counters[(head.topic, "IGNORE", "duplicate" if head.seq == held else "replay")] += 1
                 continue
             try:
                 env, payload = check(self.gossip, head.topic, raw, MODELS[head.topic], stale_ok=True)
@@ -354,27 +320,41 @@ class Node:
         task_status.started()
         while True:
             await self._dirty.wait()
-            await trio.sleep(self._sync_delay_s)  # let the wave's other records arrive
+            with trio.move_on_after(self._sync_delay_s):  # let the wave's other records arrive
+                await self._urgent.wait()
+            urgent = self._urgent.is_set()
             self._dirty = trio.Event()
+            self._urgent = trio.Event()
             for peer in list(self._neighbours):
-                if peer in self._sending or peer in self._closing or not self.store.lacks(peer):
+                if peer in self._closing or not self.store.lacks(peer):
+                    continue
+                if peer in self._sending:
+                    if urgent:
+                        self._rush.add(peer)  # the running send goes again at once when it is done
                     continue
                 self._sending.add(peer)
                 self._nursery.start_soon(self._send_to, peer)
 
     async def _send_to(self, peer: str) -> None:
-        sent = self.store.delta(peer)
         try:
-            for frame in encode_frames([raw for _, _, raw in sent]):
-                await self.transport.send(peer, frame)
-        except TransportError as exc:
-            # only what this send carried goes again; the connection stays: a slow peer (a loaded
-            # machine) is not a dead one, and if it is frozen, its silence closes the connection
-            self.store.unsend(peer, sent)
-            self.gossip.counters[(SYNC, "IGNORE", "send-failed")] += 1
-            log.info("sync send failed", extra={"peer": peer, "error": str(exc)})
+            while True:
+                self._rush.discard(peer)
+                sent = self.store.delta(peer)
+                try:
+                    for frame in encode_frames([raw for _, _, raw in sent]):
+                        await self.transport.send(peer, frame)
+                except TransportError as exc:
+                    # only what this send carried goes again; the connection stays: a slow peer (a
+                    # loaded machine) is not a dead one, and if it is frozen, its silence closes it
+                    self.store.unsend(peer, sent)
+                    self.gossip.counters[(SYNC, "IGNORE", "send-failed")] += 1
+                    log.info("sync send failed", extra={"peer": peer, "error": str(exc)})
+                    break
+                if peer not in self._rush or not self.store.lacks(peer):
+                    break
         finally:
             self._sending.discard(peer)
+            self._rush.discard(peer)
         if self.store.lacks(peer):
             self._dirty.set()
 
@@ -419,12 +399,6 @@ class Node:
         finally:
             self._dialing.discard(key)
 
-    async def _published_loop(self, topic: str, channel: trio.MemoryReceiveChannel[Message], *,
-                              task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        task_status.started()
-        async for msg in channel:
-            self._on_published(topic, msg)
-
     async def _direct_loop(self, channel: trio.MemoryReceiveChannel[Message], *,
                            task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
@@ -434,8 +408,6 @@ class Node:
     async def _run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
-            self.transport.set_validator(CAPACITY_TOPIC, self.validator(CAPACITY_TOPIC))
-            await nursery.start(self._published_loop, CAPACITY_TOPIC, await self.transport.subscribe(CAPACITY_TOPIC))
             await nursery.start(self._direct_loop, await self.transport.direct())
             for loop in (self._tick_loop, self._sync_loop, self._heartbeat_loop, self._capacity_loop,
                          self._discovery_loop):

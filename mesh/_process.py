@@ -45,7 +45,7 @@ class NodeSettings:
     operator_token_file: Path | None = None
     license_refresh_s: float = 5.0  # a ban on chain bites within this
     heartbeat_interval_ms: int = 1_000  # small meshes; larger ones beat slower (BENCHMARKS.md)
-    target_peers: int = 6  # gossipsub's D: fewer connections cannot fill its mesh
+    target_peers: int = 4  # see NodeConfig
 
 
 def detect_capacity(tags: tuple[str, ...]) -> Capacity:

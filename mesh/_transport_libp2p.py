@@ -21,7 +21,6 @@ the stream instead of blocking the sender.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
@@ -39,6 +38,7 @@ from libp2p.pubsub.gossipsub import PROTOCOL_ID_V11, PROTOCOL_ID_V12, GossipSub
 from libp2p.pubsub.pubsub import Pubsub
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
+from libp2p.stream_muxer.yamux.yamux import YamuxStream
 from libp2p.tools.anyio_service import background_trio_service
 
 from ._errors import TransportError
@@ -48,10 +48,29 @@ from ._sync import PROTOCOL as SYNC_PROTOCOL
 from ._transport import DIRECT, SUBSCRIPTION_BUFFER, Message, Validator
 
 log = logging.getLogger("deedmesh.transport")
-# py-libp2p's Yamux grants window credit on every read by default, one WINDOW_UPDATE frame each:
-# measured as 10k of 16k Yamux frames in an idle 10-node mesh; off, credit goes back in half-window
-# batches as in go-yamux (shared/notes/libp2p.md §3: ~30 % less CPU on a busy link)
-os.environ.setdefault("PY_YAMUX_RELEASE_ON_READ", "0")
+READ_CHUNK = 1 << 16  # a sync stream is read in chunks this big: one read usually holds a whole frame
+
+
+async def _batched_window_credit(self: YamuxStream, *, bytes_read: int = 0) -> None:
+    """Grant a Yamux stream's window credit back in half-window batches, as go-yamux does.
+
+    py-libp2p 0.8.1 sends one WINDOW_UPDATE frame after every read whatever
+    ``PY_YAMUX_RELEASE_ON_READ`` says (its "partial slack" branch fires on any consumed byte):
+    measured as one extra Noise-encrypted frame per sync frame, ~30 % of the CPU of a small frame
+    (0.76 -> 0.54 ms send + receive, medians of 3; shared/notes/libp2p.md §3). Credit is returned
+    once half the window is consumed; the window still auto-tunes upward on a fast stream."""
+    del bytes_read  # the consumed bytes are what the window lacks beyond the unread buffer
+    async with self.window_lock:
+        buffered = len(self.conn.stream_buffers.get(self.stream_id, b""))
+        delta = self.target_recv_window - (self.recv_window + buffered)
+        if delta < max(1, self._grow_threshold()):
+            return
+        self.recv_window += delta
+        delta += self._apply_autotune_epoch(buffered)
+    await self.send_window_update(delta, skip_lock=True)
+
+
+YamuxStream._auto_tune_and_send_window_update = _batched_window_credit  # type: ignore[method-assign]
 
 
 @dataclass(frozen=True)
@@ -187,32 +206,32 @@ class Libp2pTransport:
     async def _serve_stream(self, stream: object) -> None:
         """Read length-prefixed frames from a neighbour until it closes the stream."""
         peer = str(stream.muxed_conn.peer_id)  # type: ignore[attr-defined]
+        buf = bytearray()
         try:
             while True:
-                header = await self._read_exactly(stream, 4)
-                if header is None:
+                if not await self._fill(stream, buf, 4):
                     return
-                size = int.from_bytes(header, "big")
+                size = int.from_bytes(buf[:4], "big")
                 if size > self._config.max_frame_bytes:
                     self._deliver(Message(DIRECT, b"", peer, oversized=size))
                     await stream.reset()  # type: ignore[attr-defined]
                     return
-                frame = await self._read_exactly(stream, size)
-                if frame is None:
+                if not await self._fill(stream, buf, 4 + size):
                     return
-                self._deliver(Message(DIRECT, frame, peer))
+                self._deliver(Message(DIRECT, bytes(buf[4:4 + size]), peer))
+                del buf[:4 + size]
         except Exception as exc:  # a reset or a dropped connection ends this stream, not the node
             log.debug("sync stream ended", extra={"peer": peer, "error": str(exc)})
 
     @staticmethod
-    async def _read_exactly(stream: object, n: int) -> bytes | None:
-        buf = b""
+    async def _fill(stream: object, buf: bytearray, n: int) -> bool:
+        """Read until ``buf`` holds at least ``n`` bytes; False at the end of the stream."""
         while len(buf) < n:
-            chunk = await stream.read(n - len(buf))  # type: ignore[attr-defined]
+            chunk = await stream.read(max(n - len(buf), READ_CHUNK))  # type: ignore[attr-defined]
             if not chunk:
-                return None
+                return False
             buf += chunk
-        return buf
+        return True
 
     def _deliver(self, msg: Message) -> None:
         try:

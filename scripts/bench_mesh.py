@@ -10,9 +10,9 @@ Writes ``benchmarks/mesh.json``::
     idle_cpu        CPU (fraction of one core) and RSS of N nodes in one process, idle
     baseline        the same keys for raw gossipsub
 
-For deedmesh a "published message" is a capacity change (signed, validated at every hop,
-published on gossipsub and carried by sync); its arrival time is the node's own record of when
-the new version reached it. Liveness keeps running while propagation is measured (that is the
+For deedmesh a "published message" is a capacity change (signed, validated at every hop, flooded
+by neighbour sync without the wave's batching delay); its arrival time is the node's own record
+of when the new version reached it. Liveness keeps running while propagation is measured (that is the
 real system); the baseline's propagation runs without heartbeats. Processes use anvil for the
 license registry. Usage: ``python scripts/bench_mesh.py [--quick]``.
 """
@@ -41,12 +41,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _bench_baseline
 from _bench_baseline import (
     _host_stack,
-    _libp2p_view,
     _rss_mb,
     detection_processes,
     dial_plan,
     idle_inprocess,
-    mesh_ready,
     node_identity,
     percentile,
     propagation_inprocess,
@@ -60,7 +58,6 @@ from mesh._identity import write_keystore
 from mesh._membership import LivenessConfig, PeerState
 from mesh._node import Node, NodeConfig, open_node
 from mesh._transport_libp2p import Libp2pTransport, open_libp2p_transport
-from mesh._wire_capacity import TOPIC as CAPACITY_TOPIC
 from mesh._wire_capacity import Capacity, Resources
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -109,7 +106,6 @@ async def ours_inprocess(n: int, interval_ms: int, messages: int, rate_per_s: fl
     async with _host_stack() as stack:
         transports: list[Libp2pTransport] = [await stack.enter_async_context(open_libp2p_transport(i))
                                              for i in idents]
-        index_of = {t.local_id: i for i, t in enumerate(transports)}
         async with trio.open_nursery() as dialing:
             for i, targets in enumerate(dial_plan(n, random.Random(seed), dials)):
                 for j in targets:
@@ -128,10 +124,6 @@ async def ours_inprocess(n: int, interval_ms: int, messages: int, rate_per_s: fl
             await wait_until(lambda: len(nodes) == n and all(len(x.membership.alive()) == n - 1
                                                              for x in nodes.values()), 60 + n, "all alive")
             up_s = time.monotonic() - start
-            with trio.move_on_after(30):  # the capacity topic's gossipsub mesh, if it forms in time
-                while not mesh_ready(n, *zip(*[_libp2p_view(t, CAPACITY_TOPIC, index_of)  # noqa: ASYNC110
-                                               for t in transports], strict=True)):
-                    await trio.sleep(0.1)
             # idle: liveness only
             await trio.sleep(warmup_s)
             transitions_before = sum(len(x.transitions) for x in nodes.values())
@@ -149,7 +141,7 @@ async def ours_inprocess(n: int, interval_ms: int, messages: int, rate_per_s: fl
                 sender = rng.randrange(n)
                 version = 100 + k
                 sent = wall_ms()
-                await nodes[sender].set_capacity(capacity(version))
+                nodes[sender].set_capacity(capacity(version))
                 others = [x for i, x in nodes.items() if i != sender]
                 addr = idents[sender].address
                 try:
