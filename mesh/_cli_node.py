@@ -32,7 +32,9 @@ def node() -> None:
               help="Keystore password file (default: $DEEDMESH_KEY_PASSWORD, else a prompt).")
 @click.option("--rpc", help="JSON-RPC URL of the chain holding the license registry.  [required]")
 @click.option("--deployment", type=click.Path(dir_okay=False, path_type=Path),
-              help="Deployment record with the contract addresses (deedmesh chain deploy --out).  [required]")
+              help="Deployment record with the contract addresses (deedmesh chain deploy --out).")
+@click.option("--license-registry", metavar="ADDRESS",
+              help="The license registry's address, instead of a deployment record.")
 @click.option("--listen", help="libp2p listen multiaddr.  [default: /ip4/127.0.0.1/tcp/0]")
 @click.option("--bootstrap", multiple=True, help="A peer's multiaddr with /p2p/<id> (repeat).")
 @click.option("--api-port", type=click.IntRange(1, 65535), help="HTTP API port on 127.0.0.1.  [default: 8700]")
@@ -43,7 +45,8 @@ def node() -> None:
               help="Liveness beat; peers are dead 2.75 intervals after their last beat.  [default: 1000]")
 @click.option("--target-peers", type=click.IntRange(0, 64), help="Connections discovery keeps.  [default: 4]")
 def run_command(config_file: Path | None, keystore: Path | None, password_file: Path | None, rpc: str | None,
-                deployment: Path | None, listen: str | None, bootstrap: tuple[str, ...], api_port: int | None,
+                deployment: Path | None, license_registry: str | None, listen: str | None,
+                bootstrap: tuple[str, ...], api_port: int | None,
                 tags: tuple[str, ...], operator_token_file: Path | None, heartbeat_interval_ms: int | None,
                 target_peers: int | None) -> None:
     """Join the mesh: sync signed heartbeats and capacity with neighbours, keep the mesh view,
@@ -57,11 +60,15 @@ def run_command(config_file: Path | None, keystore: Path | None, password_file: 
         return flag if flag not in (None, ()) else file.get(name)
 
     keystore_path, rpc_url, record = pick(keystore, "key"), pick(rpc, "rpc"), pick(deployment, "deployment")
-    missing = [flag for flag, v in (("--key", keystore_path), ("--rpc", rpc_url), ("--deployment", record)) if not v]
+    registry = pick(license_registry, "license_registry")
+    missing = [flag for flag, v in (("--key", keystore_path), ("--rpc", rpc_url),
+                                    ("--deployment or --license-registry", record or registry)) if not v]
     if missing:
         raise click.UsageError(f"missing {', '.join(missing)} (as a flag or in --config)")
+    if record and registry:
+        raise click.UsageError("give --deployment or --license-registry, not both")
     for label, path in (("--key", keystore_path), ("--deployment", record)):
-        if not Path(path).is_file():
+        if path and not Path(path).is_file():
             raise click.BadParameter(f"{path} does not exist", param_hint=label)
     secret_file = pick(password_file, "password_file")
     password = resolve_password(password_file=Path(secret_file) if secret_file else None)
@@ -74,7 +81,8 @@ def run_command(config_file: Path | None, keystore: Path | None, password_file: 
         ("heartbeat_interval_ms", pick(heartbeat_interval_ms, "heartbeat_interval_ms")),
         ("target_peers", pick(target_peers, "target_peers")), ("license_refresh_s", file.get("license_refresh_s")),
     ) if value is not None}
-    settings = NodeSettings(rpc=rpc_url, deployment=Path(record), **optional)
+    settings = NodeSettings(rpc=rpc_url, deployment=Path(record) if record else None, license_registry=registry,
+                            **optional)
     token_file = pick(operator_token_file, "operator_token_file")
     run(identity, settings, Path(token_file) if token_file else Path(keystore_path).with_suffix(".token"))
 

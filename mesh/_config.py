@@ -6,6 +6,7 @@
     password_file = "node.password"
     rpc = "http://127.0.0.1:8545"
     deployment = "deployment.json"         # contract addresses, from `deedmesh chain deploy --out`
+    # license_registry = "0x..."           # or the license registry's address instead of a record
     listen = "/ip4/127.0.0.1/tcp/4001"
     bootstrap = ["/ip4/127.0.0.1/tcp/4002/p2p/16Uiu2HA..."]
     api_port = 8700
@@ -38,6 +39,7 @@ class NodeFileConfig(BaseModel):
     password_file: str | None = None
     rpc: str | None = None
     deployment: str | None = None
+    license_registry: str | None = None
     listen: str | None = None
     bootstrap: list[str] = Field(default_factory=list)
     api_port: int | None = Field(default=None, ge=1, le=65535)

@@ -17,10 +17,11 @@ from functools import partial
 from pathlib import Path
 
 import trio
+from eth_utils import is_address, to_checksum_address
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve
 
-from contracts import Chain, Deployment
+from contracts import Chain, Deployment, DeploymentError, LicenseRegistryClient
 
 from ._api import NodeApi
 from ._identity import NodeIdentity
@@ -36,7 +37,8 @@ class NodeSettings:
     """Everything ``node run`` needs besides the key."""
 
     rpc: str
-    deployment: Path
+    deployment: Path | None = None  # the contract addresses (deedmesh chain deploy --out) ...
+    license_registry: str | None = None  # ... or the license registry's address alone
     listen: str = "/ip4/127.0.0.1/tcp/0"  # loopback unless the operator opens it
     bootstrap: tuple[str, ...] = ()
     api_host: str = "127.0.0.1"  # the API is local by default; it is not meant for the internet
@@ -68,11 +70,25 @@ def operator_token(path: Path) -> str:
     return token
 
 
+def license_registry(chain: Chain, settings: NodeSettings) -> LicenseRegistryClient:
+    """The license registry named by the deployment record, else by its address; checked to be a
+    contract on the connected chain (a wrong chain or address is refused, not read as "no
+    licenses")."""
+    if settings.deployment is not None:
+        deployment = Deployment.load(settings.deployment)
+        deployment.check_chain(chain)
+        return deployment.licenses(chain)
+    address = settings.license_registry or ""
+    if not is_address(address):
+        raise DeploymentError(f"license registry {address!r} is not an address")
+    if chain.w3.eth.get_code(to_checksum_address(address)) in (b"", None):
+        raise DeploymentError(f"no contract at {address} on chain {chain.chain_id}")
+    return LicenseRegistryClient(chain, to_checksum_address(address))
+
+
 async def serve_node(identity: NodeIdentity, settings: NodeSettings, token_file: Path) -> None:
     chain = await trio.to_thread.run_sync(Chain.connect, settings.rpc)
-    deployment = Deployment.load(settings.deployment)
-    await trio.to_thread.run_sync(deployment.check_chain, chain)
-    licenses = deployment.licenses(chain)
+    licenses = await trio.to_thread.run_sync(license_registry, chain, settings)
     view = LicenseView(lambda: fetch_eligible(licenses), ChainWorker(), settings.license_refresh_s)
     token = operator_token(token_file)
     listen = Libp2pConfig(listen=settings.listen)

@@ -235,3 +235,42 @@ def test_liveness_config_is_checked() -> None:
         LivenessConfig(heartbeat_interval_ms=100)
     with pytest.raises(ValueError, match="suspect_factor"):
         LivenessConfig(suspect_factor=3.0, dead_factor=2.0)
+
+
+def diameter(nodes: list[Node]) -> int:
+    edges = {n.address: n.transport.peers() for n in nodes}
+    longest = 0
+    for start in edges:
+        seen, frontier, hops = {start}, {start}, 0
+        while frontier:
+            frontier = {p for a in frontier for p in edges[a]} - seen
+            seen |= frontier
+            hops += bool(frontier)
+        assert len(seen) == len(nodes)
+        longest = max(longest, hops)
+    return longest
+
+
+@pytest.mark.parametrize("max_peers", [2, 4])
+async def test_a_mesh_grown_from_a_line_dials_far_peers_until_no_beat_is_late(
+        autojump_clock: trio.testing.MockClock, max_peers: int) -> None:
+    # 24 nodes joined in a line: a beat relayed 23 hops (125 ms batching each) arrives ~3
+    # intervals late, so the far ends look suspect to each other; the nodes must rewire
+    network = MemoryNetwork(auto_connect=False)
+    ids = [NodeIdentity(bytes([0x90 + i]) * 32) for i in range(24)]
+    for a, b in itertools.pairwise(ids):
+        network.link(a.address, b.address)
+    config = NodeConfig(target_peers=2, max_peers=max_peers)
+    async with mesh(network, ids, config=config) as nodes:
+        await until(lambda: all_alive(nodes), deadline_s=60)
+        await trio.sleep(30)  # discovery rounds
+        transitions = sum(len(n.transitions) for n in nodes)
+        await trio.sleep(20 * INTERVAL_S)
+        flaps = sum(len(n.transitions) for n in nodes) - transitions
+        late = max(max(n._lag_ms.values()) for n in nodes)
+        if max_peers == 2:  # no room beyond the target: the far ends keep flapping
+            assert flaps > 0
+        else:
+            assert flaps == 0
+            assert late <= 0.75 * INTERVAL_S * 1000  # discovery's threshold for "far"
+            assert diameter(nodes) <= 7

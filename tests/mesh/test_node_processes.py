@@ -61,7 +61,8 @@ class NodeProcess:
 
 def start_node(tmp: Path, n: int, ident: NodeIdentity, rpc: str, record: Path, bootstrap: list[str],
                api_port: int | None = None) -> NodeProcess:
-    """Node 0 takes every setting from a config file; the others mix a config file and flags."""
+    """Node 0 takes every setting from a config file; the others mix a config file and flags (node
+    2 names the license registry by its address instead of the deployment record)."""
     key = tmp / f"node{n}.json"
     if not key.exists():
         write_keystore(key, ident, PASSWORD, scrypt_n=2**10)
@@ -72,8 +73,10 @@ def start_node(tmp: Path, n: int, ident: NodeIdentity, rpc: str, record: Path, b
                   f"api_port = {api_port or free_port()}", f"bootstrap = {json.dumps(bootstrap)}", 'tags = ["edge"]']
         args = [DEEDMESH, "node", "run", "--config", str(config)]
     else:
-        args = [DEEDMESH, "node", "run", "--config", str(config), "--key", str(key), "--rpc", rpc,
-                "--deployment", str(record), "--api-port", str(api_port or free_port())]
+        contracts = (["--license-registry", json.loads(record.read_text())["license_registry"]] if n == 2
+                     else ["--deployment", str(record)])
+        args = [DEEDMESH, "node", "run", "--config", str(config), "--key", str(key), "--rpc", rpc, *contracts,
+                "--api-port", str(api_port or free_port())]
         for b in bootstrap:
             args += ["--bootstrap", b]
     config.write_text("\n".join(lines) + "\n")
