@@ -1,0 +1,131 @@
+"""A CSP's signed job submission, and the checks a node runs before it gossips one.
+
+The CSP signs ``JobSubmission(jobId, specHash, nonce, expiry)`` under the escrow's EIP-712 domain
+(chain id and escrow address: a signature for one chain or escrow is worthless on another) and
+hands it, with the spec, to any node. The node checks, in this order, and refuses with the first
+failure (each a ``Rejected`` with a reason, an HTTP status and a one-line message):
+
+- the signature recovers to some address (low s, as the contracts require);
+- the submission has not expired, and does not claim a validity longer than ``MAX_VALIDITY_S``
+  (a bounded window bounds what a leaked signature can do);
+- the job exists on chain, is active, has a deposit, and belongs to the signer;
+- the spec's hash is the one the job was funded with, and it asks for the funded replica count;
+- the CSP is admitted and in good standing;
+- the nonce is above every nonce already seen for this job.
+
+Nonces are per job and only move up. The mesh keeps the latest accepted action per job (a
+submission, or a stop: the same signed struct with a zero spec hash), so a replayed older
+submission is refused by every node that has heard the newer one, and after a restart (the
+nonce book is kept on disk, ``_nonces``). Pure: the chain's answers are passed in.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from contracts import CspStatus, Job, JobStatus, digest, escrow_domain, job_submission
+
+from ._envelope import recover_address
+
+MAX_VALIDITY_S = 24 * 3600  # a submission signed for longer than a day is refused
+STOP = b"\x00" * 32  # the spec hash of a signed stop
+
+
+class Submission(BaseModel):
+    """What the CSP signs, plus the signature (hex on the wire)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+    job_id: int = Field(ge=1, lt=2**256)
+    spec_hash: str = Field(pattern=r"^0x[0-9a-f]{64}$")
+    nonce: int = Field(ge=0, lt=2**256)
+    expiry: int = Field(ge=0, lt=2**64)  # unix seconds
+    signature: str = Field(pattern=r"^0x[0-9a-f]{130}$")
+
+    @property
+    def spec_hash_bytes(self) -> bytes:
+        return bytes.fromhex(self.spec_hash[2:])
+
+    @property
+    def is_stop(self) -> bool:
+        return self.spec_hash_bytes == STOP
+
+
+# reason -> HTTP status the node API answers with
+STATUS = {
+    "bad-signature": 401,
+    "expired": 410,
+    "expiry-too-far": 422,
+    "unknown-job": 404,
+    "job-not-active": 409,
+    "not-funded": 402,
+    "wrong-owner": 403,
+    "spec-mismatch": 409,
+    "replicas-mismatch": 409,
+    "csp-not-admitted": 403,
+    "replayed": 409,
+}
+
+
+class Rejected(Exception):
+    """A submission a node refuses; ``reason`` is a key of ``STATUS``."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(f"{reason}: {message}")
+        self.reason = reason
+        self.status = STATUS[reason]
+
+
+@dataclass(frozen=True)
+class ChainFacts:
+    """What the node read from the chain for this submission (``job`` is None if it has none)."""
+
+    chain_id: int
+    escrow: str
+    job: Job | None
+    csp_admitted_until: int  # unix seconds; 0 if never admitted
+    csp_status: CspStatus
+
+
+def signer_of(sub: Submission, chain_id: int, escrow: str) -> str:
+    """The address that signed ``sub`` under this escrow's domain; ``Rejected`` if none."""
+    message = job_submission(escrow_domain(chain_id, escrow), sub.job_id, sub.spec_hash_bytes, sub.nonce, sub.expiry)
+    raw = bytes.fromhex(sub.signature[2:])
+    v = raw[64] - 27 if raw[64] in (27, 28) else raw[64]
+    signer = recover_address(digest(message), raw[:64] + bytes([v]))
+    if signer is None:
+        raise Rejected("bad-signature", "the signature is malformed or not canonical (high s)")
+    return signer
+
+
+def check_submission(sub: Submission, facts: ChainFacts, *, replicas: int | None, now_s: int,
+                     last_nonce: int | None) -> str:
+    """Run every check (module docstring); return the CSP's address. ``replicas`` is the spec's
+    replica count (None for a stop); ``last_nonce`` the highest nonce seen for this job."""
+    signer = signer_of(sub, facts.chain_id, facts.escrow)
+    if sub.expiry <= now_s:
+        raise Rejected("expired", f"expired at {sub.expiry}, now {now_s}")
+    if sub.expiry > now_s + MAX_VALIDITY_S:
+        raise Rejected("expiry-too-far", f"valid until {sub.expiry}, more than {MAX_VALIDITY_S} s ahead")
+    job = facts.job
+    if job is None or job.status is JobStatus.NONE:
+        raise Rejected("unknown-job", f"job {sub.job_id} does not exist on chain {facts.chain_id}")
+    if job.csp.lower() != signer.lower():
+        # a forged signature recovers to some random address: it lands here too
+        raise Rejected("wrong-owner", f"job {sub.job_id} belongs to {job.csp}, signed by {signer}")
+    if job.status is not JobStatus.ACTIVE:
+        raise Rejected("job-not-active", f"job {sub.job_id} is {job.status.name.lower()}")
+    if job.deposited == 0:
+        raise Rejected("not-funded", f"job {sub.job_id} has no deposit")
+    if not sub.is_stop:
+        if sub.spec_hash_bytes != job.spec_hash:
+            raise Rejected("spec-mismatch", f"spec hash {sub.spec_hash} is not the funded 0x{job.spec_hash.hex()}")
+        if replicas != job.replicas:
+            raise Rejected("replicas-mismatch", f"the spec asks for {replicas} replicas, {job.replicas} are funded")
+    if facts.csp_admitted_until < now_s or facts.csp_status is not CspStatus.ACTIVE:
+        raise Rejected("csp-not-admitted", f"{signer} is not an admitted CSP in good standing")
+    if last_nonce is not None and sub.nonce <= last_nonce:
+        raise Rejected("replayed", f"nonce {sub.nonce} <= {last_nonce}, already seen for job {sub.job_id}")
+    return signer
