@@ -20,9 +20,11 @@ import click
 
 from contracts import ArtifactError, ChainError, ChainUnreachable, ContractRevert, DeploymentError, TransactionFailed
 
+from ._cli_job import job
 from ._cli_keys import keys
 from ._cli_node import node, status
 from ._errors import KeystoreError, MeshError
+from ._jobspec_load import SpecError
 
 EXIT_CODES: dict[type[BaseException], int] = {
     ChainUnreachable: 3,
@@ -32,6 +34,7 @@ EXIT_CODES: dict[type[BaseException], int] = {
     TransactionFailed: 6,
     ChainError: 7,
     KeystoreError: 8,
+    SpecError: 10,
     MeshError: 9,
 }
 
@@ -99,7 +102,7 @@ def cli(ctx: click.Context, json_output: bool, log_level: str, log_format: str) 
     \b
     Exit codes: 0 ok, 2 usage, 3 chain unreachable, 4 bad deployment record or
     artifact, 5 contract revert (named), 6 transaction failed, 7 other chain error,
-    8 keystore error, 9 other node error.
+    8 keystore error, 9 other node error, 10 invalid job spec.
     """
     ctx.ensure_object(dict)
     ctx.obj["json"] = json_output
@@ -111,6 +114,7 @@ def main() -> None:
     cli(prog_name="deedmesh")
 
 
+cli.add_command(job)
 cli.add_command(keys)
 cli.add_command(node)
 cli.add_command(status)
