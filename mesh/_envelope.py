@@ -45,6 +45,9 @@ class Envelope(BaseModel):
 
     topic: str = Field(min_length=1, max_length=64)
     origin: str = Field(pattern=r"^0x[0-9a-fA-F]{40}$")
+    # what the record is about when it is not its origin (a job: "job:7"); "" = the origin itself.
+    # seq orders the records of one (topic, subject), whichever node signed them
+    subject: str = Field(default="", max_length=80, pattern=r"^([a-z]+:[0-9]+)?$")
     seq: int = Field(ge=1, lt=2**63)
     ts_ms: int = Field(ge=0, lt=2**63)
     payload: dict[str, Any]
@@ -56,14 +59,19 @@ class Envelope(BaseModel):
         return to_checksum_address(v)
 
     def signing_digest(self) -> bytes:
-        return signing_digest(self.topic, self.origin, self.seq, self.ts_ms, self.payload)
+        return signing_digest(self.topic, self.origin, self.seq, self.ts_ms, self.payload, self.subject)
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """The record's identity: its topic and what it is about (the lower-case origin by default)."""
+        return (self.topic, self.subject or self.origin.lower())
 
     def recover_origin(self) -> str | None:
         """The address that signed this envelope, or None if the signature is unusable."""
         return recover_address(self.signing_digest(), bytes.fromhex(self.sig[2:]))
 
     def encode(self) -> bytes:
-        return canonical(self.model_dump())
+        return canonical(self.model_dump(exclude_defaults=True))  # no subject: the origin's own record
 
 
 def canonical(value: Any) -> bytes:
@@ -71,17 +79,19 @@ def canonical(value: Any) -> bytes:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
 
 
-def signing_digest(topic: str, origin: str, seq: int, ts_ms: int, payload: dict[str, Any]) -> bytes:
-    return keccak(DOMAIN + canonical([topic, to_checksum_address(origin), seq, ts_ms, payload]))
+def signing_digest(topic: str, origin: str, seq: int, ts_ms: int, payload: dict[str, Any], subject: str = "") -> bytes:
+    fields: list[Any] = [topic, to_checksum_address(origin), seq, ts_ms, payload]
+    return keccak(DOMAIN + canonical([*fields, subject] if subject else fields))
 
 
-def seal(private_key: bytes, topic: str, seq: int, ts_ms: int, payload: Payload) -> Envelope:
-    """Sign ``payload`` as ``topic`` from the key's address."""
+def seal(private_key: bytes, topic: str, seq: int, ts_ms: int, payload: Payload, subject: str = "") -> Envelope:
+    """Sign ``payload`` as ``topic`` from the key's address (about ``subject``, if not itself)."""
     key = keys.PrivateKey(private_key)
     origin = key.public_key.to_checksum_address()
     body = payload.model_dump(mode="json")
-    sig = key.sign_msg_hash(signing_digest(topic, origin, seq, ts_ms, body))
-    return Envelope(topic=topic, origin=origin, seq=seq, ts_ms=ts_ms, payload=body, sig="0x" + sig.to_bytes().hex())
+    sig = key.sign_msg_hash(signing_digest(topic, origin, seq, ts_ms, body, subject))
+    return Envelope(topic=topic, origin=origin, subject=subject, seq=seq, ts_ms=ts_ms, payload=body,
+                    sig="0x" + sig.to_bytes().hex())
 
 
 def recover_address(digest: bytes, sig: bytes) -> str | None:

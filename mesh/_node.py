@@ -138,8 +138,8 @@ class Node:
     def _seal(self, topic: str, payload: Heartbeat | Capacity) -> Envelope:
         self._seq = next_seq(self._seq, self._wall_ms())
         env = seal(self.identity.private_key, topic, self._seq, self._wall_ms(), payload)
-        self.gossip.last_seq[(topic, env.origin)] = env.seq
-        self.store.put(topic, env.origin, env.seq, env.encode())
+        self.gossip.last_seq[env.key] = env.seq
+        self.store.put(topic, env.key[1], env.seq, env.encode())
         self._dirty.set()
         return env
 
@@ -164,9 +164,9 @@ class Node:
                 forwarder: str | None = None) -> None:
         if not record(self.gossip, env.topic, env):
             return
-        self.store.put(env.topic, env.origin, env.seq, raw)
+        self.store.put(env.topic, env.key[1], env.seq, raw)
         if forwarder is not None:
-            self.store.holds(forwarder, env.topic, env.origin, env.seq)
+            self.store.holds(forwarder, env.topic, env.key[1], env.seq)
         self._dirty.set()
         if env.origin == self.address:
             return
@@ -215,11 +215,11 @@ class Node:
                 self.gossip.counters[(SYNC, "REJECT", "malformed")] += 1
                 misbehaved = True
                 continue
-            held = self.store.seq_of(head.topic, head.origin)
+            held = self.store.seq_of(head.topic, head.owner)
             if head.seq <= held:
                 # [IGNORE] we hold this record (normal: several neighbours relay it) or a fresher one
                 # (a replay, or a neighbour that had not heard the newer record yet)
-                self.store.holds(peer, head.topic, head.origin, head.seq)
+                self.store.holds(peer, head.topic, head.owner, head.seq)
                 self.gossip.counters[(head.topic, "IGNORE", "duplicate" if head.seq == held else "replay")] += 1
                 continue
             try:

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 PROTOCOL = "/deedmesh/sync/1"
 MAX_FRAME_BYTES = 1 << 20  # ~3,000 records of ~300 bytes: a frame never needs to be bigger
 
-Key = tuple[str, str]  # (topic, origin)
+Key = tuple[str, str]  # (topic, owner): the owner is the record's subject, else its lower-case origin
 
 
 @dataclass(frozen=True)
@@ -35,18 +35,25 @@ class Peek:
     topic: str
     origin: str
     seq: int
+    subject: str = ""
+
+    @property
+    def owner(self) -> str:
+        """What the record is about: its subject (a job), else its origin (a node's own state)."""
+        return self.subject or self.origin
 
 
 def peek(raw: bytes) -> Peek | None:
-    """Topic, origin and sequence of a raw record, cheaply; None if it is not even shaped like one."""
+    """Topic, origin, sequence and subject of a raw record, cheaply; None if it is not even shaped
+    like one."""
     try:
         obj = json.loads(raw)
-        topic, origin, seq = obj["topic"], obj["origin"], obj["seq"]
-    except (ValueError, TypeError, KeyError):
+        topic, origin, seq, subject = obj["topic"], obj["origin"], obj["seq"], obj.get("subject", "")
+    except (ValueError, TypeError, KeyError, AttributeError):
         return None
-    if not (isinstance(topic, str) and isinstance(origin, str) and type(seq) is int):
+    if not (isinstance(topic, str) and isinstance(origin, str) and type(seq) is int and isinstance(subject, str)):
         return None
-    return Peek(topic, origin.lower(), seq)
+    return Peek(topic, origin.lower(), seq, subject)
 
 
 def encode_frames(records: list[bytes], limit: int = MAX_FRAME_BYTES) -> list[bytes]:
@@ -71,9 +78,10 @@ def decode_frame(frame: bytes) -> list[bytes]:
 
 @dataclass
 class RecordStore:
-    """The freshest record per (topic, origin), what each neighbour is known to hold, and what it
+    """The freshest record per (topic, owner), what each neighbour is known to hold, and what it
     still lacks (kept incrementally: a wave touches each record once per neighbour, never the
-    whole store). Origins are keyed lower-case, so a checksummed and a plain address are one."""
+    whole store). The owner is an origin (keyed lower-case, so a checksummed and a plain address
+    are one) or a record's subject (a job's records, whichever node signed them)."""
 
     latest: dict[Key, tuple[int, bytes]] = field(default_factory=dict)
     known: dict[str, dict[Key, int]] = field(default_factory=dict)  # neighbour -> key -> seq it holds

@@ -47,7 +47,7 @@ class GossipState:
     now_ms: Callable[[], int]
     is_eligible: Callable[[str], bool]  # licensed, linked and not banned (cached license view)
     max_skew_ms: int = 30_000  # clocks of honest nodes agree within seconds; beyond this is stale or forged
-    last_seq: dict[tuple[str, str], int] = field(default_factory=dict)  # (topic, origin) -> highest accepted seq
+    last_seq: dict[tuple[str, str], int] = field(default_factory=dict)  # Envelope.key -> highest accepted seq
     counters: collections.Counter[tuple[str, str, str]] = field(default_factory=collections.Counter)
 
 
@@ -80,8 +80,8 @@ def validate_envelope(state: GossipState, topic: str, env: Envelope, *, stale_ok
     skew = env.ts_ms - state.now_ms()
     if skew > state.max_skew_ms or (not stale_ok and skew < -state.max_skew_ms):
         raise Ignore("clock-skew", f"{skew} ms")
-    # [IGNORE] we already accepted this origin's message with this or a later sequence number
-    key = (topic, env.origin)
+    # [IGNORE] we already accepted this origin's (or subject's) message with this or a later seq
+    key = env.key
     if env.seq <= state.last_seq.get(key, 0):
         raise Ignore("replay", f"seq {env.seq} <= {state.last_seq[key]}")
 
@@ -111,8 +111,9 @@ def check(state: GossipState, topic: str, raw: bytes, model: type[M], *, stale_o
 
 def record(state: GossipState, topic: str, env: Envelope) -> bool:
     """Accept a checked envelope for delivery: False (counted as a replay) if a message with this
-    or a later sequence number from the same origin was delivered meanwhile."""
-    key = (topic, env.origin)
+    or a later sequence number from the same origin (or about the same subject) was delivered
+    meanwhile."""
+    key = env.key
     # [IGNORE] a copy of this message (or a later one) was delivered since it was checked
     if env.seq <= state.last_seq.get(key, 0):
         state.counters[(topic, "IGNORE", "replay")] += 1

@@ -113,3 +113,22 @@ def test_a_synced_record_may_be_old_but_never_from_the_future() -> None:
         check(st, HEARTBEAT, beat(seq=2, ts=NOW + 31_000).encode(), Heartbeat, stale_ok=True)
     with pytest.raises(Ignore, match="clock-skew"):
         check(st, HEARTBEAT, old, Heartbeat)
+
+
+def test_records_about_a_subject_are_ordered_by_seq_whoever_signed_them() -> None:
+    # a job's records are relayed by the nodes that accepted them: one key per (topic, subject)
+    st = state(ALICE, MALLORY)
+    payload = Heartbeat(interval_ms=1000, capacity_version=3, uptime_s=10)
+    first = seal(ALICE.private_key, HEARTBEAT, 5, NOW, payload, subject="job:7")
+    assert first.key == (HEARTBEAT, "job:7")
+    assert b'"subject":"job:7"' in first.encode()
+    assert b"subject" not in beat().encode()  # a node's own record names no subject
+    accept(st, HEARTBEAT, first.encode(), Heartbeat)
+    older = seal(MALLORY.private_key, HEARTBEAT, 4, NOW, payload, subject="job:7")
+    assert verdict(st, older.encode()) == ("IGNORE", "replay")
+    accept(st, HEARTBEAT, seal(MALLORY.private_key, HEARTBEAT, 6, NOW, payload, subject="job:7").encode(), Heartbeat)
+    accept(st, HEARTBEAT, seal(MALLORY.private_key, HEARTBEAT, 1, NOW, payload, subject="job:8").encode(), Heartbeat)
+    moved = first.model_copy(update={"subject": "job:9"})  # the signature covers the subject
+    assert verdict(st, moved.encode()) == ("REJECT", "bad-signature")
+    with pytest.raises(ValueError, match="subject"):
+        Envelope.model_validate_json(first.encode().replace(b"job:7", b"Job 7"))
