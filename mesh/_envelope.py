@@ -47,7 +47,7 @@ class Envelope(BaseModel):
     origin: str = Field(pattern=r"^0x[0-9a-fA-F]{40}$")
     # what the record is about when it is not its origin (a job: "job:7"); "" = the origin itself.
     # seq orders the records of one (topic, subject), whichever node signed them
-    subject: str = Field(default="", max_length=80, pattern=r"^([a-z]+:[0-9]+)?$")
+    subject: str = Field(default="", max_length=100, pattern=r"^([a-z]+:[0-9]+(:0x[0-9a-f]{40})?)?$")
     seq: int = Field(ge=1, lt=2**63)
     ts_ms: int = Field(ge=0, lt=2**63)
     payload: dict[str, Any]

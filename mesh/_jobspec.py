@@ -368,6 +368,11 @@ JobSpec = Annotated[CarJob | WarJob | ChainDistJob, Field(discriminator="kind")]
 _ADAPTER: TypeAdapter[CarJob | WarJob | ChainDistJob] = TypeAdapter(JobSpec)
 
 
+def parse_spec_json(data: dict[str, Any]) -> JobSpec:
+    """A spec from its normalized JSON form (as relayed in job records); ``ValidationError`` if bad."""
+    return _ADAPTER.validate_python(data)
+
+
 def spec_hash(spec: JobSpec) -> bytes:
     """keccak256 of the canonical JSON of the normalized spec: the 32 bytes the CSP funds on chain.
 

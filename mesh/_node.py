@@ -26,21 +26,28 @@ from dataclasses import dataclass, field
 
 import trio
 
-from ._envelope import Envelope, next_seq, seal
+from ._envelope import MAX_ENVELOPE_BYTES, Envelope, Payload, next_seq, seal
 from ._errors import TransportError
 from ._identity import NodeIdentity
+from ._jobspec import JobSpec
 from ._membership import LivenessConfig, Membership, PeerState, Transition
+from ._submission import Rejected, Submission
 from ._sync import MAX_FRAME_BYTES, RecordStore, decode_frame, encode_frames, peek
 from ._transport import Message, Transport
 from ._trio_types import TaskStatus
 from ._validate import GossipState, GossipVerdict, Reject, check, record
 from ._wire_capacity import TOPIC as CAPACITY_TOPIC
 from ._wire_capacity import Capacity
+from ._wire_claim import TOPIC as CLAIMS_TOPIC
+from ._wire_claim import Claims
 from ._wire_heartbeat import TOPIC as HEARTBEAT_TOPIC
 from ._wire_heartbeat import Heartbeat
+from ._wire_job import TOPIC as JOBS_TOPIC
+from ._wire_job import JobRecord, check_job_record, job_seq, job_subject
 
 log = logging.getLogger("deedmesh.mesh")
-MODELS: dict[str, type[Heartbeat] | type[Capacity]] = {HEARTBEAT_TOPIC: Heartbeat, CAPACITY_TOPIC: Capacity}
+MODELS: dict[str, type[Payload]] = {HEARTBEAT_TOPIC: Heartbeat, CAPACITY_TOPIC: Capacity, JOBS_TOPIC: JobRecord,
+                                    CLAIMS_TOPIC: Claims}
 # a neighbour that relays these broke the protocol itself (honest nodes verify before relaying);
 # "unlicensed" is not among them: license views may lag each other by a refresh interval
 MISBEHAVIOUR = frozenset({"oversized", "malformed", "wrong-topic", "bad-signature", "malformed-payload"})
@@ -68,6 +75,23 @@ class NodeConfig:
 
 
 @dataclass(frozen=True)
+class KnownJob:
+    """The newest accepted action of a CSP on a job, as the mesh relays it."""
+
+    record: JobRecord
+    spec: JobSpec | None  # None: the CSP stopped the job
+    received_ms: int  # our clock when this action reached us
+
+    @property
+    def job_id(self) -> int:
+        return self.record.submission.job_id
+
+    @property
+    def nonce(self) -> int:
+        return self.record.submission.nonce
+
+
+@dataclass(frozen=True)
 class PeerView:
     address: str
     state: PeerState
@@ -83,7 +107,7 @@ class Node:
 
     def __init__(self, config: NodeConfig, identity: NodeIdentity, transport: Transport, capacity: Capacity,
                  is_eligible: Callable[[str], bool], wall_ms: Callable[[], int],
-                 bootstrap: Sequence[str] = ()) -> None:
+                 bootstrap: Sequence[str] = (), escrow: tuple[int, str] | None = None) -> None:
         self.config = config
         self.identity = identity
         self.address = identity.address
@@ -97,6 +121,11 @@ class Node:
         self.state_since_ms: dict[str, int] = {}  # peer -> our clock at its last state change
         self._lag_ms: dict[str, int] = {}  # peer -> how late its freshest beat reached us (its hops)
         self.bootstrap = tuple(bootstrap)
+        # (chain id, escrow address): the EIP-712 domain CSPs sign jobs under; without it this node
+        # neither accepts nor relays job records (it cannot verify them)
+        self.escrow = escrow
+        self.jobs: dict[tuple[int, str], KnownJob] = {}  # (job id, csp) -> newest action
+        self.claims: dict[str, Claims] = {}  # claimant -> its claim set
         self._is_eligible = is_eligible
         self._capacity = capacity
         self._wall_ms = wall_ms
@@ -135,13 +164,44 @@ class Node:
 
     # ---------------------------------------------------------------- own records
 
-    def _seal(self, topic: str, payload: Heartbeat | Capacity) -> Envelope:
+    def _seal(self, topic: str, payload: Payload) -> Envelope:
         self._seq = next_seq(self._seq, self._wall_ms())
         env = seal(self.identity.private_key, topic, self._seq, self._wall_ms(), payload)
         self.gossip.last_seq[env.key] = env.seq
         self.store.put(topic, env.key[1], env.seq, env.encode())
         self._dirty.set()
         return env
+
+    def announce_job(self, sub: Submission, csp: str, spec: JobSpec | None) -> KnownJob:
+        """Relay a submission this node accepted (``check_submission`` passed): sealed about the job,
+        with seq = nonce + 1, and sent on at once. ``Rejected`` if the record would be too large or
+        a newer action on the job is already known."""
+        rec = JobRecord(submission=sub, csp=csp.lower(), spec=None if spec is None else spec.model_dump(mode="json"))
+        env = seal(self.identity.private_key, JOBS_TOPIC, job_seq(sub), self._wall_ms(), rec,
+                   subject=job_subject(sub.job_id, csp))
+        raw = env.encode()
+        if len(raw) > MAX_ENVELOPE_BYTES:
+            raise Rejected("spec-too-large", f"the job record is {len(raw)} bytes, above {MAX_ENVELOPE_BYTES}")
+        if not record(self.gossip, JOBS_TOPIC, env):
+            raise Rejected("replayed", f"a newer action on job {sub.job_id} is known")
+        self.store.put(JOBS_TOPIC, env.key[1], env.seq, raw)
+        known = self._keep_job(rec, spec)
+        self._dirty.set()
+        self._urgent.set()
+        return known
+
+    def set_claims(self, claims: Claims) -> None:
+        """Advertise this node's claim set now (a change, or leases renewed)."""
+        self.claims[self.address] = claims
+        self._seal(CLAIMS_TOPIC, claims)
+        self._urgent.set()
+        self._notify()
+
+    def _keep_job(self, rec: JobRecord, spec: JobSpec | None) -> KnownJob:
+        known = KnownJob(rec, spec, self._wall_ms())
+        self.jobs[(rec.submission.job_id, rec.csp)] = known
+        self._notify()
+        return known
 
     def _advertisement(self) -> Capacity:
         return self._capacity.model_copy(update={"addrs": tuple(self.transport.addrs())[:8]})
@@ -160,16 +220,26 @@ class Node:
 
     # ---------------------------------------------------------------- records from others
 
-    def _accept(self, raw: bytes, env: Envelope, payload: Heartbeat | Capacity,
-                forwarder: str | None = None) -> None:
+    def _accept(self, raw: bytes, env: Envelope, payload: Payload, forwarder: str | None = None,
+                spec: JobSpec | None = None) -> None:
         if not record(self.gossip, env.topic, env):
             return
         self.store.put(env.topic, env.key[1], env.seq, raw)
         if forwarder is not None:
             self.store.holds(forwarder, env.topic, env.key[1], env.seq)
         self._dirty.set()
+        if isinstance(payload, JobRecord):
+            self._keep_job(payload, spec)
+            self._urgent.set()  # a job is news: every hop passes it on at once
+            return
         if env.origin == self.address:
             return
+        if isinstance(payload, Claims):
+            self.claims[env.origin] = payload
+            self._urgent.set()  # a claim must reach the other candidates before they claim too
+            self._notify()
+            return
+        assert isinstance(payload, Heartbeat | Capacity)
         transition = None
         if isinstance(payload, Heartbeat):
             self._lag_ms[env.origin] = self._wall_ms() - env.ts_ms
@@ -229,7 +299,20 @@ class Node:
                 continue
             except GossipVerdict:
                 continue
-            self._accept(raw, env, payload, forwarder=peer)
+            spec = None
+            if isinstance(payload, JobRecord):
+                if self.escrow is None:
+                    # [IGNORE] this node cannot verify job records: it neither keeps nor relays them
+                    self.gossip.counters[(JOBS_TOPIC, "IGNORE", "no-escrow")] += 1
+                    continue
+                try:
+                    spec = check_job_record(env, payload, *self.escrow)
+                except Rejected as bad:
+                    # [REJECT] a job record whose CSP signature, subject or spec does not hold
+                    self.gossip.counters[(JOBS_TOPIC, "REJECT", bad.reason)] += 1
+                    misbehaved = True
+                    continue
+            self._accept(raw, env, payload, forwarder=peer, spec=spec)
         if misbehaved:
             self._cut(peer, "relayed-invalid")
 
@@ -283,6 +366,7 @@ class Node:
         self.capacity_received_ms.pop(origin, None)
         self.state_since_ms.pop(origin, None)
         self._lag_ms.pop(origin, None)
+        self.claims.pop(origin, None)
         self.store.drop_origin(origin)
         self._notify()
 
@@ -448,9 +532,9 @@ def _wall_ms() -> int:
 @asynccontextmanager
 async def open_node(config: NodeConfig, identity: NodeIdentity, transport: Transport, capacity: Capacity,
                     is_eligible: Callable[[str], bool], wall_ms: Callable[[], int] = _wall_ms,
-                    bootstrap: Sequence[str] = ()) -> AsyncIterator[Node]:
+                    bootstrap: Sequence[str] = (), escrow: tuple[int, str] | None = None) -> AsyncIterator[Node]:
     """Run a node on ``transport`` until the block exits; then stop every loop and close it."""
-    node = Node(config, identity, transport, capacity, is_eligible, wall_ms, bootstrap)
+    node = Node(config, identity, transport, capacity, is_eligible, wall_ms, bootstrap, escrow)
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(node._run)

@@ -66,6 +66,8 @@ STATUS = {
     "replicas-mismatch": 409,
     "csp-not-admitted": 403,
     "replayed": 409,
+    "record-mismatch": 422,
+    "spec-too-large": 413,  # a relayed job record whose subject or seq is not its submission's
 }
 
 

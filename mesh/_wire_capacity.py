@@ -1,5 +1,5 @@
-"""Record ``deedmesh/capacity/1``: what a node offers and where to dial it; published on change
-(gossipsub) and carried by neighbour sync, re-signed periodically so late joiners accept it."""
+"""Record ``deedmesh/capacity/1``: what a node offers and where to dial it; carried by neighbour
+sync (a change skips the batching delay at every hop), re-signed periodically."""
 
 from __future__ import annotations
 

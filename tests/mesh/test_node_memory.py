@@ -44,15 +44,17 @@ def wall() -> Callable[[], int]:
 
 @asynccontextmanager
 async def mesh(network: MemoryNetwork, ids: list[NodeIdentity], eligible: set[str] | None = None,
-               config: NodeConfig | None = None) -> AsyncIterator[list[Node]]:
+               config: NodeConfig | None = None, escrow: tuple[int, str] | None = None,
+               no_escrow: frozenset[str] = frozenset()) -> AsyncIterator[list[Node]]:
     """Nodes on ``network``; those outside ``eligible`` believe everyone is licensed (a stale or
     malicious view), so they talk and the licensed nodes must cut them off. ``eligible`` is read
-    live, so a test can ban a node mid-run."""
+    live, so a test can ban a node mid-run. Nodes in ``no_escrow`` are not told the escrow."""
     allowed = eligible if eligible is not None else {i.address for i in ids}
     async with AsyncExitStack() as stack:
         nodes = [await stack.enter_async_context(open_node(
             config or NodeConfig(), i, network.endpoint(i.address), capacity(),
-            allowed.__contains__ if i.address in allowed else (lambda _: True), wall())) for i in ids]
+            allowed.__contains__ if i.address in allowed else (lambda _: True), wall(),
+            escrow=None if i.address in no_escrow else escrow)) for i in ids]
         yield nodes
 
 
