@@ -12,7 +12,9 @@ import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from ._job_desk import JobDesk
 from ._node import Node
+from ._submission import Submission
 from ._wire_capacity import Capacity
 
 Scope = dict[str, Any]
@@ -33,6 +35,22 @@ OPENAPI: dict[str, Any] = {
         "/counters": {"get": {"summary": "Gossip verdicts by topic, verdict and reason ([REJECT]/[IGNORE])",
                               "responses": {"200": {"description": "ok"}}}},
         "/metrics": {"get": {"summary": "Prometheus text exposition", "responses": {"200": {"description": "ok"}}}},
+        "/jobs": {
+            "get": {"summary": "Every job this node knows of: the newest action of its CSP and the claims on it",
+                    "responses": {"200": {"description": "ok"}}},
+            "post": {"summary": "Submit a CSP-signed job (or stop) to the mesh; checked against the escrow",
+                     "requestBody": {"content": {"application/json": {"schema": {
+                         "type": "object", "required": ["submission", "spec"],
+                         "properties": {"submission": {"$ref": "#/components/schemas/Submission"},
+                                        "spec": {"type": ["object", "null"]}}}}}},
+                     "responses": {"202": {"description": "accepted and relayed"},
+                                   "401": {"description": "bad signature"}, "402": {"description": "not funded"},
+                                   "403": {"description": "not the job's CSP, or the CSP is not admitted"},
+                                   "404": {"description": "no such job"},
+                                   "409": {"description": "replayed nonce, spec or replicas not as funded"},
+                                   "410": {"description": "expired"}, "413": {"description": "too large"},
+                                   "422": {"description": "malformed"},
+                                   "503": {"description": "this node has no escrow, or the chain is unreachable"}}}},
         "/admin/capacity": {"post": {
             "summary": "Advertise new capacity (operator only)",
             "security": [{"bearer": []}],
@@ -41,15 +59,18 @@ OPENAPI: dict[str, Any] = {
                           "422": {"description": "invalid capacity"}}}},
     },
     "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
-                   "schemas": {"Capacity": Capacity.model_json_schema()}},
+                   "schemas": {"Capacity": Capacity.model_json_schema(),
+                               "Submission": Submission.model_json_schema()}},
 }
 
 
 class NodeApi:
     """ASGI application over a running ``Node``."""
 
-    def __init__(self, node: Node, *, peer_id: str, addrs: Callable[[], list[str]], operator_token: str) -> None:
+    def __init__(self, node: Node, *, peer_id: str, addrs: Callable[[], list[str]], operator_token: str,
+                 desk: JobDesk | None = None) -> None:
         self.node = node
+        self.desk = desk
         self.peer_id = peer_id
         self.addrs = addrs
         self._token = operator_token.encode()
@@ -64,6 +85,7 @@ class NodeApi:
         routes: dict[tuple[str, str], Callable[[], Any]] = {
             ("GET", "/health"): self._health, ("GET", "/identity"): self._identity, ("GET", "/peers"): self._peers,
             ("GET", "/counters"): self._counters, ("GET", "/openapi.json"): lambda: OPENAPI,
+            ("GET", "/jobs"): self._jobs,
         }
         if (method, path) in routes:
             await _json(send, 200, routes[(method, path)]())
@@ -71,6 +93,8 @@ class NodeApi:
             await _respond(send, 200, self._metrics().encode(), "text/plain; version=0.0.4")
         elif (method, path) == ("POST", "/admin/capacity"):
             await self._admin_capacity(scope, receive, send)
+        elif (method, path) == ("POST", "/jobs"):
+            await self._submit(receive, send)
         elif path in {p for _, p in routes} | {"/metrics", "/admin/capacity"}:
             await _json(send, 405, {"error": "method not allowed"})
         else:
@@ -98,6 +122,30 @@ class NodeApi:
             out.setdefault(topic, {}).setdefault(verdict, {})[reason] = n
         return out
 
+    def _jobs(self) -> list[dict[str, Any]]:
+        claims: dict[int, list[dict[str, Any]]] = {}
+        for node, held in self.node.claims.items():
+            for c in held.claims:
+                claims.setdefault(c.job_id, []).append({"replica": c.replica, "node": node,
+                                                        "generation": c.generation,
+                                                        "lease_until_ms": c.lease_until_ms})
+        return [{"job_id": job_id, "csp": csp, "nonce": known.nonce, "stopped": known.spec is None,
+                 "name": None if known.spec is None else known.spec.name,
+                 "kind": None if known.spec is None else known.spec.kind,
+                 "replicas": None if known.spec is None else known.spec.replicas,
+                 "received_ms": known.received_ms,
+                 "claims": sorted(claims.get(job_id, []), key=lambda c: (c["replica"], c["node"]))}
+                for (job_id, csp), known in sorted(self.node.jobs.items())]
+
+    async def _submit(self, receive: Receive, send: Send) -> None:
+        body = await _body(receive)
+        if body is None:
+            await _json(send, 413, {"error": "too-large", "message": f"body above {MAX_BODY_BYTES} bytes"})
+        elif self.desk is None:
+            await _json(send, 503, {"error": "no-escrow", "message": "this node runs without an escrow: no jobs"})
+        else:
+            await _json(send, *await self.desk.submit(body))
+
     def _metrics(self) -> str:
         lines = ["# HELP deedmesh_gossip_messages_total Gossip messages by topic, verdict and reason.",
                  "# TYPE deedmesh_gossip_messages_total counter"]
@@ -116,15 +164,10 @@ class NodeApi:
         if not hmac.compare_digest(auth, b"Bearer " + self._token):
             await _json(send, 401, {"error": "operator token required"})
             return
-        body = b""
-        while True:
-            event = await receive()
-            body += event.get("body", b"")
-            if len(body) > MAX_BODY_BYTES:
-                await _json(send, 413, {"error": "body too large"})
-                return
-            if not event.get("more_body"):
-                break
+        body = await _body(receive)
+        if body is None:
+            await _json(send, 413, {"error": "body too large"})
+            return
         try:
             capacity = Capacity.model_validate_json(body)
         except ValueError as exc:
@@ -132,6 +175,18 @@ class NodeApi:
             return
         self.node.set_capacity(capacity)
         await _json(send, 200, {"advertised": capacity.version})
+
+
+async def _body(receive: Receive) -> bytes | None:
+    """The request body, or None if it exceeds ``MAX_BODY_BYTES`` (reading stops there)."""
+    body = b""
+    while True:
+        event = await receive()
+        body += event.get("body", b"")
+        if len(body) > MAX_BODY_BYTES:
+            return None
+        if not event.get("more_body"):
+            return body
 
 
 async def _respond(send: Send, status: int, body: bytes, content_type: str) -> None:

@@ -55,6 +55,7 @@ class Submission(BaseModel):
 
 # reason -> HTTP status the node API answers with
 STATUS = {
+    "malformed": 422,
     "bad-signature": 401,
     "expired": 410,
     "expiry-too-far": 422,

@@ -62,6 +62,9 @@ async def test_routes_auth_and_errors() -> None:
         assert (await call(app, "POST", "/admin/capacity", b"x" * 70_000, token=TOKEN))[0] == 413
         assert await call(app, "POST", "/admin/capacity", body, token=TOKEN) == (200, {"advertised": 9})
         status, spec = await call(app, "GET", "/openapi.json")
-        assert set(spec["paths"]) == {"/health", "/identity", "/peers", "/counters", "/metrics", "/admin/capacity"}
+        assert set(spec["paths"]) == {"/health", "/identity", "/peers", "/counters", "/metrics", "/admin/capacity",
+                                      "/jobs"}
+        assert (await call(app, "POST", "/jobs", b"{}")) == (503, {"error": "no-escrow", "message":
+                                                                   "this node runs without an escrow: no jobs"})
         assert spec["paths"]["/admin/capacity"]["post"]["security"] == [{"bearer": []}]
         await trio.lowlevel.checkpoint()

@@ -1,0 +1,88 @@
+"""``POST /jobs`` on a node: a CSP's submission is checked against the chain facts and the nonces
+seen, relayed on success, refused with its HTTP status otherwise (chain facts given; the escrow
+itself is exercised in the contracts suite and by ``job fund`` against anvil)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import trio
+
+from contracts import ChainUnreachable
+from mesh._api import NodeApi
+from mesh._identity import NodeIdentity
+from mesh._job_desk import JobDesk
+from mesh._jobspec import spec_hash
+from mesh._jobspec_load import load_spec
+from mesh._node import NodeConfig, open_node
+from mesh._nonces import NonceBook
+from mesh._submission import STOP, ChainFacts
+from mesh._transport import MemoryNetwork
+
+from .test_api import call
+from .test_node_memory import capacity
+from .test_submission import CSP, FACTS, JOB, NOW, submission
+
+SPEC = load_spec(Path(__file__).resolve().parents[2] / "examples" / "car-web.yaml")
+HASH = spec_hash(SPEC)
+FUNDED = dataclasses.replace(FACTS, job=dataclasses.replace(JOB, spec_hash=HASH))
+
+
+def body(sub: object, spec: object) -> bytes:
+    return json.dumps({"submission": sub, "spec": spec}).encode()
+
+
+async def test_submissions_are_checked_recorded_and_relayed(tmp_path: Path) -> None:
+    ident = NodeIdentity(b"\x32" * 32)
+    facts: list[ChainFacts | Exception] = [FUNDED]
+
+    async def read_facts(job_id: int, csp: str) -> ChainFacts:
+        await trio.lowlevel.checkpoint()
+        assert (job_id, csp) == (7, CSP)
+        if isinstance(facts[0], Exception):
+            raise facts[0]
+        return facts[0]
+
+    async with open_node(NodeConfig(), ident, MemoryNetwork().endpoint(ident.address), capacity(),
+                         lambda _: True, escrow=(FACTS.chain_id, FACTS.escrow)) as node:
+        book = NonceBook(tmp_path / "nonces.json")
+        desk = JobDesk(node, FACTS.chain_id, FACTS.escrow, read_facts, book, now_s=lambda: NOW)
+        app = NodeApi(node, peer_id="16Uiu2HAtest", addrs=list, operator_token="t", desk=desk)
+        spec = SPEC.model_dump(mode="json")
+
+        status, answer = await call(app, "POST", "/jobs", body(submission(spec=HASH, nonce=3).model_dump(), spec))
+        assert (status, answer["job_id"], answer["csp"], answer["accepted_by"]) == (202, 7, CSP, ident.address)
+        assert book.last(7) == 3
+        status, jobs = await call(app, "GET", "/jobs")
+        assert [(j["job_id"], j["nonce"], j["name"], j["stopped"]) for j in jobs] == [(7, 3, "web", False)]
+
+        refusals = {
+            "replayed": body(submission(spec=HASH, nonce=3).model_dump(), spec),
+            "spec-mismatch": body(submission(spec=bytes(32 * [9]), nonce=4).model_dump(), spec),
+            "malformed": b'{"submission": {}, "spec": null}',
+        }
+        for reason, request in refusals.items():
+            status, answer = await call(app, "POST", "/jobs", request)
+            assert answer["error"] == reason, answer
+            assert status == {"replayed": 409, "spec-mismatch": 409, "malformed": 422}[reason]
+        status, answer = await call(app, "POST", "/jobs", body(submission(spec=HASH, nonce=4).model_dump(), None))
+        assert (status, answer["error"]) == (422, "malformed")  # a spec-less submission must be a stop
+        assert "must be a stop" in answer["message"]
+        bad_spec = spec | {"replicas": 0}
+        status, answer = await call(app, "POST", "/jobs", body(submission(nonce=4).model_dump(), bad_spec))
+        assert (status, answer["error"]) == (422, "malformed")
+        assert "replicas" in answer["message"]
+
+        facts[0] = ChainUnreachable("http://127.0.0.1:9", "refused")
+        status, answer = await call(app, "POST", "/jobs", body(submission(spec=HASH, nonce=5).model_dump(), spec))
+        assert (status, answer["error"]) == (503, "chain-unreachable")
+        assert book.last(7) == 3  # nothing recorded on a refusal
+        facts[0] = FUNDED
+
+        status, answer = await call(app, "POST", "/jobs", body(submission(spec=STOP, nonce=6).model_dump(), None))
+        assert (status, answer["stop"]) == (202, True)
+        assert node.jobs[(7, CSP.lower())].spec is None
+        assert NonceBook(tmp_path / "nonces.json").last(7) == 6  # on disk for a restart
+        assert (await call(app, "POST", "/jobs", b"x" * 70_000))[0] == 413
