@@ -20,10 +20,10 @@ import click
 
 from contracts import ArtifactError, ChainError, ChainUnreachable, ContractRevert, DeploymentError, TransactionFailed
 
-from ._cli_job import job
+from ._cli_job import deploy, job
 from ._cli_keys import keys
 from ._cli_node import node, status
-from ._errors import KeystoreError, MeshError
+from ._errors import KeystoreError, MeshError, SubmissionRefused
 from ._jobspec_load import SpecError
 
 EXIT_CODES: dict[type[BaseException], int] = {
@@ -35,6 +35,7 @@ EXIT_CODES: dict[type[BaseException], int] = {
     ChainError: 7,
     KeystoreError: 8,
     SpecError: 10,
+    SubmissionRefused: 11,
     MeshError: 9,
 }
 
@@ -102,7 +103,7 @@ def cli(ctx: click.Context, json_output: bool, log_level: str, log_format: str) 
     \b
     Exit codes: 0 ok, 2 usage, 3 chain unreachable, 4 bad deployment record or
     artifact, 5 contract revert (named), 6 transaction failed, 7 other chain error,
-    8 keystore error, 9 other node error, 10 invalid job spec.
+    8 keystore error, 9 other node error, 10 invalid job spec, 11 a node refused a submission.
     """
     ctx.ensure_object(dict)
     ctx.obj["json"] = json_output
@@ -114,6 +115,7 @@ def main() -> None:
     cli(prog_name="deedmesh")
 
 
+cli.add_command(deploy)
 cli.add_command(job)
 cli.add_command(keys)
 cli.add_command(node)

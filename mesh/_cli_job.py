@@ -1,6 +1,8 @@
-"""``deedmesh job fund``: a CSP creates and funds a job in the escrow for a spec file.
+"""A CSP's commands: ``job fund`` (create and fund a job in the escrow for a spec file),
+``deploy`` and ``job stop`` (sign a submission or a stop and hand it to any node's API), and
+``job status`` (the job as any node sees it).
 
-The spec is validated first (a bad field is named with its line and column before anything is
+``job fund``: the spec is validated first (a bad field is named with its line and column before anything is
 spent); then one approve and one ``createJob`` transaction, signed locally with the CSP's key
 from its keystore (never sent to the chain node). The job is funded for the spec's hash and
 replica count, which is what every node later checks a submission against (``_submission``).
@@ -10,17 +12,25 @@ from __future__ import annotations
 
 import json
 import sys
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
+from typing import Any
 
 import click
 from eth_account import Account
 from rich.console import Console
+from rich.table import Table
 
 from contracts import Chain, Deployment, Epoch, JobParams, SettlementPolicy, TokenUnits
 
-from ._identity import read_keystore, resolve_password
-from ._jobspec import spec_hash
+from ._cli_node import fetch
+from ._errors import MeshError, SubmissionRefused
+from ._identity import NodeIdentity, read_keystore, resolve_password
+from ._jobspec import JobSpec, spec_hash
 from ._jobspec_load import load_spec
+from ._submission import MAX_VALIDITY_S, STOP, sign_submission
 
 
 @click.group()
@@ -59,10 +69,7 @@ def fund(ctx: click.Context, spec_file: Path, keystore: Path, password_file: Pat
     if burn_floor > release_threshold:
         raise click.BadParameter("must not exceed --release-threshold", param_hint="--burn-floor")
     policy = SettlementPolicy(release_threshold, burn_floor, protocol_burn_bps)
-    password = resolve_password(password_file=password_file)
-    if password is None:
-        password = click.prompt("keystore password", hide_input=True, err=True)
-    csp = Account.from_key(read_keystore(keystore, password).private_key)
+    csp = Account.from_key(_csp_key(keystore, password_file).private_key)
     as_json = bool(ctx.find_root().params.get("json_output"))
     console = Console(stderr=True, quiet=as_json or not sys.stderr.isatty())
     with console.status("connecting to the chain"):
@@ -85,3 +92,112 @@ def fund(ctx: click.Context, spec_file: Path, keystore: Path, password_file: Pat
     else:
         for k, v in out.items():
             click.echo(f"{k:12} {v}")
+
+
+def _csp_key(keystore: Path, password_file: Path | None) -> NodeIdentity:
+    password = resolve_password(password_file=password_file)
+    if password is None:
+        password = click.prompt("keystore password", hide_input=True, err=True)
+    return read_keystore(keystore, password)
+
+
+def _submit(ctx: click.Context, via: str, keystore: Path, password_file: Path | None, deployment: Path,
+            job_id: int, spec: JobSpec | None, valid_for_s: int) -> None:
+    """Sign (nonce: the clock in ms, so a later action always outranks an earlier one) and POST."""
+    record = Deployment.load(deployment)
+    key = _csp_key(keystore, password_file)
+    sub = sign_submission(key.private_key, record.chain_id, record.job_escrow, job_id,
+                          STOP if spec is None else spec_hash(spec), time.time_ns() // 1_000_000,
+                          int(time.time()) + valid_for_s)
+    body = json.dumps({"submission": sub.model_dump(), "spec": None if spec is None else spec.model_dump(mode="json")})
+    answer = _post(f"{via.rstrip('/')}/jobs", body.encode())
+    if ctx.find_root().params.get("json_output"):
+        click.echo(json.dumps(answer))
+    else:
+        for k, v in answer.items():
+            click.echo(f"{k:12} {v}")
+
+
+def _post(url: str, body: bytes) -> dict[str, Any]:
+    request = urllib.request.Request(url, data=body, method="POST", headers={"content-type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return dict(json.loads(response.read()))
+    except urllib.error.HTTPError as exc:
+        try:
+            refusal = json.loads(exc.read())
+        except ValueError:
+            refusal = {"error": "http", "message": exc.reason}
+        raise SubmissionRefused(url, exc.code, refusal.get("error", "?"), refusal.get("message", "")) from None
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        raise MeshError(f"node API {url} is unreachable: {exc}") from exc
+
+
+_via = click.option("--via", required=True, help="Any node's API URL, e.g. http://127.0.0.1:8700.")
+_csp_options = [
+    click.option("--key", "keystore", required=True, type=click.Path(dir_okay=False, exists=True, path_type=Path),
+                 help="The CSP's keystore file."),
+    click.option("--password-file", type=click.Path(dir_okay=False, path_type=Path),
+                 help="Keystore password file (default: $DEEDMESH_KEY_PASSWORD, else a prompt)."),
+    click.option("--deployment", required=True, type=click.Path(dir_okay=False, exists=True, path_type=Path),
+                 help="Deployment record: the chain id and escrow the submission is signed for."),
+    click.option("--valid-for-s", type=click.IntRange(1, MAX_VALIDITY_S), default=600, show_default=True,
+                 help="How long the signed submission stays valid."),
+]
+
+
+def _with_csp_options(fn: Any) -> Any:
+    for option in reversed(_csp_options):
+        fn = option(fn)
+    return fn
+
+
+@click.command()
+@click.argument("spec_file", type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@click.option("--job", "job_id", type=click.IntRange(1), required=True, help="The funded job's id (job fund).")
+@_via
+@_with_csp_options
+@click.pass_context
+def deploy(ctx: click.Context, spec_file: Path, job_id: int, via: str, keystore: Path, password_file: Path | None,
+           deployment: Path, valid_for_s: int) -> None:
+    """Sign SPEC_FILE's submission for a funded job and hand it to any node, which checks it against
+    the escrow and relays it to the mesh. Exit 11 if the node refuses it (the reason is printed)."""
+    _submit(ctx, via, keystore, password_file, deployment, job_id, load_spec(spec_file), valid_for_s)
+
+
+@job.command("stop")
+@click.argument("job_id", type=click.IntRange(1))
+@_via
+@_with_csp_options
+@click.pass_context
+def stop(ctx: click.Context, job_id: int, via: str, keystore: Path, password_file: Path | None, deployment: Path,
+         valid_for_s: int) -> None:
+    """Sign a stop of JOB_ID and hand it to any node: every replica is released everywhere."""
+    _submit(ctx, via, keystore, password_file, deployment, job_id, None, valid_for_s)
+
+
+@job.command("status")
+@click.argument("job_id", type=click.IntRange(1), required=False)
+@_via
+@click.pass_context
+def status(ctx: click.Context, job_id: int | None, via: str) -> None:
+    """Jobs as the node at --via sees them (all, or JOB_ID): the CSP's newest action and the claims."""
+    jobs = fetch(f"{via.rstrip('/')}/jobs")
+    if not isinstance(jobs, list):
+        raise MeshError(f"{via} does not look like a deedmesh node API")
+    jobs = [j for j in jobs if job_id is None or j["job_id"] == job_id]
+    if job_id is not None and not jobs:
+        raise MeshError(f"{via} knows no job {job_id}")
+    if ctx.find_root().params.get("json_output"):
+        click.echo(json.dumps(jobs, indent=2))
+        return
+    table = Table("job", "name", "kind", "state", "replica", "node", "generation", "lease left")
+    now_ms = time.time_ns() // 1_000_000
+    for j in jobs:
+        state = "stopped" if j["stopped"] else "submitted"
+        rows = j["claims"] or [{"replica": "-", "node": "-", "generation": "-", "lease_until_ms": None}]
+        for c in rows:
+            left = "-" if c["lease_until_ms"] is None else f"{(c['lease_until_ms'] - now_ms) / 1000:.0f} s"
+            table.add_row(str(j["job_id"]), j["name"] or "-", j["kind"] or "-", state, str(c["replica"]),
+                          c["node"], str(c["generation"]), left)
+    Console().print(table)

@@ -12,6 +12,7 @@ import os
 import secrets
 import shutil
 import sys
+import time
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -21,13 +22,16 @@ from eth_utils import is_address, to_checksum_address
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve
 
-from contracts import Chain, Deployment, DeploymentError, LicenseRegistryClient
+from contracts import Chain, Deployment, DeploymentError, JobEscrowClient, JobStatus, LicenseRegistryClient
 
 from ._api import NodeApi
 from ._identity import NodeIdentity
+from ._job_desk import JobDesk
 from ._license_view import ChainWorker, LicenseView, fetch_eligible
 from ._membership import LivenessConfig
 from ._node import NodeConfig, open_node
+from ._nonces import NonceBook
+from ._submission import ChainFacts
 from ._transport_libp2p import Libp2pConfig, open_libp2p_transport, peer_id_of
 from ._wire_capacity import Capacity, Resources
 
@@ -86,10 +90,21 @@ def license_registry(chain: Chain, settings: NodeSettings) -> LicenseRegistryCli
     return LicenseRegistryClient(chain, to_checksum_address(address))
 
 
-async def serve_node(identity: NodeIdentity, settings: NodeSettings, token_file: Path) -> None:
+def chain_facts(escrow: JobEscrowClient, job_id: int, csp: str) -> ChainFacts:
+    """What the escrow says about a job and a CSP (blocking: run it in the chain worker)."""
+    job = escrow.get_job(job_id)
+    return ChainFacts(chain_id=escrow.chain.chain_id, escrow=escrow.address,
+                      job=None if job.status is JobStatus.NONE else job,
+                      csp_admitted_until=escrow.admitted_until(csp), csp_status=escrow.csp_status(csp))
+
+
+async def serve_node(identity: NodeIdentity, settings: NodeSettings, token_file: Path, nonce_file: Path) -> None:
     chain = await trio.to_thread.run_sync(Chain.connect, settings.rpc)
     licenses = await trio.to_thread.run_sync(license_registry, chain, settings)
-    view = LicenseView(lambda: fetch_eligible(licenses), ChainWorker(), settings.license_refresh_s)
+    worker = ChainWorker()  # one thread at a time talks to the chain, for the license view and the job desk
+    view = LicenseView(lambda: fetch_eligible(licenses), worker, settings.license_refresh_s)
+    # jobs need the escrow: only a node started with a deployment record accepts and relays them
+    escrow = None if settings.deployment is None else Deployment.load(settings.deployment).escrow(chain)
     token = operator_token(token_file)
     listen = Libp2pConfig(listen=settings.listen)
     async with open_libp2p_transport(identity, listen, settings.bootstrap) as transport, trio.open_nursery() as nursery:
@@ -97,8 +112,16 @@ async def serve_node(identity: NodeIdentity, settings: NodeSettings, token_file:
         gossip = NodeConfig(liveness=LivenessConfig(heartbeat_interval_ms=settings.heartbeat_interval_ms),
                             target_peers=settings.target_peers)
         async with open_node(gossip, identity, transport, detect_capacity(settings.tags), view.is_eligible,
-                             bootstrap=settings.bootstrap) as node:
-            api = NodeApi(node, peer_id=peer_id_of(identity), addrs=transport.addrs, operator_token=token)
+                             bootstrap=settings.bootstrap,
+                             escrow=None if escrow is None else (chain.chain_id, escrow.address)) as node:
+            desk = None
+            if escrow is not None:
+                async def read_facts(job_id: int, csp: str) -> ChainFacts:
+                    return await worker.run(partial(chain_facts, escrow, job_id, csp))
+
+                desk = JobDesk(node, chain.chain_id, escrow.address, read_facts, NonceBook(nonce_file),
+                               now_s=lambda: int(time.time()))
+            api = NodeApi(node, peer_id=peer_id_of(identity), addrs=transport.addrs, operator_token=token, desk=desk)
             config = HypercornConfig()
             config.bind = [f"{settings.api_host}:{settings.api_port}"]
             config.accesslog = None
@@ -110,8 +133,8 @@ async def serve_node(identity: NodeIdentity, settings: NodeSettings, token_file:
             await trio.sleep_forever()
 
 
-def run(identity: NodeIdentity, settings: NodeSettings, token_file: Path) -> None:
+def run(identity: NodeIdentity, settings: NodeSettings, token_file: Path, nonce_file: Path) -> None:
     try:
-        trio.run(serve_node, identity, settings, token_file)
+        trio.run(serve_node, identity, settings, token_file, nonce_file)
     except KeyboardInterrupt:
         print(json.dumps({"event": "stopped"}), file=sys.stderr)

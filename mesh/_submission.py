@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from contracts import CspStatus, Job, JobStatus, digest, escrow_domain, job_submission
+from contracts import CspStatus, Job, JobStatus, digest, escrow_domain, job_submission, sign
 
 from ._envelope import recover_address
 
@@ -132,3 +132,11 @@ def check_submission(sub: Submission, facts: ChainFacts, *, replicas: int | None
     if last_nonce is not None and sub.nonce <= last_nonce:
         raise Rejected("replayed", f"nonce {sub.nonce} <= {last_nonce}, already seen for job {sub.job_id}")
     return signer
+
+
+def sign_submission(private_key: bytes, chain_id: int, escrow: str, job_id: int, spec_hash: bytes, nonce: int,
+                    expiry: int) -> Submission:
+    """The CSP's signed submission (``spec_hash`` = ``STOP`` for a stop)."""
+    message = job_submission(escrow_domain(chain_id, escrow), job_id, spec_hash, nonce, expiry)
+    return Submission(job_id=job_id, spec_hash="0x" + spec_hash.hex(), nonce=nonce, expiry=expiry,
+                      signature="0x" + sign(message, private_key).hex())
