@@ -203,6 +203,13 @@ class Node:
         self._notify()
         return known
 
+    def advertised_capacity(self) -> Capacity:
+        return self._capacity
+
+    def is_eligible(self, address: str) -> bool:
+        """The license view's verdict on ``address``."""
+        return self._is_eligible(address)
+
     def _advertisement(self) -> Capacity:
         return self._capacity.model_copy(update={"addrs": tuple(self.transport.addrs())[:8]})
 

@@ -31,6 +31,7 @@ from ._license_view import ChainWorker, LicenseView, fetch_eligible
 from ._membership import LivenessConfig
 from ._node import NodeConfig, open_node
 from ._nonces import NonceBook
+from ._scheduler import run_scheduler
 from ._submission import ChainFacts
 from ._transport_libp2p import Libp2pConfig, open_libp2p_transport, peer_id_of
 from ._wire_capacity import Capacity, Resources
@@ -121,6 +122,8 @@ async def serve_node(identity: NodeIdentity, settings: NodeSettings, token_file:
 
                 desk = JobDesk(node, chain.chain_id, escrow.address, read_facts, NonceBook(nonce_file),
                                now_s=lambda: int(time.time()))
+                # claims replicas (runners that start them come next: issue 4)
+                await nursery.start(run_scheduler, node)
             api = NodeApi(node, peer_id=peer_id_of(identity), addrs=transport.addrs, operator_token=token, desk=desk)
             config = HypercornConfig()
             config.bind = [f"{settings.api_host}:{settings.api_port}"]

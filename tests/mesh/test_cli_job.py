@@ -121,6 +121,9 @@ def test_deploy_through_one_node_is_seen_everywhere_and_bad_submissions_are_refu
 
         wait_for(lambda: seen_by(nodes[1]).get("nonce") == accepted["nonce"], 10, "the job relayed to node 2")
         assert seen_by(nodes[1])["name"] == "web"
+        # both replicas are claimed, one per node, and both nodes see the same claims
+        wait_for(lambda: {c["node"] for c in seen_by(nodes[0]).get("claims", [])} == {n.address for n in nodes}
+                 and seen_by(nodes[0])["claims"] == seen_by(nodes[1])["claims"], 15, "two replicas claimed")
 
         refusals = [
             (["deploy", str(EXAMPLE), "--job", str(job_id), "--via", nodes[1].api, "--key",
@@ -151,6 +154,7 @@ def test_deploy_through_one_node_is_seen_everywhere_and_bad_submissions_are_refu
         result = run_cli("job", "stop", str(job_id), "--via", nodes[1].api, *signer)
         assert result.exit_code == 0, result.output
         wait_for(lambda: seen_by(nodes[0]).get("stopped") is True, 10, "the stop relayed to node 1")
+        wait_for(lambda: seen_by(nodes[0])["claims"] == [] == seen_by(nodes[1])["claims"], 15, "replicas released")
     finally:
         for node in nodes:
             stop(node)

@@ -1,0 +1,130 @@
+"""The placement loop: each node applies the pure rules of ``_placement`` to its own view and
+publishes the replicas it claims as one signed claim set (``_wire_claim``).
+
+What goes in, identically on every node with the same view:
+- the jobs: the newest action of each (job, CSP) the mesh relayed; a stopped job places nothing.
+  A job id named by two CSPs (one record must be forged: only one owns the job on chain) is not
+  placed until the chain check that settles it is added (see the issue notes);
+- the nodes: every node with a capacity record, itself included; eligible = the license view,
+  alive = membership (a node is alive to itself); total resources and tags from its capacity;
+  free = total minus what the replicas it wins need (computed from claims, so every viewer
+  derives the same figure instead of trusting advertised free resources);
+- the claims: every node's claim set.
+
+Out comes this node's claim set (claims, renewals; what it loses or releases is left out) and the
+replicas it should run (``holding``), which a runner reconciles against.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import trio
+
+from ._jobspec import JobSpec
+from ._membership import PeerState
+from ._node import Node
+from ._placement import Claim, Demand, NodeInfo, compute_assignment, decide, resolve_claims
+from ._trio_types import TaskStatus
+from ._wire_capacity import Capacity, Resources
+from ._wire_claim import ClaimEntry, Claims
+
+LEASE_MS = 30_000  # liveness, not lease expiry, moves a replica; the lease only bounds a lost release
+
+
+@dataclass(frozen=True)
+class Plan:
+    claims: Claims  # this node's claim set
+    holding: dict[int, int]  # job id -> the replica this node should run
+
+
+def demand_of(spec: JobSpec | None) -> Demand:
+    if spec is None:
+        return Demand(Resources(cpu_millis=0, memory_mb=0, gpus=0, disk_mb=0), 0)
+    placement = spec.placement
+    return Demand(spec.resources, spec.replicas, lambda n: placement.matches(n.tags, n.total))
+
+
+def minus(total: Resources, used: Sequence[Resources]) -> Resources:
+    """``total`` less every amount in ``used``, floored at zero."""
+    return Resources(cpu_millis=max(0, total.cpu_millis - sum(u.cpu_millis for u in used)),
+                     memory_mb=max(0, total.memory_mb - sum(u.memory_mb for u in used)),
+                     gpus=max(0, total.gpus - sum(u.gpus for u in used)),
+                     disk_mb=max(0, total.disk_mb - sum(u.disk_mb for u in used)))
+
+
+def plan(me: str, now_ms: int, jobs: Mapping[int, JobSpec | None], claims: Sequence[Claim],
+         capacities: Mapping[str, Capacity], eligible: Mapping[str, bool], alive: Mapping[str, bool],
+         lease_ms: int = LEASE_MS) -> Plan:
+    """This node's claim set and replicas, from a view (module docstring). Pure."""
+    demands = {job_id: demand_of(spec) for job_id, spec in jobs.items()}
+    base = [NodeInfo(address, eligible.get(address, False), alive.get(address, False), cap.total, cap.total,
+                     frozenset(cap.tags)) for address, cap in sorted(capacities.items())]
+    used: dict[str, list[Resources]] = defaultdict(list)
+    for job_id, demand in sorted(demands.items()):
+        for claim in resolve_claims(job_id, demand, base, claims, now_ms).values():
+            used[claim.node].append(demand.resources)
+    nodes = [NodeInfo(n.address, n.eligible, n.alive, minus(n.total, used[n.address]), n.total, n.tags)
+             for n in base]
+    entries: list[ClaimEntry] = []
+    holding: dict[int, int] = {}
+    for job_id, demand in sorted(demands.items()):
+        decision = decide(job_id, demand, nodes, claims, me, now_ms, lease_ms)
+        if decision.holding is None:
+            continue
+        holding[job_id] = decision.holding
+        new = decision.claim or decision.renew
+        kept = new[0] if new else next(c for c in claims if c.node == me and c.job_id == job_id
+                                        and c.replica == decision.holding and c.lease_until_ms > now_ms)
+        entries.append(ClaimEntry(job_id=job_id, replica=kept.replica, generation=kept.generation,
+                                  lease_until_ms=kept.lease_until_ms))
+        # claiming one replica frees nothing, but a claim uses room: later jobs see less free here
+        nodes = [NodeInfo(n.address, n.eligible, n.alive, minus(n.free, [demand.resources]), n.total, n.tags)
+                 if n.address == me and decision.claim else n for n in nodes]
+    return Plan(Claims(claims=tuple(entries)), holding)
+
+
+def view_of(node: Node) -> tuple[dict[int, JobSpec | None], list[Claim], dict[str, Capacity], dict[str, bool],
+                                 dict[str, bool]]:
+    """The inputs of ``plan`` as ``node`` sees them now."""
+    by_job: dict[int, list[JobSpec | None]] = defaultdict(list)
+    for (job_id, _csp), known in node.jobs.items():
+        by_job[job_id].append(known.spec)
+    jobs = {job_id: specs[0] for job_id, specs in by_job.items() if len(specs) == 1}
+    claims = [c for origin, held in node.claims.items() for c in held.as_claims(origin)]
+    capacities = dict(node.capacities) | {node.address: node.advertised_capacity()}
+    eligible = {address: node.is_eligible(address) for address in capacities}
+    alive = {address: node.membership.state(address) is PeerState.ALIVE for address in capacities}
+    alive[node.address] = True
+    return jobs, claims, capacities, eligible, alive
+
+
+def assignment(node: Node, job_id: int) -> dict[int, str]:
+    """Replica -> node for one job, as ``node`` sees it (what ``job status`` and oracles show)."""
+    jobs, claims, capacities, eligible, alive = view_of(node)
+    nodes = [NodeInfo(a, eligible[a], alive[a], c.total, c.total, frozenset(c.tags)) for a, c in capacities.items()]
+    return compute_assignment(job_id, demand_of(jobs.get(job_id)), nodes, claims, node.now_ms())
+
+
+def step(node: Node, lease_ms: int = LEASE_MS) -> Plan:
+    """Plan from ``node``'s view and publish its claim set if it changed."""
+    result = plan(node.address, node.now_ms(), *view_of(node), lease_ms=lease_ms)
+    if node.claims.get(node.address) != result.claims:
+        node.set_claims(result.claims)
+    return result
+
+
+async def run_scheduler(node: Node, *, lease_ms: int = LEASE_MS, on_plan: Callable[[Plan], None] | None = None,
+                        task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    """Re-plan whenever the view changes (a job, a claim set, a liveness verdict, a capacity), and
+    at least every quarter lease (renewals); hand each plan to ``on_plan`` (the runners)."""
+    task_status.started()
+    while True:
+        changed = node.changed
+        result = step(node, lease_ms)
+        if on_plan is not None:
+            on_plan(result)
+        with trio.move_on_after(lease_ms / 4000):
+            await changed.wait()

@@ -1,0 +1,120 @@
+"""The placement loop on the memory transport (fake clock): a job's replicas land on distinct
+nodes that every node agrees on, move when a holder goes silent, are yielded by the holder when
+it comes back, and are all released on a stop; a job that fits nowhere is not placed."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from functools import partial
+from pathlib import Path
+
+import trio
+import trio.testing
+
+from mesh._jobspec import JobSpec, spec_hash
+from mesh._jobspec_load import load_spec
+from mesh._membership import PeerState
+from mesh._node import Node
+from mesh._placement import rank
+from mesh._scheduler import assignment, plan, run_scheduler
+from mesh._submission import STOP
+from mesh._transport import MemoryNetwork
+from mesh._wire_capacity import Capacity, Resources
+
+from .test_jobs_gossip import CSP, ESCROW, submission
+from .test_node_memory import IDS, all_alive, mesh, until
+
+SPEC = load_spec(Path(__file__).resolve().parents[2] / "examples" / "car-web.yaml")  # 2 replicas, 64 MB each
+
+
+PLANS: dict[str, int] = {}  # node -> how many plans its scheduler has made
+
+
+@asynccontextmanager
+async def scheduled(network: MemoryNetwork, n: int) -> AsyncIterator[list[Node]]:
+    PLANS.clear()
+    async with mesh(network, IDS[:n], escrow=ESCROW) as nodes, trio.open_nursery() as nursery:
+        for node in nodes:
+            PLANS[node.address] = 0
+
+            def count(_: object, address: str = node.address) -> None:
+                PLANS[address] += 1
+
+            await nursery.start(partial(run_scheduler, node, on_plan=count))
+        await until(lambda: all_alive(nodes))
+        yield nodes
+        nursery.cancel_scope.cancel()
+
+
+def placed(nodes: list[Node], job_id: int = 7) -> dict[int, str] | None:
+    """The assignment, if every node sees the same one."""
+    views = [assignment(n, job_id) for n in nodes]
+    return views[0] if all(v == views[0] for v in views) else None
+
+
+def announce(node: Node, nonce: int, spec: JobSpec | None) -> None:
+    node.announce_job(submission(nonce, STOP if spec is None else spec_hash(spec)), CSP, spec)
+
+
+async def test_replicas_land_on_distinct_nodes_move_on_failure_and_are_yielded_on_return(
+        autojump_clock: trio.testing.MockClock) -> None:
+    network = MemoryNetwork()
+    async with scheduled(network, 4) as nodes:
+        announce(nodes[0], 1, SPEC)
+        await until(lambda: (p := placed(nodes)) is not None and len(p) == 2)
+        first = placed(nodes)
+        assert first is not None
+        assert len(set(first.values())) == 2  # one replica per node
+        gone = first[0]
+        others = {i.address for i in IDS[:4]} - {gone}
+        network.partition({gone}, others)
+        alive = [n for n in nodes if n.address != gone]
+        await until(lambda: all(n.state_of(gone) is PeerState.DEAD for n in alive))
+        await until(lambda: (p := placed(alive)) is not None and len(p) == 2 and gone not in p.values())
+        moved = placed(alive)
+        assert moved is not None
+        assert moved[1] == first[1]  # the other replica stayed where it was
+        taker = moved[0]
+        network.heal()
+        returning = next(n for n in nodes if n.address == gone)
+        await until(lambda: returning.state_of(taker) is PeerState.ALIVE)
+        await until(lambda: placed(nodes) == moved)  # the returning node yields to the takeover
+        await until(lambda: all(c.job_id != 7 for c in returning.claims[gone].claims))
+
+
+async def test_a_stop_releases_every_replica_and_a_job_that_fits_nowhere_is_not_placed(
+        autojump_clock: trio.testing.MockClock) -> None:
+    async with scheduled(MemoryNetwork(), 3) as nodes:
+        huge = SPEC.model_copy(update={"resources": SPEC.resources.model_copy(update={"memory_mb": 10**6})})
+        announce(nodes[1], 1, huge)
+        await until(lambda: all(7 in {j for j, _ in n.jobs} for n in nodes))
+        seen = dict(PLANS)
+        await until(lambda: all(PLANS[a] >= seen[a] + 2 for a in seen))  # every node planned with the job known
+        assert all(not held.claims for n in nodes for held in n.claims.values())
+        announce(nodes[1], 2, SPEC)
+        await until(lambda: (p := placed(nodes)) is not None and len(p) == 2)
+        announce(nodes[2], 3, None)
+        await until(lambda: all(not held.claims for n in nodes for held in n.claims.values()))
+        assert placed(nodes) == {}
+
+
+def test_free_resources_are_derived_from_claims_so_a_full_node_takes_no_more() -> None:
+    # two one-replica jobs of 3 GB each, two nodes of 4 GB: each node can run one of them only
+
+    total = Resources(cpu_millis=4000, memory_mb=4096, gpus=0, disk_mb=0)
+    caps = {i.address: Capacity(version=1, total=total, free=total) for i in IDS[:2]}
+    big = SPEC.model_copy(update={"replicas": 1, "placement": SPEC.placement.model_copy(update={"include": ()}),
+                                  "resources": SPEC.resources.model_copy(update={"memory_mb": 3072})})
+    jobs = {7: big, 10: big}  # the same node ranks first for both
+    yes = {a: True for a in caps}
+    claims: list = []
+    for _ in range(3):  # rounds: each node plans on what the others claimed so far
+        for address in caps:
+            mine = plan(address, 1_000, jobs, claims, caps, yes, yes)
+            claims = [c for c in claims if c.node != address] + mine.claims.as_claims(address)
+    holders = {c.job_id: c.node for c in claims}
+    assert rank(7, caps)[0] == rank(10, caps)[0]
+    assert set(holders) == {7, 10}
+    assert len(set(holders.values())) == 2  # not both on the better-ranked node
+    assert all(len([c for c in claims if c.node == a]) == 1 for a in caps)
