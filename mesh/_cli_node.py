@@ -44,11 +44,13 @@ def node() -> None:
 @click.option("--heartbeat-interval-ms", type=click.IntRange(250, 60_000),
               help="Liveness beat; peers are dead 2.75 intervals after their last beat.  [default: 1000]")
 @click.option("--target-peers", type=click.IntRange(0, 64), help="Connections discovery keeps.  [default: 4]")
+@click.option("--engine", help="Container engine for CAR replicas: auto (detect; none found: run none), none, "
+                               "or a URL (unix:///..., tcp://...).  [default: auto]")
 def run_command(config_file: Path | None, keystore: Path | None, password_file: Path | None, rpc: str | None,
                 deployment: Path | None, license_registry: str | None, listen: str | None,
                 bootstrap: tuple[str, ...], api_port: int | None,
                 tags: tuple[str, ...], operator_token_file: Path | None, heartbeat_interval_ms: int | None,
-                target_peers: int | None) -> None:
+                target_peers: int | None, engine: str | None) -> None:
     """Join the mesh: sync signed heartbeats and capacity with neighbours, keep the mesh view,
     keep connections to licensed live peers only, serve the API.
 
@@ -80,6 +82,7 @@ def run_command(config_file: Path | None, keystore: Path | None, password_file: 
         ("api_port", pick(api_port, "api_port")), ("tags", tuple(pick(tags, "tags") or ())),
         ("heartbeat_interval_ms", pick(heartbeat_interval_ms, "heartbeat_interval_ms")),
         ("target_peers", pick(target_peers, "target_peers")), ("license_refresh_s", file.get("license_refresh_s")),
+        ("engine", pick(engine, "engine")),
     ) if value is not None}
     settings = NodeSettings(rpc=rpc_url, deployment=Path(record) if record else None, license_registry=registry,
                             **optional)

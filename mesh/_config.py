@@ -48,6 +48,7 @@ class NodeFileConfig(BaseModel):
     heartbeat_interval_ms: int | None = Field(default=None, ge=250, le=60_000)
     target_peers: int | None = Field(default=None, ge=0, le=64)
     license_refresh_s: float | None = Field(default=None, gt=0, le=3600)
+    engine: str | None = None
 
 
 def load_config(path: Path) -> dict[str, Any]:

@@ -8,6 +8,7 @@ URL and the libp2p addresses to bootstrap from; supervisors and tests wait for t
 from __future__ import annotations
 
 import json
+import logging
 import os
 import secrets
 import shutil
@@ -25,16 +26,21 @@ from hypercorn.trio import serve
 from contracts import Chain, Deployment, DeploymentError, JobEscrowClient, JobStatus, LicenseRegistryClient
 
 from ._api import NodeApi
+from ._engine import EngineUnavailable, connect_engine
 from ._identity import NodeIdentity
 from ._job_desk import JobDesk
 from ._license_view import ChainWorker, LicenseView, fetch_eligible
 from ._membership import LivenessConfig
 from ._node import NodeConfig, open_node
 from ._nonces import NonceBook
-from ._scheduler import run_scheduler
+from ._reconciler import Reconciler
+from ._runner_car import CarRunner
+from ._scheduler import run_scheduler, runner_tag
 from ._submission import ChainFacts
 from ._transport_libp2p import Libp2pConfig, open_libp2p_transport, peer_id_of
 from ._wire_capacity import Capacity, Resources
+
+log = logging.getLogger("deedmesh.node")
 
 
 @dataclass(frozen=True)
@@ -53,6 +59,7 @@ class NodeSettings:
     license_refresh_s: float = 5.0  # a ban on chain bites within this
     heartbeat_interval_ms: int = 1_000  # small meshes; larger ones beat slower (BENCHMARKS.md)
     target_peers: int = 4  # see NodeConfig
+    engine: str = "auto"  # the container engine: "auto" (detect; none found = run no CAR replica), "none", a URL
 
 
 def detect_capacity(tags: tuple[str, ...]) -> Capacity:
@@ -99,6 +106,21 @@ def chain_facts(escrow: JobEscrowClient, job_id: int, csp: str) -> ChainFacts:
                       csp_admitted_until=escrow.admitted_until(csp), csp_status=escrow.csp_status(csp))
 
 
+async def car_runner(identity: NodeIdentity, engine: str) -> CarRunner | None:
+    """The container runner on the configured engine; with "auto" and no engine answering, None
+    (the node then advertises no CAR runner and never claims a CAR replica)."""
+    if engine == "none":
+        return None
+    try:
+        client = await trio.to_thread.run_sync(connect_engine, None if engine == "auto" else engine)
+    except EngineUnavailable as exc:
+        if engine != "auto":
+            raise
+        log.warning("no container engine: this node runs no CAR replica", extra={"error": str(exc)})
+        return None
+    return CarRunner(client, identity.address)
+
+
 async def serve_node(identity: NodeIdentity, settings: NodeSettings, token_file: Path, nonce_file: Path) -> None:
     chain = await trio.to_thread.run_sync(Chain.connect, settings.rpc)
     licenses = await trio.to_thread.run_sync(license_registry, chain, settings)
@@ -108,11 +130,13 @@ async def serve_node(identity: NodeIdentity, settings: NodeSettings, token_file:
     escrow = None if settings.deployment is None else Deployment.load(settings.deployment).escrow(chain)
     token = operator_token(token_file)
     listen = Libp2pConfig(listen=settings.listen)
+    runner = None if escrow is None else await car_runner(identity, settings.engine)
+    tags = settings.tags + (() if runner is None else (runner_tag("car"),))
     async with open_libp2p_transport(identity, listen, settings.bootstrap) as transport, trio.open_nursery() as nursery:
         await nursery.start(view.run)
         gossip = NodeConfig(liveness=LivenessConfig(heartbeat_interval_ms=settings.heartbeat_interval_ms),
                             target_peers=settings.target_peers)
-        async with open_node(gossip, identity, transport, detect_capacity(settings.tags), view.is_eligible,
+        async with open_node(gossip, identity, transport, detect_capacity(tags), view.is_eligible,
                              bootstrap=settings.bootstrap,
                              escrow=None if escrow is None else (chain.chain_id, escrow.address)) as node:
             desk = None
@@ -122,8 +146,11 @@ async def serve_node(identity: NodeIdentity, settings: NodeSettings, token_file:
 
                 desk = JobDesk(node, chain.chain_id, escrow.address, read_facts, NonceBook(nonce_file),
                                now_s=lambda: int(time.time()))
-                # claims replicas (runners that start them come next: issue 4)
-                await nursery.start(run_scheduler, node)
+                reconciler = None if runner is None else Reconciler(runner)
+                if reconciler is not None:
+                    await nursery.start(reconciler.run)
+                offer = None if reconciler is None else reconciler.offer
+                await nursery.start(partial(run_scheduler, node, on_plan=offer))
             api = NodeApi(node, peer_id=peer_id_of(identity), addrs=transport.addrs, operator_token=token, desk=desk)
             config = HypercornConfig()
             config.bind = [f"{settings.api_host}:{settings.api_port}"]

@@ -38,13 +38,21 @@ LEASE_MS = 30_000  # liveness, not lease expiry, moves a replica; the lease only
 class Plan:
     claims: Claims  # this node's claim set
     holding: dict[int, int]  # job id -> the replica this node should run
+    specs: dict[int, JobSpec]  # job id -> its spec, for the jobs held
+
+
+def runner_tag(kind: str) -> str:
+    """The capacity tag of a node that can run jobs of ``kind`` (it has the engine, git, ...)."""
+    return f"runner:{kind}"
 
 
 def demand_of(spec: JobSpec | None) -> Demand:
+    """A job's demand; only nodes that advertise its kind's runner fit (a node without a container
+    engine never claims a CAR replica it could not start)."""
     if spec is None:
         return Demand(Resources(cpu_millis=0, memory_mb=0, gpus=0, disk_mb=0), 0)
-    placement = spec.placement
-    return Demand(spec.resources, spec.replicas, lambda n: placement.matches(n.tags, n.total))
+    placement, runner = spec.placement, runner_tag(spec.kind)
+    return Demand(spec.resources, spec.replicas, lambda n: runner in n.tags and placement.matches(n.tags, n.total))
 
 
 def minus(total: Resources, used: Sequence[Resources]) -> Resources:
@@ -83,7 +91,8 @@ def plan(me: str, now_ms: int, jobs: Mapping[int, JobSpec | None], claims: Seque
         # claiming one replica frees nothing, but a claim uses room: later jobs see less free here
         nodes = [NodeInfo(n.address, n.eligible, n.alive, minus(n.free, [demand.resources]), n.total, n.tags)
                  if n.address == me and decision.claim else n for n in nodes]
-    return Plan(Claims(claims=tuple(entries)), holding)
+    specs = {job_id: spec for job_id in holding if (spec := jobs[job_id]) is not None}
+    return Plan(Claims(claims=tuple(entries)), holding, specs)
 
 
 def view_of(node: Node) -> tuple[dict[int, JobSpec | None], list[Claim], dict[str, Capacity], dict[str, bool],

@@ -7,6 +7,7 @@ import json
 import time
 from pathlib import Path
 
+import docker
 import pytest
 from click.testing import CliRunner, Result
 from eth_account import Account
@@ -18,8 +19,10 @@ from mesh._errors import SubmissionRefused
 from mesh._identity import NodeIdentity, write_keystore
 from mesh._jobspec import spec_hash
 from mesh._jobspec_load import load_spec
+from mesh._runner_car import CarRunner
 from mesh._submission import sign_submission
 
+from ..engine.test_mesh_car import answers
 from .test_node_processes import NodeProcess, peer_states, start_node, stop, wait_for
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "car-web.yaml"
@@ -90,7 +93,8 @@ def run_cli(*args: str) -> Result:
 
 @pytest.mark.anvil
 def test_deploy_through_one_node_is_seen_everywhere_and_bad_submissions_are_refused(
-        anvil_url: str, tmp_path: Path) -> None:
+        anvil_url: str, tmp_path: Path, engine: docker.DockerClient) -> None:
+    # the engine is up, so both nodes advertise a CAR runner, claim a replica each and run it
     chain, dep, record = setup_chain(anvil_url, tmp_path)
     a = chain.accounts
     licenses = dep.licenses(chain)
@@ -124,6 +128,9 @@ def test_deploy_through_one_node_is_seen_everywhere_and_bad_submissions_are_refu
         # both replicas are claimed, one per node, and both nodes see the same claims
         wait_for(lambda: {c["node"] for c in seen_by(nodes[0]).get("claims", [])} == {n.address for n in nodes}
                  and seen_by(nodes[0])["claims"] == seen_by(nodes[1])["claims"], 15, "two replicas claimed")
+        runners = {n.address: CarRunner(engine, n.address) for n in nodes}
+        for claim in seen_by(nodes[0])["claims"]:  # each node runs its replica: the web app answers
+            wait_for(lambda c=claim: answers(runners[c["node"]], job_id, c["replica"]), 60, "a replica answering")
 
         refusals = [
             (["deploy", str(EXAMPLE), "--job", str(job_id), "--via", nodes[1].api, "--key",
@@ -155,6 +162,10 @@ def test_deploy_through_one_node_is_seen_everywhere_and_bad_submissions_are_refu
         assert result.exit_code == 0, result.output
         wait_for(lambda: seen_by(nodes[0]).get("stopped") is True, 10, "the stop relayed to node 1")
         wait_for(lambda: seen_by(nodes[0])["claims"] == [] == seen_by(nodes[1])["claims"], 15, "replicas released")
+        wait_for(lambda: not any(r.list_managed() for r in runners.values()), 30, "containers removed")
     finally:
         for node in nodes:
             stop(node)
+        for ident in idents:  # containers a failed run left behind, by this test's node labels
+            for leftover in CarRunner(engine, ident.address).list_managed():
+                engine.containers.get(leftover.container_id).remove(force=True)

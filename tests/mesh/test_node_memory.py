@@ -31,7 +31,7 @@ INTERVAL_S = NodeConfig().liveness.heartbeat_interval_ms / 1000
 def capacity(version: int = 1, free_cpu: int = 2000) -> Capacity:
     total = Resources(cpu_millis=4000, memory_mb=8192, gpus=0, disk_mb=10_000)
     return Capacity(version=version, total=total, free=Resources(cpu_millis=free_cpu, memory_mb=4096, gpus=0,
-                                                                disk_mb=5000), tags=("edge",))
+                                                                disk_mb=5000), tags=("edge", "runner:car"))
 
 
 def wall_now() -> int:

@@ -103,7 +103,7 @@ def test_free_resources_are_derived_from_claims_so_a_full_node_takes_no_more() -
     # two one-replica jobs of 3 GB each, two nodes of 4 GB: each node can run one of them only
 
     total = Resources(cpu_millis=4000, memory_mb=4096, gpus=0, disk_mb=0)
-    caps = {i.address: Capacity(version=1, total=total, free=total) for i in IDS[:2]}
+    caps = {i.address: Capacity(version=1, total=total, free=total, tags=("runner:car",)) for i in IDS[:2]}
     big = SPEC.model_copy(update={"replicas": 1, "placement": SPEC.placement.model_copy(update={"include": ()}),
                                   "resources": SPEC.resources.model_copy(update={"memory_mb": 3072})})
     jobs = {7: big, 10: big}  # the same node ranks first for both
@@ -118,3 +118,13 @@ def test_free_resources_are_derived_from_claims_so_a_full_node_takes_no_more() -
     assert set(holders) == {7, 10}
     assert len(set(holders.values())) == 2  # not both on the better-ranked node
     assert all(len([c for c in claims if c.node == a]) == 1 for a in caps)
+
+
+def test_a_node_without_the_runner_for_a_kind_never_claims_it() -> None:
+    total = Resources(cpu_millis=4000, memory_mb=4096, gpus=0, disk_mb=0)
+    caps = {IDS[0].address: Capacity(version=1, total=total, free=total, tags=("edge",)),  # no engine
+            IDS[1].address: Capacity(version=1, total=total, free=total, tags=("edge", "runner:car"))}
+    yes = {a: True for a in caps}
+    one = SPEC.model_copy(update={"replicas": 1})
+    assert plan(IDS[0].address, 1_000, {7: one}, [], caps, yes, yes).holding == {}
+    assert plan(IDS[1].address, 1_000, {7: one}, [], caps, yes, yes).holding == {7: 0}
