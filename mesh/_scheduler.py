@@ -6,7 +6,8 @@ What goes in, identically on every node with the same view:
   A job id named by two CSPs (one record must be forged: only one owns the job on chain) is not
   placed until the chain check that settles it is added (see the issue notes);
 - the nodes: every node with a capacity record, itself included; eligible = the license view,
-  alive = membership (a node is alive to itself); total resources and tags from its capacity;
+  alive = membership says alive or suspect (a replica moves when its holder is dead, not when
+  its beats are merely late; a node is alive to itself); total resources and tags from its capacity;
   free = total minus what the replicas it wins need (computed from claims, so every viewer
   derives the same figure instead of trusting advertised free resources);
 - the claims: every node's claim set.
@@ -105,7 +106,8 @@ def view_of(node: Node) -> tuple[dict[int, JobSpec | None], list[Claim], dict[st
     claims = [c for origin, held in node.claims.items() for c in held.as_claims(origin)]
     capacities = dict(node.capacities) | {node.address: node.advertised_capacity()}
     eligible = {address: node.is_eligible(address) for address in capacities}
-    alive = {address: node.membership.state(address) is PeerState.ALIVE for address in capacities}
+    # a suspect node (late beats) keeps its replicas: they move when it is dead, not on a hiccup
+    alive = {address: node.membership.state(address) in (PeerState.ALIVE, PeerState.SUSPECT) for address in capacities}
     alive[node.address] = True
     return jobs, claims, capacities, eligible, alive
 
