@@ -128,7 +128,8 @@ class NodeApi:
             for c in held.claims:
                 claims.setdefault(c.job_id, []).append({"replica": c.replica, "node": node,
                                                         "generation": c.generation,
-                                                        "lease_until_ms": c.lease_until_ms})
+                                                        "lease_until_ms": c.lease_until_ms,
+                                                        "state": c.state, "restarts": c.restarts})
         return [{"job_id": job_id, "csp": csp, "nonce": known.nonce, "stopped": known.spec is None,
                  "name": None if known.spec is None else known.spec.name,
                  "kind": None if known.spec is None else known.spec.kind,

@@ -79,7 +79,9 @@ def fund(ctx: click.Context, spec_file: Path, keystore: Path, password_file: Pat
         chain.add_signer(csp)
         escrow, token = record.escrow(chain), record.payment_token(chain)
         params = JobParams(spec_hash=spec_hash(spec), token=token.address, replicas=spec.replicas, epochs=epochs,
-                           start_epoch=Epoch(escrow.next_epoch() if start_epoch is None else start_epoch),
+                           # the epoch after the current one: a block mined across an epoch boundary
+                           # must not find the start in the past (nextEpoch() is the next to report)
+                           start_epoch=Epoch(escrow.current_epoch() + 1 if start_epoch is None else start_epoch),
                            price_per_node_epoch=TokenUnits(price), policy=policy)
     with console.status(f"approving {params.deposit} token units"):
         token.approve(escrow.address, params.deposit, sender=csp.address)
@@ -191,13 +193,15 @@ def status(ctx: click.Context, job_id: int | None, via: str) -> None:
     if ctx.find_root().params.get("json_output"):
         click.echo(json.dumps(jobs, indent=2))
         return
-    table = Table("job", "name", "kind", "state", "replica", "node", "generation", "lease left")
+    table = Table("job", "name", "kind", "job state", "replica", "node", "replica state", "restarts", "generation",
+                  "lease left")
     now_ms = time.time_ns() // 1_000_000
     for j in jobs:
         state = "stopped" if j["stopped"] else "submitted"
-        rows = j["claims"] or [{"replica": "-", "node": "-", "generation": "-", "lease_until_ms": None}]
+        rows = j["claims"] or [{"replica": "-", "node": "-", "generation": "-", "lease_until_ms": None,
+                                "state": "unplaced", "restarts": "-"}]
         for c in rows:
             left = "-" if c["lease_until_ms"] is None else f"{(c['lease_until_ms'] - now_ms) / 1000:.0f} s"
             table.add_row(str(j["job_id"]), j["name"] or "-", j["kind"] or "-", state, str(c["replica"]),
-                          c["node"], str(c["generation"]), left)
+                          c["node"], c["state"], str(c["restarts"]), str(c["generation"]), left)
     Console().print(table)

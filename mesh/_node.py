@@ -158,6 +158,10 @@ class Node:
     def now_ms(self) -> int:
         return self._wall_ms()
 
+    def notify(self) -> None:
+        """Wake whoever waits on ``changed`` (something outside the node changed its view)."""
+        self._notify()
+
     def _notify(self) -> None:
         self.changed.set()
         self.changed = trio.Event()

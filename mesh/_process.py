@@ -146,11 +146,13 @@ async def serve_node(identity: NodeIdentity, settings: NodeSettings, token_file:
 
                 desk = JobDesk(node, chain.chain_id, escrow.address, read_facts, NonceBook(nonce_file),
                                now_s=lambda: int(time.time()))
-                reconciler = None if runner is None else Reconciler(runner)
-                if reconciler is not None:
+                if runner is None:
+                    await nursery.start(run_scheduler, node)
+                else:
+                    reconciler = Reconciler(runner, on_change=node.notify)
                     await nursery.start(reconciler.run)
-                offer = None if reconciler is None else reconciler.offer
-                await nursery.start(partial(run_scheduler, node, on_plan=offer))
+                    await nursery.start(partial(run_scheduler, node, on_plan=reconciler.offer,
+                                                states=reconciler.state_of))
             api = NodeApi(node, peer_id=peer_id_of(identity), addrs=transport.addrs, operator_token=token, desk=desk)
             config = HypercornConfig()
             config.bind = [f"{settings.api_host}:{settings.api_port}"]

@@ -28,6 +28,7 @@ from ._runner_car import CarRunner, CarRunnerError, ContainerRequest, ContainerS
 from ._runner_car import next_backoff as backoff_s
 from ._scheduler import Plan
 from ._trio_types import TaskStatus
+from ._wire_claim import ReplicaState
 
 log = logging.getLogger("deedmesh.runner")
 T = TypeVar("T")
@@ -58,8 +59,9 @@ def container_request(job_id: int, replica: int, spec: CarJob) -> ContainerReque
 
 
 class Reconciler:
-    def __init__(self, runner: CarRunner, check_s: float = 2.0) -> None:
+    def __init__(self, runner: CarRunner, check_s: float = 2.0, on_change: Callable[[], None] | None = None) -> None:
         self.runner = runner
+        self.on_change = on_change  # a replica's state changed (the scheduler re-signs the claim set)
         self.check_s = check_s
         self.statuses: dict[tuple[int, int], ContainerStatus] = {}  # what the engine said last
         self._plan: tuple[dict[int, int], dict[int, JobSpec]] = ({}, {})
@@ -67,6 +69,19 @@ class Reconciler:
         self._retry_at: dict[tuple[int, int], float] = {}  # replica -> trio time it may restart
         self._limiter = trio.CapacityLimiter(1)
         self.failures = 0  # rounds the engine failed
+
+    def state_of(self, job_id: int, replica: int) -> tuple[ReplicaState, int]:
+        """How a held replica is doing here (for the claim set): its container's state and restarts."""
+        status = self.statuses.get((job_id, replica))
+        if status is None:
+            return ("starting" if (job_id, replica) in self._retry_at else "claimed"), 0
+        if not status.running:
+            return "exited", status.restarts
+        if status.health == "healthy":
+            return "healthy", status.restarts
+        if status.health == "unhealthy":
+            return "unhealthy", status.restarts
+        return ("starting" if status.health == "starting" else "running"), status.restarts
 
     def offer(self, plan: Plan) -> None:
         """The newest plan (called by the scheduler on every plan; never blocks)."""
@@ -81,7 +96,10 @@ class Reconciler:
                 await self._wake.wait()
             self._wake = trio.Event()
             try:
+                before = {key: self.state_of(*key) for key in self.statuses}
                 await self.reconcile()
+                if self.on_change is not None and before != {key: self.state_of(*key) for key in self.statuses}:
+                    self.on_change()
             except (DockerException, OSError, CarRunnerError) as exc:  # requests' errors are OSErrors
                 # the engine went away or failed: nothing is lost, the next round tries again
                 self.failures += 1

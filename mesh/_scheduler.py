@@ -30,7 +30,7 @@ from ._node import Node
 from ._placement import Claim, Demand, NodeInfo, compute_assignment, decide, resolve_claims
 from ._trio_types import TaskStatus
 from ._wire_capacity import Capacity, Resources
-from ._wire_claim import ClaimEntry, Claims
+from ._wire_claim import ClaimEntry, Claims, ReplicaState
 
 LEASE_MS = 30_000  # liveness, not lease expiry, moves a replica; the lease only bounds a lost release
 
@@ -64,9 +64,16 @@ def minus(total: Resources, used: Sequence[Resources]) -> Resources:
                      disk_mb=max(0, total.disk_mb - sum(u.disk_mb for u in used)))
 
 
+ReplicaStates = Callable[[int, int], tuple[ReplicaState, int]]  # (job, replica) -> (state, restarts) here
+
+
+def _claimed(job_id: int, replica: int) -> tuple[ReplicaState, int]:
+    return "claimed", 0
+
+
 def plan(me: str, now_ms: int, jobs: Mapping[int, JobSpec | None], claims: Sequence[Claim],
          capacities: Mapping[str, Capacity], eligible: Mapping[str, bool], alive: Mapping[str, bool],
-         lease_ms: int = LEASE_MS) -> Plan:
+         lease_ms: int = LEASE_MS, states: ReplicaStates = _claimed) -> Plan:
     """This node's claim set and replicas, from a view (module docstring). Pure."""
     demands = {job_id: demand_of(spec) for job_id, spec in jobs.items()}
     base = [NodeInfo(address, eligible.get(address, False), alive.get(address, False), cap.total, cap.total,
@@ -87,8 +94,9 @@ def plan(me: str, now_ms: int, jobs: Mapping[int, JobSpec | None], claims: Seque
         new = decision.claim or decision.renew
         kept = new[0] if new else next(c for c in claims if c.node == me and c.job_id == job_id
                                         and c.replica == decision.holding and c.lease_until_ms > now_ms)
+        state, restarts = states(job_id, kept.replica)
         entries.append(ClaimEntry(job_id=job_id, replica=kept.replica, generation=kept.generation,
-                                  lease_until_ms=kept.lease_until_ms))
+                                  lease_until_ms=kept.lease_until_ms, state=state, restarts=restarts))
         # claiming one replica frees nothing, but a claim uses room: later jobs see less free here
         nodes = [NodeInfo(n.address, n.eligible, n.alive, minus(n.free, [demand.resources]), n.total, n.tags)
                  if n.address == me and decision.claim else n for n in nodes]
@@ -119,22 +127,24 @@ def assignment(node: Node, job_id: int) -> dict[int, str]:
     return compute_assignment(job_id, demand_of(jobs.get(job_id)), nodes, claims, node.now_ms())
 
 
-def step(node: Node, lease_ms: int = LEASE_MS) -> Plan:
+def step(node: Node, lease_ms: int = LEASE_MS, states: ReplicaStates = _claimed) -> Plan:
     """Plan from ``node``'s view and publish its claim set if it changed."""
-    result = plan(node.address, node.now_ms(), *view_of(node), lease_ms=lease_ms)
+    result = plan(node.address, node.now_ms(), *view_of(node), lease_ms=lease_ms, states=states)
     if node.claims.get(node.address) != result.claims:
         node.set_claims(result.claims)
     return result
 
 
 async def run_scheduler(node: Node, *, lease_ms: int = LEASE_MS, on_plan: Callable[[Plan], None] | None = None,
+                        states: ReplicaStates = _claimed,
                         task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-    """Re-plan whenever the view changes (a job, a claim set, a liveness verdict, a capacity), and
-    at least every quarter lease (renewals); hand each plan to ``on_plan`` (the runners)."""
+    """Re-plan whenever the view changes (a job, a claim set, a liveness verdict, a capacity, a
+    replica's state here), and at least every quarter lease (renewals); hand each plan to
+    ``on_plan`` (the runners); ``states`` says how this node's replicas are doing."""
     task_status.started()
     while True:
         changed = node.changed
-        result = step(node, lease_ms)
+        result = step(node, lease_ms, states)
         if on_plan is not None:
             on_plan(result)
         with trio.move_on_after(lease_ms / 4000):

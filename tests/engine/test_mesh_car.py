@@ -66,12 +66,13 @@ async def test_the_mesh_runs_a_car_job_fails_it_over_and_stops_it(engine: docker
 
     async def run(ident: NodeIdentity) -> None:
         with scopes[ident.address]:
-            reconciler = Reconciler(runners[ident.address], check_s=0.5)
             async with open_node(NodeConfig(), ident, network.endpoint(ident.address), capacity(),
                                  lambda _: True, escrow=ESCROW) as node, trio.open_nursery() as inner:
+                reconciler = Reconciler(runners[ident.address], check_s=0.5, on_change=node.notify)
                 nodes[ident.address] = node
                 await inner.start(reconciler.run)
                 await inner.start(lambda task_status: run_scheduler(node, on_plan=reconciler.offer,
+                                                                      states=reconciler.state_of,
                                                                       task_status=task_status))
 
     try:
@@ -86,9 +87,13 @@ async def test_the_mesh_runs_a_car_job_fails_it_over_and_stops_it(engine: docker
             placed = assignment(first, 7)
             await until(lambda: all(answers(runners[node], 7, r) for r, node in placed.items()), 60,
                         "both replicas answering", blocking=True)
-            status = runners[placed[0]].status(7, 0)
-            assert status is not None
-            assert status.health in ("starting", "healthy")
+            # every node sees both replicas healthy: their state travels in the holders' claim sets
+            def seen_healthy(viewer: Node) -> bool:
+                entries = [e for holder in placed.values() if holder in viewer.claims
+                           for e in viewer.claims[holder].claims if e.job_id == 7]
+                return len(entries) == 2 and all(e.state == "healthy" and e.restarts == 0 for e in entries)
+
+            await until(lambda: all(seen_healthy(n) for n in nodes.values()), 30, "replicas healthy everywhere")
             # replica 0's machine goes away: its node and its container are gone
             lost = placed[0]
             scopes[lost].cancel()

@@ -64,6 +64,7 @@ def test_a_csp_funds_a_job_for_its_spec(anvil_url: str, tmp_path: Path) -> None:
     admitted, stranger = ADMITTED, STRANGER
     common = ["--rpc", anvil_url, "--deployment", str(record), "--price", "10", "--epochs", "3"]
 
+    epoch_before = escrow.current_epoch()
     result = fund(str(EXAMPLE), "--key", str(tmp_path / f"{admitted.address}.json"), *common)
     assert result.exit_code == 0, result.output
     out = json.loads(result.output)
@@ -71,6 +72,7 @@ def test_a_csp_funds_a_job_for_its_spec(anvil_url: str, tmp_path: Path) -> None:
     assert job.csp == admitted.address
     assert job.spec_hash == spec_hash(load_spec(EXAMPLE))
     assert (job.replicas, job.epochs, job.deposited) == (2, 3, 10 * 2 * 3)
+    assert job.start_epoch >= epoch_before + 1  # the default: after the epoch it was funded in
     assert token.balance_of(admitted.address) == 10**6 - 60
 
     result = fund(str(EXAMPLE), "--key", str(tmp_path / f"{stranger.address}.json"), *common)
@@ -131,6 +133,9 @@ def test_deploy_through_one_node_is_seen_everywhere_and_bad_submissions_are_refu
         runners = {n.address: CarRunner(engine, n.address) for n in nodes}
         for claim in seen_by(nodes[0])["claims"]:  # each node runs its replica: the web app answers
             wait_for(lambda c=claim: answers(runners[c["node"]], job_id, c["replica"]), 60, "a replica answering")
+        # and job status from either node shows both replicas healthy (the example checks every 5 s)
+        wait_for(lambda: [c["state"] for c in seen_by(nodes[1])["claims"]] == ["healthy", "healthy"], 30,
+                 "both replicas healthy in job status")
 
         refusals = [
             (["deploy", str(EXAMPLE), "--job", str(job_id), "--via", nodes[1].api, "--key",
