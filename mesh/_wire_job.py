@@ -40,7 +40,7 @@ def job_subject(job_id: int, csp: str) -> str:
 
 def job_seq(sub: Submission) -> int:
     if sub.nonce > MAX_NONCE:
-        raise Rejected("replayed", f"nonce {sub.nonce} is above {MAX_NONCE}")
+        raise Rejected("malformed", f"nonce {sub.nonce} is above {MAX_NONCE} (a record's seq is nonce + 1)")
     return sub.nonce + 1
 
 

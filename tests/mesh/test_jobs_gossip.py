@@ -22,8 +22,8 @@ from mesh._sync import encode_frames
 from mesh._transport import MemoryNetwork
 from mesh._wire_claim import ClaimEntry, Claims
 from mesh._wire_heartbeat import TOPIC as HEARTBEAT
+from mesh._wire_job import MAX_NONCE, JobRecord, job_seq, job_subject
 from mesh._wire_job import TOPIC as JOBS
-from mesh._wire_job import JobRecord, job_subject
 
 from .test_node_memory import IDS, all_alive, mesh, until, wall_now
 
@@ -129,3 +129,9 @@ def test_a_claim_set_names_each_replica_once_and_stays_small() -> None:
         Claims(claims=(entry, entry.model_copy(update={"generation": 2})))
     with pytest.raises(ValueError, match="at most 128"):
         Claims(claims=tuple(ClaimEntry(job_id=j, replica=0, generation=1, lease_until_ms=1) for j in range(1, 130)))
+
+
+async def test_a_nonce_beyond_what_a_record_can_order_is_malformed() -> None:
+    assert job_seq(submission(MAX_NONCE)) == MAX_NONCE + 1
+    with pytest.raises(Rejected, match="malformed"):
+        job_seq(submission(MAX_NONCE + 1))
