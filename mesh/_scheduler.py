@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import trio
 
@@ -71,19 +71,24 @@ def _claimed(job_id: int, replica: int) -> tuple[ReplicaState, int]:
     return "claimed", 0
 
 
+def nodes_of(capacities: Mapping[str, Capacity], eligible: Mapping[str, bool],
+             alive: Mapping[str, bool]) -> list[NodeInfo]:
+    """The nodes of a view, with all their resources free (``plan`` takes off what claims use)."""
+    return [NodeInfo(address, eligible.get(address, False), alive.get(address, False), cap.total, cap.total,
+                     frozenset(cap.tags)) for address, cap in sorted(capacities.items())]
+
+
 def plan(me: str, now_ms: int, jobs: Mapping[int, JobSpec | None], claims: Sequence[Claim],
          capacities: Mapping[str, Capacity], eligible: Mapping[str, bool], alive: Mapping[str, bool],
          lease_ms: int = LEASE_MS, states: ReplicaStates = _claimed) -> Plan:
     """This node's claim set and replicas, from a view (module docstring). Pure."""
     demands = {job_id: demand_of(spec) for job_id, spec in jobs.items()}
-    base = [NodeInfo(address, eligible.get(address, False), alive.get(address, False), cap.total, cap.total,
-                     frozenset(cap.tags)) for address, cap in sorted(capacities.items())]
+    base = nodes_of(capacities, eligible, alive)
     used: dict[str, list[Resources]] = defaultdict(list)
     for job_id, demand in sorted(demands.items()):
         for claim in resolve_claims(job_id, demand, base, claims, now_ms).values():
             used[claim.node].append(demand.resources)
-    nodes = [NodeInfo(n.address, n.eligible, n.alive, minus(n.total, used[n.address]), n.total, n.tags)
-             for n in base]
+    nodes = [replace(n, free=minus(n.total, used[n.address])) for n in base]
     entries: list[ClaimEntry] = []
     holding: dict[int, int] = {}
     for job_id, demand in sorted(demands.items()):
@@ -98,8 +103,8 @@ def plan(me: str, now_ms: int, jobs: Mapping[int, JobSpec | None], claims: Seque
         entries.append(ClaimEntry(job_id=job_id, replica=kept.replica, generation=kept.generation,
                                   lease_until_ms=kept.lease_until_ms, state=state, restarts=restarts))
         # claiming one replica frees nothing, but a claim uses room: later jobs see less free here
-        nodes = [NodeInfo(n.address, n.eligible, n.alive, minus(n.free, [demand.resources]), n.total, n.tags)
-                 if n.address == me and decision.claim else n for n in nodes]
+        nodes = [replace(n, free=minus(n.free, [demand.resources])) if n.address == me and decision.claim else n
+                 for n in nodes]
     specs = {job_id: spec for job_id in holding if (spec := jobs[job_id]) is not None}
     return Plan(Claims(claims=tuple(entries)), holding, specs)
 
@@ -123,8 +128,8 @@ def view_of(node: Node) -> tuple[dict[int, JobSpec | None], list[Claim], dict[st
 def assignment(node: Node, job_id: int) -> dict[int, str]:
     """Replica -> node for one job, as ``node`` sees it (what ``job status`` and oracles show)."""
     jobs, claims, capacities, eligible, alive = view_of(node)
-    nodes = [NodeInfo(a, eligible[a], alive[a], c.total, c.total, frozenset(c.tags)) for a, c in capacities.items()]
-    return compute_assignment(job_id, demand_of(jobs.get(job_id)), nodes, claims, node.now_ms())
+    return compute_assignment(job_id, demand_of(jobs.get(job_id)), nodes_of(capacities, eligible, alive), claims,
+                              node.now_ms())
 
 
 def step(node: Node, lease_ms: int = LEASE_MS, states: ReplicaStates = _claimed) -> Plan:
