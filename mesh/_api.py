@@ -1,26 +1,52 @@
 """The node's HTTP API: a small ASGI app served by hypercorn under trio, on 127.0.0.1 by default.
 
 Read-only endpoints show the node's identity, its view of the mesh and its counters; nothing
-secret is ever served. Operator endpoints (``/admin/...``) need ``Authorization: Bearer <token>``.
-``/openapi.json`` documents every route.
+secret is ever served (a job's logs go to its CSP alone, on a signed request: ``_logs``). Operator
+endpoints (``/admin/...``) need ``Authorization: Bearer <token>``. ``/openapi.json`` documents
+every route.
+
+The same app answers CLI clients over libp2p (``/deedmesh/api/1``: one JSON request
+``{"method", "path", "body"}``, one answer ``{"status", "body"}``): ``answer`` replays the request
+through the ASGI app, so both paths share every route and check. Over libp2p the operator routes
+are not served (nor is there a way to send a token), and the body is capped as over HTTP.
 """
 
 from __future__ import annotations
 
 import hmac
 import json
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any
+from urllib.parse import parse_qsl
 
 from ._job_desk import JobDesk
+from ._logs import LogDesk
 from ._node import Node
-from ._submission import Submission
+from ._submission import LogRequest, Submission
+from ._transport import Message
 from ._wire_capacity import Capacity
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 MAX_BODY_BYTES = 64 * 1024
+API_PROTOCOL = "/deedmesh/api/1"
+MAX_API_REQUEST_BYTES = MAX_BODY_BYTES + 4096  # the body, plus the method and path around it
+MAX_API_ANSWER_BYTES = 4 << 20  # the largest answer: a job's logs (256 KiB, JSON-escaped) or a big /jobs
+API_TIMEOUT_S = 20.0  # above a logs request's 10 s wait on a replica's holder
+LOGS_PATH = re.compile(r"/jobs/([1-9][0-9]{0,77})/logs")
+_LOG_RESPONSES = {"200": {"description": "each replica's log, or why it is missing (some were read)"},
+                  "401": {"description": "bad signature"},
+                  "403": {"description": "not the job's CSP"},
+                  "404": {"description": "no such job, or the job is stopped or the replica not placed"},
+                  "409": {"description": "two CSPs name the job in this node's view"},
+                  "410": {"description": "expired"}, "413": {"description": "too large"},
+                  "422": {"description": "malformed, or valid for too long"},
+                  "502": {"description": "a replica's holder is unreachable, or its container engine failed"},
+                  "503": {"description": "this node (holding the replica) has no container runner, or no escrow"},
+                  "504": {"description": "a replica's holder did not answer in time"}}
+_LOG_PARAMETERS = [{"name": "job_id", "in": "path", "required": True, "schema": {"type": "integer"}}]
 
 OPENAPI: dict[str, Any] = {
     "openapi": "3.1.0",
@@ -51,6 +77,20 @@ OPENAPI: dict[str, Any] = {
                                    "410": {"description": "expired"}, "413": {"description": "too large"},
                                    "422": {"description": "malformed"},
                                    "503": {"description": "this node has no escrow, or the chain is unreachable"}}}},
+        "/jobs/{job_id}/logs": {
+            "get": {"summary": "The job's logs, for its CSP only: the signed LogRequest's fields as query "
+                               "parameters (replica omitted: every replica)",
+                    "parameters": _LOG_PARAMETERS + [
+                        {"name": name, "in": "query", "required": name != "replica", "schema": schema}
+                        for name, schema in (("replica", {"type": "integer"}), ("tail", {"type": "integer"}),
+                                             ("expiry", {"type": "integer"}), ("signature", {"type": "string"}))],
+                    "responses": _LOG_RESPONSES},
+            "post": {"summary": "The job's logs, for its CSP only: the signed LogRequest as the body; replicas "
+                                "held elsewhere are read from their holders",
+                     "parameters": _LOG_PARAMETERS,
+                     "requestBody": {"content": {"application/json": {"schema": {
+                         "$ref": "#/components/schemas/LogRequest"}}}},
+                     "responses": _LOG_RESPONSES}},
         "/admin/capacity": {"post": {
             "summary": "Advertise new capacity (operator only)",
             "security": [{"bearer": []}],
@@ -60,7 +100,8 @@ OPENAPI: dict[str, Any] = {
     },
     "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
                    "schemas": {"Capacity": Capacity.model_json_schema(),
-                               "Submission": Submission.model_json_schema()}},
+                               "Submission": Submission.model_json_schema(),
+                               "LogRequest": LogRequest.model_json_schema()}},
 }
 
 
@@ -68,9 +109,10 @@ class NodeApi:
     """ASGI application over a running ``Node``."""
 
     def __init__(self, node: Node, *, peer_id: str, addrs: Callable[[], list[str]], operator_token: str,
-                 desk: JobDesk | None = None) -> None:
+                 desk: JobDesk | None = None, logs: LogDesk | None = None) -> None:
         self.node = node
         self.desk = desk
+        self.logs = logs
         self.peer_id = peer_id
         self.addrs = addrs
         self._token = operator_token.encode()
@@ -95,7 +137,9 @@ class NodeApi:
             await self._admin_capacity(scope, receive, send)
         elif (method, path) == ("POST", "/jobs"):
             await self._submit(receive, send)
-        elif path in {p for _, p in routes} | {"/metrics", "/admin/capacity"}:
+        elif (logs_of := LOGS_PATH.fullmatch(path)) and method in ("GET", "POST"):
+            await self._logs(int(logs_of.group(1)), method, scope, receive, send)
+        elif path in {p for _, p in routes} | {"/metrics", "/admin/capacity"} or logs_of:
             await _json(send, 405, {"error": "method not allowed"})
         else:
             await _json(send, 404, {"error": f"no route {path}"})
@@ -106,7 +150,8 @@ class NodeApi:
         return {"status": "ok", "address": self.node.address, "peers_alive": len(self.node.membership.alive())}
 
     def _identity(self) -> dict[str, Any]:
-        return {"address": self.node.address, "peer_id": self.peer_id, "addrs": self.addrs()}
+        escrow = None if self.node.escrow is None else {"chain_id": self.node.escrow[0], "address": self.node.escrow[1]}
+        return {"address": self.node.address, "peer_id": self.peer_id, "addrs": self.addrs(), "escrow": escrow}
 
     def _peers(self) -> list[dict[str, Any]]:
         now = self.node.now_ms()
@@ -146,6 +191,63 @@ class NodeApi:
             await _json(send, 503, {"error": "no-escrow", "message": "this node runs without an escrow: no jobs"})
         else:
             await _json(send, *await self.desk.submit(body))
+
+    async def _logs(self, job_id: int, method: str, scope: Scope, receive: Receive, send: Send) -> None:
+        body = await _body(receive)
+        if body is None:
+            await _json(send, 413, {"error": "too-large", "message": f"body above {MAX_BODY_BYTES} bytes"})
+            return
+        if self.logs is None:
+            await _json(send, 503, {"error": "no-escrow", "message": "this node runs without an escrow: no jobs"})
+            return
+        if method == "POST":
+            try:
+                request = json.loads(body)
+            except ValueError:
+                request = None
+        else:  # the query string: numbers as numbers
+            query = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1")))
+            request = {k: int(v) if v.isdigit() and k != "signature" else v for k, v in query.items()}
+            request["job_id"] = job_id
+        if not isinstance(request, dict):
+            await _json(send, 422, {"error": "malformed", "message": "the body must be a JSON object (a LogRequest)"})
+            return
+        await _json(send, *await self.logs.read(job_id, request))
+
+    async def answer(self, msg: Message) -> bytes:
+        """Answer one ``/deedmesh/api/1`` request (module docstring) through this app."""
+        status, body = await self._answer(msg)
+        return json.dumps({"status": status, "body": body}).encode()
+
+    async def _answer(self, msg: Message) -> tuple[int, Any]:
+        if msg.oversized:
+            return 413, {"error": "too-large", "message": f"a request of {msg.oversized} bytes"}
+        try:
+            request = json.loads(msg.data)
+            method, target, body = request["method"], request["path"], request.get("body")
+            if not (isinstance(method, str) and isinstance(target, str) and target.startswith("/")):
+                raise TypeError("method and path must be strings, the path absolute")
+        except (ValueError, KeyError, TypeError) as exc:
+            return 400, {"error": "malformed", "message": f'expected {{"method", "path", "body"}}: {exc}'}
+        path, _, query = target.partition("?")
+        if path.split("/")[1] == "admin":
+            return 403, {"error": "operator-only", "message": "operator routes are served over HTTP only"}
+        scope = {"type": "http", "method": method.upper(), "path": path, "query_string": query.encode(),
+                 "headers": []}
+        chunks = [{"type": "http.request", "body": b"" if body is None else json.dumps(body).encode(),
+                   "more_body": False}]
+        sent: list[dict[str, Any]] = []
+
+        async def receive() -> dict[str, Any]:
+            return chunks.pop(0) if chunks else {"type": "http.disconnect"}
+
+        async def send(event: dict[str, Any]) -> None:
+            sent.append(event)
+
+        await self(scope, receive, send)
+        raw = b"".join(e.get("body", b"") for e in sent[1:])
+        is_json = dict(sent[0]["headers"]).get(b"content-type") == b"application/json"
+        return sent[0]["status"], json.loads(raw) if is_json else raw.decode()
 
     def _metrics(self) -> str:
         lines = ["# HELP deedmesh_gossip_messages_total Gossip messages by topic, verdict and reason.",

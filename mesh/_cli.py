@@ -5,7 +5,8 @@ its own commands without ``mesh`` importing ``oracle`` (the layering in DESIGN.m
 
 Exit codes: 0 ok, 1 unexpected error, 2 usage error, 3 chain unreachable, 4 bad deployment record
 or artifact, 5 a contract reverted (the error is named), 6 transaction failed, 7 other chain error,
-8 keystore error, 9 other node error.
+8 keystore error, 9 other node error (or a node unreachable), 10 invalid job spec, 11 a node refused a
+submission, 12 a node refused or failed another request (job logs).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from contracts import ArtifactError, ChainError, ChainUnreachable, ContractRever
 from ._cli_job import deploy, job
 from ._cli_keys import keys
 from ._cli_node import node, status
-from ._errors import KeystoreError, MeshError, SubmissionRefused
+from ._errors import KeystoreError, MeshError, RequestRefused, SubmissionRefused
 from ._jobspec_load import SpecError
 
 EXIT_CODES: dict[type[BaseException], int] = {
@@ -36,6 +37,7 @@ EXIT_CODES: dict[type[BaseException], int] = {
     KeystoreError: 8,
     SpecError: 10,
     SubmissionRefused: 11,
+    RequestRefused: 12,
     MeshError: 9,
 }
 
@@ -103,7 +105,8 @@ def cli(ctx: click.Context, json_output: bool, log_level: str, log_format: str) 
     \b
     Exit codes: 0 ok, 2 usage, 3 chain unreachable, 4 bad deployment record or
     artifact, 5 contract revert (named), 6 transaction failed, 7 other chain error,
-    8 keystore error, 9 other node error, 10 invalid job spec, 11 a node refused a submission.
+    8 keystore error, 9 other node error, 10 invalid job spec, 11 a node refused a submission,
+    12 a node refused or failed another request (job logs).
     """
     ctx.ensure_object(dict)
     ctx.obj["json"] = json_output

@@ -1,6 +1,11 @@
 """A CSP's commands: ``job fund`` (create and fund a job in the escrow for a spec file),
-``deploy`` and ``job stop`` (sign a submission or a stop and hand it to any node's API), and
-``job status`` (the job as any node sees it).
+``deploy`` and ``job stop`` (sign a submission or a stop and hand it to any node's API),
+``job status`` (the job as any node sees it) and ``job logs`` (its replicas' logs, through any node).
+
+``--via`` names the node: its HTTP API URL, or its libp2p multiaddr (``/ip4/.../tcp/.../p2p/<peer
+id>``), which needs no open API port on the node, and is encrypted and authenticated (Noise checks
+the node holds that peer id's key). Over libp2p the CLI is a short-lived client with a throwaway
+key speaking ``/deedmesh/api/1``, which the node answers through the same routes as HTTP.
 
 ``job fund``: the spec is validated first (a bad field is named with its line and column before anything is
 spent); then one approve and one ``createJob`` transaction, signed locally with the CSP's key
@@ -15,22 +20,26 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import click
+import trio
 from eth_account import Account
 from rich.console import Console
 from rich.table import Table
 
 from contracts import Chain, Deployment, Epoch, JobParams, SettlementPolicy, TokenUnits
 
-from ._cli_node import fetch
-from ._errors import MeshError, SubmissionRefused
+from ._errors import MeshError, RequestRefused, SubmissionRefused, TransportError
 from ._identity import NodeIdentity, read_keystore, resolve_password
 from ._jobspec import JobSpec, spec_hash
 from ._jobspec_load import load_spec
-from ._submission import MAX_VALIDITY_S, STOP, sign_submission
+from ._submission import MAX_TAIL, MAX_VALIDITY_S, STOP, sign_log_request, sign_submission
+
+REQUEST_TIMEOUT_S = 30.0  # above the node's own deadlines (a logs request waits 10 s on a replica's holder)
+LOG_REQUEST_VALID_S = 120  # used at once; the slack covers a clock behind the node's
 
 
 @click.group()
@@ -105,14 +114,14 @@ def _csp_key(keystore: Path, password_file: Path | None) -> NodeIdentity:
 
 def _submit(ctx: click.Context, via: str, keystore: Path, password_file: Path | None, deployment: Path,
             job_id: int, spec: JobSpec | None, valid_for_s: int) -> None:
-    """Sign (nonce: the clock in ms, so a later action always outranks an earlier one) and POST."""
+    """Sign (nonce: the clock in ms, so a later action always outranks an earlier one) and submit."""
     record = Deployment.load(deployment)
     key = _csp_key(keystore, password_file)
     sub = sign_submission(key.private_key, record.chain_id, record.job_escrow, job_id,
                           STOP if spec is None else spec_hash(spec), time.time_ns() // 1_000_000,
                           int(time.time()) + valid_for_s)
-    body = json.dumps({"submission": sub.model_dump(), "spec": None if spec is None else spec.model_dump(mode="json")})
-    answer = _post(f"{via.rstrip('/')}/jobs", body.encode())
+    answer = submit(via, {"submission": sub.model_dump(),
+                          "spec": None if spec is None else spec.model_dump(mode="json")})
     if ctx.find_root().params.get("json_output"):
         click.echo(json.dumps(answer))
     else:
@@ -120,22 +129,58 @@ def _submit(ctx: click.Context, via: str, keystore: Path, password_file: Path | 
             click.echo(f"{k:12} {v}")
 
 
-def _post(url: str, body: bytes) -> dict[str, Any]:
-    request = urllib.request.Request(url, data=body, method="POST", headers={"content-type": "application/json"})
+def submit(via: str, body: dict[str, Any]) -> dict[str, Any]:
+    """POST a signed submission to the node at ``via``; ``SubmissionRefused`` if it refuses."""
+    status, answer = call_node(via, "POST", "/jobs", body)
+    if status != 202 or not isinstance(answer, dict):
+        refusal = answer if isinstance(answer, dict) else {}
+        raise SubmissionRefused(via, status, refusal.get("error", "?"), refusal.get("message", ""))
+    return answer
+
+
+def call_node(via: str, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+    """One request to the node at ``via`` (module docstring): the status and the JSON answer.
+    ``MeshError`` if the node cannot be reached or does not answer JSON."""
+    if via.startswith("/"):
+        return _call_libp2p(via, method, path, body)
+    url = via.rstrip("/") + path
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, method=method, headers={"content-type": "application/json"})
     try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return dict(json.loads(response.read()))
-    except urllib.error.HTTPError as exc:
         try:
-            refusal = json.loads(exc.read())
-        except ValueError:
-            refusal = {"error": "http", "message": exc.reason}
-        raise SubmissionRefused(url, exc.code, refusal.get("error", "?"), refusal.get("message", "")) from None
+            with urllib.request.urlopen(request, timeout=REQUEST_TIMEOUT_S) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            raw = exc.read()
+            try:
+                return exc.code, json.loads(raw)
+            except ValueError:
+                return exc.code, {"error": "http", "message": f"{exc.reason}: {raw[:200]!r}"}
     except (urllib.error.URLError, OSError, ValueError) as exc:
         raise MeshError(f"node API {url} is unreachable: {exc}") from exc
 
 
-_via = click.option("--via", required=True, help="Any node's API URL, e.g. http://127.0.0.1:8700.")
+def _call_libp2p(via: str, method: str, path: str, body: Any) -> tuple[int, Any]:
+    # imported here: loading libp2p takes about a second, which only a multiaddr --via should pay
+    from ._api import API_PROTOCOL, MAX_API_ANSWER_BYTES
+    from ._transport_libp2p import request_once
+
+    payload = json.dumps({"method": method, "path": path, "body": body}).encode()
+    try:
+        raw = trio.run(partial(request_once, via, API_PROTOCOL, payload, timeout_s=REQUEST_TIMEOUT_S,
+                               max_response_bytes=MAX_API_ANSWER_BYTES))
+    except TransportError as exc:
+        raise MeshError(f"node {via} is unreachable over libp2p: {exc.reason}") from exc
+    try:
+        answer = json.loads(raw)
+        return int(answer["status"]), answer["body"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise MeshError(f"node {via} answered nonsense over libp2p: {exc}") from exc
+
+
+_via = click.option("--via", required=True,
+                    help="Any node: its API URL (http://127.0.0.1:8700) or its libp2p multiaddr "
+                         "(/ip4/127.0.0.1/tcp/4001/p2p/16Uiu2...).")
 _csp_options = [
     click.option("--key", "keystore", required=True, type=click.Path(dir_okay=False, exists=True, path_type=Path),
                  help="The CSP's keystore file."),
@@ -184,9 +229,9 @@ def stop(ctx: click.Context, job_id: int, via: str, keystore: Path, password_fil
 @click.pass_context
 def status(ctx: click.Context, job_id: int | None, via: str) -> None:
     """Jobs as the node at --via sees them (all, or JOB_ID): the CSP's newest action and the claims."""
-    jobs = fetch(f"{via.rstrip('/')}/jobs")
-    if not isinstance(jobs, list):
-        raise MeshError(f"{via} does not look like a deedmesh node API")
+    code, jobs = call_node(via, "GET", "/jobs")
+    if code != 200 or not isinstance(jobs, list):
+        raise MeshError(f"{via} does not look like a deedmesh node API ({code})")
     jobs = [j for j in jobs if job_id is None or j["job_id"] == job_id]
     if job_id is not None and not jobs:
         raise MeshError(f"{via} knows no job {job_id}")
@@ -205,3 +250,57 @@ def status(ctx: click.Context, job_id: int | None, via: str) -> None:
             table.add_row(str(j["job_id"]), j["name"] or "-", j["kind"] or "-", state, str(c["replica"]),
                           c["node"], c["state"], str(c["restarts"]), str(c["generation"]), left)
     Console().print(table)
+
+
+@job.command("logs")
+@click.argument("job_id", type=click.IntRange(1))
+@_via
+@click.option("--key", "keystore", required=True, type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="The CSP's keystore file: only the job's CSP may read its logs.")
+@click.option("--password-file", type=click.Path(dir_okay=False, path_type=Path),
+              help="Keystore password file (default: $DEEDMESH_KEY_PASSWORD, else a prompt).")
+@click.option("--deployment", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="Deployment record: the chain id and escrow the request is signed for.  "
+                   "[default: the escrow the node at --via names]")
+@click.option("--replica", type=click.IntRange(0, 63), help="One replica.  [default: every replica]")
+@click.option("--tail", type=click.IntRange(1, MAX_TAIL), default=100, show_default=True,
+              help="How many of the newest lines of each replica's log.")
+@click.pass_context
+def logs(ctx: click.Context, job_id: int, via: str, keystore: Path, password_file: Path | None,
+         deployment: Path | None, replica: int | None, tail: int) -> None:
+    """Print JOB_ID's container logs through any node: it reads the replicas it runs and asks the
+    nodes that run the others. The request is signed with the CSP's key and valid for two minutes.
+    Exit 12 if the node refuses, or if some replica's log could not be read (the others are printed)."""
+    if deployment is not None:
+        record = Deployment.load(deployment)
+        chain_id, escrow = record.chain_id, record.job_escrow
+    else:
+        code, identity = call_node(via, "GET", "/identity")
+        named = identity.get("escrow") if code == 200 and isinstance(identity, dict) else None
+        if not isinstance(named, dict):
+            raise MeshError(f"{via} names no escrow (it runs without one): pass --deployment")
+        chain_id, escrow = int(named["chain_id"]), str(named["address"])
+    key = _csp_key(keystore, password_file)
+    signed = sign_log_request(key.private_key, chain_id, escrow, job_id, replica, tail,
+                              int(time.time()) + LOG_REQUEST_VALID_S)
+    code, answer = call_node(via, "POST", f"/jobs/{job_id}/logs", signed.model_dump())
+    if code != 200 or not isinstance(answer, dict):
+        refusal = answer if isinstance(answer, dict) else {}
+        raise RequestRefused(via, code, refusal.get("error", "?"), refusal.get("message", ""))
+    replicas = answer.get("replicas", [])
+    failed = [r for r in replicas if "error" in r]
+    if ctx.find_root().params.get("json_output"):
+        click.echo(json.dumps(answer))
+    else:
+        for r in replicas:
+            if "error" in r:
+                click.secho(f"replica {r['replica']} on {r['node']}: {r['status']} {r['error']}: {r['message']}",
+                            fg="red", err=True)
+                continue
+            if len(replicas) > 1:
+                click.echo(f"==> replica {r['replica']} on {r['node']} <==")
+            click.echo(r["logs"], nl=not r["logs"].endswith("\n") and bool(r["logs"]))
+            if r["truncated"]:
+                click.echo(f"(replica {r['replica']}: older lines cut to fit the answer)", err=True)
+    if failed:
+        ctx.exit(12)

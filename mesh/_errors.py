@@ -5,9 +5,11 @@
     MeshError                   anything the node itself refuses or cannot do
     ├── KeystoreError           a key file is missing, malformed, too open, or the password is wrong
     ├── ConfigError             a node configuration value is invalid
-    ├── TransportError          a peer could not be dialed or sent to
+    ├── TransportError          a peer could not be dialed, sent to or asked
+    │   └── TransportTimeout    ... because it did not answer in time
     ├── SpecError               a job spec is invalid (_jobspec_load; names file, line, column, field)
     ├── SubmissionRefused       a node refused a CSP's submission (its reason and HTTP status)
+    ├── RequestRefused          a node refused or failed another request (job logs; reason and status)
     ├── EngineUnavailable       no container engine answers (_engine)
     └── CarRunnerError          the container runner failed (_runner_car)
 
@@ -50,10 +52,24 @@ class TransportError(MeshError):
         self.reason = reason
 
 
+class TransportTimeout(TransportError):
+    """A request got no answer within its deadline (the peer may be alive but stuck or slow)."""
+
+
 class SubmissionRefused(MeshError):
     """A node refused a submission: ``reason`` is the node's (``_submission.STATUS``)."""
 
     def __init__(self, via: str, status: int, reason: str, message: str) -> None:
         super().__init__(f"{via} refused the submission ({status} {reason}): {message}")
+        self.status = status
+        self.reason = reason
+
+
+class RequestRefused(MeshError):
+    """A node answered a request other than a submission with an error status (``reason`` as in
+    ``_submission.STATUS``): refused (4xx), or it could not do it (5xx: a replica's holder down)."""
+
+    def __init__(self, via: str, status: int, reason: str, message: str) -> None:
+        super().__init__(f"{via} answered {status} {reason}: {message}")
         self.status = status
         self.reason = reason

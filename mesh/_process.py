@@ -25,11 +25,13 @@ from hypercorn.trio import serve
 
 from contracts import Chain, Deployment, DeploymentError, JobEscrowClient, JobStatus, LicenseRegistryClient
 
-from ._api import NodeApi
+from ._api import API_PROTOCOL, API_TIMEOUT_S, MAX_API_REQUEST_BYTES, NodeApi
 from ._engine import EngineUnavailable, connect_engine
 from ._identity import NodeIdentity
 from ._job_desk import JobDesk
 from ._license_view import ChainWorker, LicenseView, fetch_eligible
+from ._logs import PROTOCOL as LOGS_PROTOCOL
+from ._logs import LogDesk
 from ._membership import LivenessConfig
 from ._node import NodeConfig, open_node
 from ._nonces import NonceBook
@@ -139,13 +141,17 @@ async def serve_node(identity: NodeIdentity, settings: NodeSettings, token_file:
         async with open_node(gossip, identity, transport, detect_capacity(tags), view.is_eligible,
                              bootstrap=settings.bootstrap,
                              escrow=None if escrow is None else (chain.chain_id, escrow.address)) as node:
-            desk = None
+            desk, logs = None, None
             if escrow is not None:
                 async def read_facts(job_id: int, csp: str) -> ChainFacts:
                     return await worker.run(partial(chain_facts, escrow, job_id, csp))
 
                 desk = JobDesk(node, chain.chain_id, escrow.address, read_facts, NonceBook(nonce_file),
                                now_s=lambda: int(time.time()))
+                logs = LogDesk(node, chain.chain_id, escrow.address, None if runner is None else runner.logs,
+                               now_s=lambda: int(time.time()))
+                transport.set_handler(LOGS_PROTOCOL, logs.serve, max_request_bytes=logs.config.max_request_bytes,
+                                      timeout_s=logs.config.holder_timeout_s)
                 if runner is None:
                     await nursery.start(run_scheduler, node)
                 else:
@@ -153,7 +159,11 @@ async def serve_node(identity: NodeIdentity, settings: NodeSettings, token_file:
                     await nursery.start(reconciler.run)
                     await nursery.start(partial(run_scheduler, node, on_plan=reconciler.offer,
                                                 states=reconciler.state_of))
-            api = NodeApi(node, peer_id=peer_id_of(identity), addrs=transport.addrs, operator_token=token, desk=desk)
+            api = NodeApi(node, peer_id=peer_id_of(identity), addrs=transport.addrs, operator_token=token, desk=desk,
+                          logs=logs)
+            # CLI clients dialling in over libp2p get the same app (``--via /ip4/.../p2p/...``)
+            transport.set_handler(API_PROTOCOL, api.answer, max_request_bytes=MAX_API_REQUEST_BYTES,
+                                  timeout_s=API_TIMEOUT_S)
             config = HypercornConfig()
             config.bind = [f"{settings.api_host}:{settings.api_port}"]
             config.accesslog = None

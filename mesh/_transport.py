@@ -1,23 +1,29 @@
 """The transport seam: what the node needs from a network, and a deterministic in-memory twin of
 it for unit tests (links, drops, partitions, no wall clock).
 
-Two ways to talk: pub/sub topics (gossipsub: a message reaches every subscriber, several hops
-away) and direct frames to a connected neighbour (neighbour sync). The real implementation is
-``_transport_libp2p`` (the only module that imports libp2p). Every implementation runs each
-topic's validator on receipt, before delivery and forwarding, and delivers through channels that
-the node drains at once.
+Three ways to talk: pub/sub topics (gossipsub: a message reaches every subscriber, several hops
+away), direct frames to a connected neighbour (neighbour sync), and request/response exchanges on
+a named protocol (one request, one answer, a deadline: job logs between nodes, the API for CLI
+clients). The real implementation is ``_transport_libp2p`` (the only module that imports libp2p).
+Every implementation runs each topic's validator on receipt, before delivery and forwarding, and
+delivers through channels that the node drains at once.
+
+Nodes and clients: a node's id is its secp256k1 key, so every node has an address
+(``address_of``); a CLI client dials in with a throwaway key of another type and has none.
+``peers()`` lists nodes only: a client is no mesh peer (the license gate, sync and discovery never
+see it); the transport itself bounds how long a client stays connected.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import trio
 
-from ._errors import TransportError
+from ._errors import TransportError, TransportTimeout
 
 
 @dataclass(frozen=True)
@@ -33,6 +39,9 @@ class Message:
 
 
 Validator = Callable[[Message], bool]
+# answers one request (a Message on the protocol, from the requester; ``oversized`` set and no
+# data if it exceeded the limit) with the response bytes
+Handler = Callable[[Message], Awaitable[bytes]]
 SUBSCRIPTION_BUFFER = 1024  # a subscriber drains at once; the buffer absorbs bursts, not backlogs
 DIRECT = "direct"  # the topic of Messages that arrived as direct frames
 
@@ -63,10 +72,24 @@ class Transport(Protocol):
         """Dial ``addr`` (one of a peer's ``addrs()``); ``TransportError`` if it fails."""
         ...
 
+    def set_handler(self, protocol: str, handler: Handler, *, max_request_bytes: int, timeout_s: float) -> None:
+        """Answer requests on ``protocol`` with ``handler``. A request above ``max_request_bytes``
+        is not read (the handler sees ``oversized``); a handler still running after ``timeout_s``
+        is abandoned and the requester sees the exchange fail."""
+        ...
+
+    async def request(self, peer: str, protocol: str, data: bytes, *, timeout_s: float,
+                      max_response_bytes: int) -> bytes:
+        """One exchange with a connected peer: ``data`` out, its answer back.
+        ``TransportTimeout`` if no answer came within ``timeout_s``; ``TransportError`` if it cannot
+        be done (not connected, the protocol unsupported, the exchange reset, or an answer above
+        ``max_response_bytes``)."""
+        ...
+
     async def disconnect(self, peer: str) -> None: ...
 
     def peers(self) -> set[str]:
-        """Peers we hold a connection to."""
+        """Nodes we hold a connection to (clients are not peers: module docstring)."""
         ...
 
     def address_of(self, peer: str) -> str | None:
@@ -157,6 +180,7 @@ class MemoryTransport:
         self._subs: dict[str, list[trio.MemorySendChannel[Message]]] = {}
         self._validators: dict[str, Validator] = {}
         self._direct_send, self._direct_receive = trio.open_memory_channel[Message](SUBSCRIPTION_BUFFER)
+        self._handlers: dict[str, tuple[Handler, int, float]] = {}  # protocol -> handler, request limit, timeout
         self._closed = False
         self.dropped_full = 0  # deliveries lost to a full subscription buffer
 
@@ -207,8 +231,38 @@ class MemoryTransport:
         await trio.lowlevel.checkpoint()
         self._network.unlink(self._id, peer)
 
+    def set_handler(self, protocol: str, handler: Handler, *, max_request_bytes: int, timeout_s: float) -> None:
+        self._handlers[protocol] = (handler, max_request_bytes, timeout_s)
+
+    async def request(self, peer: str, protocol: str, data: bytes, *, timeout_s: float,
+                      max_response_bytes: int) -> bytes:
+        """The peer's handler runs in the requester's task (its deadline, its cancellation); a lost
+        request (``drop_rate``) is one that never gets an answer."""
+        await trio.lowlevel.checkpoint()
+        if self._closed or not self._network.reachable(self._id, peer):
+            raise TransportError(peer, "not connected")
+        served = self._network._endpoints[peer]._handlers.get(protocol)
+        if served is None:
+            raise TransportError(peer, f"protocol {protocol} not supported")
+        handler, limit, handler_timeout_s = served
+        msg = Message(protocol, data, self._id) if len(data) <= limit else Message(protocol, b"", self._id,
+                                                                                   oversized=len(data))
+        with trio.move_on_after(timeout_s):
+            if self._network._lost():
+                await trio.sleep_forever()
+            with trio.move_on_after(handler_timeout_s):
+                answer = await handler(msg)
+                if not self._network.reachable(self._id, peer):  # the link went while it worked
+                    raise TransportError(peer, "connection lost")
+                if len(answer) > max_response_bytes:
+                    raise TransportError(peer, f"answer of {len(answer)} bytes exceeds {max_response_bytes}")
+                return answer
+            raise TransportError(peer, "the exchange was reset (the handler took too long)")
+        raise TransportTimeout(peer, f"no answer within {timeout_s} s")
+
     def peers(self) -> set[str]:
-        return {p for p in self._network._endpoints if self._network.reachable(self._id, p)}
+        return {p for p in self._network._endpoints
+                if self._network.reachable(self._id, p) and self.address_of(p) is not None}
 
     def address_of(self, peer: str) -> str | None:
         return peer if peer.startswith("0x") and len(peer) == 42 else None

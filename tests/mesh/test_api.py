@@ -1,18 +1,23 @@
-"""The node API as an ASGI app: routes, operator auth, errors, and the OpenAPI document."""
+"""The node API as an ASGI app: routes, operator auth, errors, and the OpenAPI document; job logs
+over HTTP (GET with the signed request in the query, POST with it as the body); and the same app
+answering CLI clients over the transport (``/deedmesh/api/1``), operator routes excluded."""
 
 from __future__ import annotations
 
 import json
 from typing import Any
+from urllib.parse import urlencode
 
 import trio
 import trio.testing
 
-from mesh._api import NodeApi
+from mesh._api import API_PROTOCOL, API_TIMEOUT_S, MAX_API_REQUEST_BYTES, NodeApi
 from mesh._identity import NodeIdentity
 from mesh._node import NodeConfig, open_node
 from mesh._transport import MemoryNetwork
 
+from .test_jobs_gossip import ESCROW
+from .test_logs import expected, install, placed_job, reader, signed
 from .test_node_memory import capacity
 
 TOKEN = "operator-secret"
@@ -21,7 +26,8 @@ TOKEN = "operator-secret"
 async def call(app: NodeApi, method: str, path: str, body: bytes = b"", token: str | None = None,
                ) -> tuple[int, Any]:
     headers = [(b"authorization", f"Bearer {token}".encode())] if token else []
-    scope = {"type": "http", "method": method, "path": path, "headers": headers}
+    path, _, query = path.partition("?")
+    scope = {"type": "http", "method": method, "path": path, "query_string": query.encode(), "headers": headers}
     sent: list[dict[str, Any]] = []
     chunks = [{"type": "http.request", "body": body, "more_body": False}]
 
@@ -63,8 +69,73 @@ async def test_routes_auth_and_errors() -> None:
         assert await call(app, "POST", "/admin/capacity", body, token=TOKEN) == (200, {"advertised": 9})
         status, spec = await call(app, "GET", "/openapi.json")
         assert set(spec["paths"]) == {"/health", "/identity", "/peers", "/counters", "/metrics", "/admin/capacity",
-                                      "/jobs"}
+                                      "/jobs", "/jobs/{job_id}/logs"}
         assert (await call(app, "POST", "/jobs", b"{}")) == (503, {"error": "no-escrow", "message":
                                                                    "this node runs without an escrow: no jobs"})
         assert spec["paths"]["/admin/capacity"]["post"]["security"] == [{"bearer": []}]
+        assert set(spec["paths"]["/jobs/{job_id}/logs"]["post"]["responses"]) >= {"401", "403", "404", "410", "502",
+                                                                                   "503", "504"}
+        assert (await call(app, "POST", "/jobs/7/logs", b"{}")) == (503, {"error": "no-escrow", "message":
+                                                                         "this node runs without an escrow: no jobs"})
+        assert (await call(app, "DELETE", "/jobs/7/logs"))[0] == 405
+        assert (await call(app, "GET", "/jobs/0/logs"))[0] == 404
+        identity = (await call(app, "GET", "/identity"))[1]
+        assert identity["escrow"] is None
         await trio.lowlevel.checkpoint()
+
+
+async def test_job_logs_over_http_get_and_post(autojump_clock: trio.testing.MockClock) -> None:
+    async with placed_job(MemoryNetwork()) as (_nodes, where, bystander):
+        app = NodeApi(bystander, peer_id="16Uiu2HAtest", addrs=lambda: [], operator_token=TOKEN,
+                      logs=install(bystander, reader(bystander.address)))
+        request = signed(replica=1)
+        status, answer = await call(app, "POST", "/jobs/7/logs", json.dumps(request).encode())
+        assert (status, answer["replicas"][0]["logs"]) == (200, expected(where[1], 1))
+        query = urlencode({k: v for k, v in request.items() if k != "job_id"})
+        status, answer = await call(app, "GET", f"/jobs/7/logs?{query}")
+        assert (status, answer["replicas"][0]["logs"]) == (200, expected(where[1], 1))
+        every = urlencode({k: v for k, v in signed().items() if k not in ("job_id", "replica")})
+        status, answer = await call(app, "GET", f"/jobs/7/logs?{every}")
+        assert (status, [r["replica"] for r in answer["replicas"]]) == (200, [0, 1])
+        status, answer = await call(app, "GET", f"/jobs/7/logs?{query.replace('tail=3', 'tail=4')}")
+        assert (status, answer["error"]) == (403, "wrong-owner")  # the signature covers the query
+        assert (await call(app, "POST", "/jobs/7/logs", b"[1]"))[1]["error"] == "malformed"
+        assert (await call(app, "POST", "/jobs/7/logs", b"not json"))[0] == 422
+        assert (await call(app, "POST", "/jobs/7/logs", b"x" * 70_000))[0] == 413
+        assert (await call(app, "GET", "/identity"))[1]["escrow"] == {"chain_id": ESCROW[0], "address": ESCROW[1]}
+
+
+async def test_the_api_answers_clients_over_the_transport(autojump_clock: trio.testing.MockClock) -> None:
+    network = MemoryNetwork()
+    async with placed_job(network) as (_nodes, where, bystander):
+        app = NodeApi(bystander, peer_id="16Uiu2HAtest", addrs=lambda: [], operator_token=TOKEN,
+                      logs=install(bystander, reader(bystander.address)))
+        bystander.transport.set_handler(API_PROTOCOL, app.answer, max_request_bytes=MAX_API_REQUEST_BYTES,
+                                        timeout_s=API_TIMEOUT_S)
+        client = network.endpoint("cli-client")
+
+        async def ask(request: Any) -> tuple[int, Any]:
+            data = request if isinstance(request, bytes) else json.dumps(request).encode()
+            raw = await client.request(bystander.address, API_PROTOCOL, data, timeout_s=30, max_response_bytes=1 << 22)
+            answer = json.loads(raw)
+            return answer["status"], answer["body"]
+
+        # the same routes and answers as HTTP
+        for method, path in (("GET", "/health"), ("GET", "/jobs"), ("GET", "/identity"), ("GET", "/nope")):
+            assert await ask({"method": method, "path": path, "body": None}) == await call(app, method, path)
+        status, text = await ask({"method": "GET", "path": "/metrics"})
+        assert status == 200
+        assert "deedmesh_connections" in text
+        status, answer = await ask({"method": "POST", "path": "/jobs/7/logs", "body": signed(replica=0)})
+        assert (status, answer["replicas"][0]["logs"]) == (200, expected(where[0], 0))
+        query = urlencode({k: v for k, v in signed(replica=0).items() if k != "job_id"})
+        status, answer = await ask({"method": "GET", "path": f"/jobs/7/logs?{query}"})
+        assert (status, answer["replicas"][0]["node"]) == (200, where[0])
+        # operator routes are HTTP only (and no token could be sent)
+        body = capacity(version=9).model_dump(mode="json")
+        assert (await ask({"method": "POST", "path": "/admin/capacity", "body": body}))[0] == 403
+        assert bystander.advertised_capacity().version == 1
+        assert (await ask({"method": "POST", "path": "/jobs", "body": {"x": "y" * MAX_API_REQUEST_BYTES}}))[0] == 413
+        assert (await ask(b"{nope"))[0] == 400
+        assert (await ask({"method": "GET"}))[0] == 400
+        assert (await ask({"method": "GET", "path": "health"}))[0] == 400

@@ -1,5 +1,8 @@
 """``deedmesh job fund`` against anvil: a CSP funds a job for a spec file with its own keystore key;
-a bad spec is refused before anything is spent, an unadmitted CSP gets the escrow's named error."""
+a bad spec is refused before anything is spent, an unadmitted CSP gets the escrow's named error.
+Then two ``deedmesh node run`` processes: ``deploy``, ``job status``, ``job logs`` and ``job stop``
+through either node, by its HTTP API URL or its libp2p multiaddr; each replica's container log read
+through the node that does not run it; refusals by exit code and reason."""
 
 from __future__ import annotations
 
@@ -14,13 +17,13 @@ from eth_account import Account
 
 from contracts import Chain, DeployConfig, Deployment, csp_admission, deploy, sign
 from mesh._cli import cli
-from mesh._cli_job import _post as post
+from mesh._cli_job import call_node, submit
 from mesh._errors import SubmissionRefused
 from mesh._identity import NodeIdentity, write_keystore
 from mesh._jobspec import spec_hash
 from mesh._jobspec_load import load_spec
 from mesh._runner_car import CarRunner
-from mesh._submission import sign_submission
+from mesh._submission import sign_log_request, sign_submission
 
 from ..engine.test_mesh_car import answers
 from .test_node_processes import NodeProcess, peer_states, start_node, stop, wait_for
@@ -89,12 +92,18 @@ def test_a_csp_funds_a_job_for_its_spec(anvil_url: str, tmp_path: Path) -> None:
 
 
 
-def run_cli(*args: str) -> Result:
-    return CliRunner().invoke(cli, ["--json", *args], env={"DEEDMESH_KEY_PASSWORD": PASSWORD})
+def run_cli(*args: str, as_json: bool = True) -> Result:
+    return CliRunner().invoke(cli, ["--json", *args] if as_json else list(args),
+                              env={"DEEDMESH_KEY_PASSWORD": PASSWORD})
+
+
+MARKER = "a line from the container"
+# the example web app, printing one line at start: $GREETING is expanded by the container's shell
+LOGGING_COMMAND = f"""command: [sh, -c, 'echo "$GREETING: {MARKER}"; exec httpd -f -v -p 8080 -h /www']"""
 
 
 @pytest.mark.anvil
-def test_deploy_through_one_node_is_seen_everywhere_and_bad_submissions_are_refused(
+def test_deploy_status_logs_and_stop_through_either_node_by_url_or_multiaddr(
         anvil_url: str, tmp_path: Path, engine: docker.DockerClient) -> None:
     # the engine is up, so both nodes advertise a CAR runner, claim a replica each and run it
     chain, dep, record = setup_chain(anvil_url, tmp_path)
@@ -105,7 +114,10 @@ def test_deploy_through_one_node_is_seen_everywhere_and_bad_submissions_are_refu
         lic = licenses.mint(a[6 + i], sender=a[0])
         licenses.link_node(lic, ident.address, sender=a[6 + i])
     csp_key = str(tmp_path / f"{ADMITTED.address}.json")
-    funded = run_cli("job", "fund", str(EXAMPLE), "--key", csp_key, "--rpc", anvil_url, "--deployment", str(record),
+    spec_file = tmp_path / "web.yaml"
+    spec_file.write_text(EXAMPLE.read_text().replace('command: [httpd, -f, -v, -p, "8080", -h, /www]', LOGGING_COMMAND))
+    assert MARKER in spec_file.read_text()
+    funded = run_cli("job", "fund", str(spec_file), "--key", csp_key, "--rpc", anvil_url, "--deployment", str(record),
                      "--price", "10", "--epochs", "2")
     job_id = json.loads(funded.output)["job_id"]
     nodes: list[NodeProcess] = []
@@ -115,8 +127,11 @@ def test_deploy_through_one_node_is_seen_everywhere_and_bad_submissions_are_refu
             nodes.append(start_node(tmp_path, n, ident, anvil_url, record, bootstrap))  # (node 2 would have no escrow)
         wait_for(lambda: all(len(peer_states(n.api)) == 1 for n in nodes), 30, "the two nodes see each other")
         signer = ["--key", csp_key, "--deployment", str(record)]
+        p2p = [n.ready["addrs"][0] for n in nodes]  # /ip4/127.0.0.1/tcp/<port>/p2p/<peer id>
+        assert all(a.startswith("/ip4/127.0.0.1/tcp/") and "/p2p/16Uiu2" in a for a in p2p)
 
-        result = run_cli("deploy", str(EXAMPLE), "--job", str(job_id), "--via", nodes[0].api, *signer)
+        # deployed through node 1's libp2p address: no HTTP involved
+        result = run_cli("deploy", str(spec_file), "--job", str(job_id), "--via", p2p[0], *signer)
         assert result.exit_code == 0, result.output
         accepted = json.loads(result.output)
         assert (accepted["job_id"], accepted["accepted_by"]) == (job_id, nodes[0].address)
@@ -130,17 +145,66 @@ def test_deploy_through_one_node_is_seen_everywhere_and_bad_submissions_are_refu
         # both replicas are claimed, one per node, and both nodes see the same claims
         wait_for(lambda: {c["node"] for c in seen_by(nodes[0]).get("claims", [])} == {n.address for n in nodes}
                  and seen_by(nodes[0])["claims"] == seen_by(nodes[1])["claims"], 15, "two replicas claimed")
+        # job status over libp2p shows what HTTP shows
+        over_p2p = run_cli("job", "status", str(job_id), "--via", p2p[1])
+        assert over_p2p.exit_code == 0, over_p2p.output
+        shown, http = json.loads(over_p2p.stdout)[0], seen_by(nodes[1])
+        assert (shown["nonce"], shown["name"]) == (http["nonce"], http["name"]) == (accepted["nonce"], "web")
+        assert [(c["replica"], c["node"]) for c in shown["claims"]] == [(c["replica"], c["node"])
+                                                                        for c in http["claims"]]
         runners = {n.address: CarRunner(engine, n.address) for n in nodes}
-        for claim in seen_by(nodes[0])["claims"]:  # each node runs its replica: the web app answers
+        claims = seen_by(nodes[0])["claims"]
+        for claim in claims:  # each node runs its replica: the web app answers
             wait_for(lambda c=claim: answers(runners[c["node"]], job_id, c["replica"]), 60, "a replica answering")
         # and job status from either node shows both replicas healthy (the example checks every 5 s)
         wait_for(lambda: [c["state"] for c in seen_by(nodes[1])["claims"]] == ["healthy", "healthy"], 30,
                  "both replicas healthy in job status")
 
+        # each replica's log, through the node that does not run it (over HTTP, then over libp2p)
+        for claim, via in zip(claims, ("api", "p2p"), strict=True):
+            other = next(n for n in nodes if n.address != claim["node"])
+
+            def log_of(c: dict = claim, node: NodeProcess = other, how: str = via) -> dict:
+                target = node.api if how == "api" else node.ready["addrs"][0]
+                got = run_cli("job", "logs", str(job_id), "--via", target, "--key", csp_key,
+                              "--replica", str(c["replica"]))
+                assert got.exit_code == 0, got.output
+                return json.loads(got.stdout)["replicas"][0]
+
+            wait_for(lambda f=log_of: MARKER in f()["logs"], 30, "the replica's log through the other node")
+            shown_log = log_of()
+            assert (shown_log["replica"], shown_log["node"]) == (claim["replica"], claim["node"])
+            assert f"hello from deedmesh: {MARKER}" in shown_log["logs"]  # $GREETING expanded in the container
+        # every replica at once, as text, through node 1's libp2p address, the escrow taken from the node
+        every = run_cli("job", "logs", str(job_id), "--via", p2p[0], "--key", csp_key, "--tail", "5", as_json=False)
+        assert every.exit_code == 0, every.output
+        for claim in claims:
+            assert f"==> replica {claim['replica']} on {claim['node']} <==" in every.stdout
+        assert every.stdout.count(MARKER) == 2
+        # refused: another CSP, an unknown job, a replica that does not exist, an expired request
+        log_refusals = [
+            (["--key", str(tmp_path / f"{STRANGER.address}.json")], str(job_id), "403 wrong-owner"),
+            (["--key", csp_key], "999", "404 unknown-job"),
+            (["--key", csp_key, "--replica", "5"], str(job_id), "404 no-replica"),
+        ]
+        for args, job, reason in log_refusals:
+            result = run_cli("job", "logs", job, "--via", p2p[1], *args)
+            assert result.exit_code == 12, result.output
+            assert reason in result.output
+        expired = sign_log_request(ADMITTED.private_key, chain.chain_id, dep.job_escrow, job_id, None, 5,
+                                   int(time.time()) - 1)
+        status, refusal = call_node(nodes[1].api, "POST", f"/jobs/{job_id}/logs", expired.model_dump())
+        assert (status, refusal["error"]) == (410, "expired")
+        # a multiaddr naming another peer id than the node's: Noise refuses the dial
+        wrong = p2p[0].split("/p2p/")[0] + "/p2p/" + p2p[1].split("/p2p/")[1]
+        result = run_cli("job", "status", "--via", wrong)
+        assert result.exit_code == 9, result.output
+        assert "unreachable over libp2p" in result.output
+
         refusals = [
-            (["deploy", str(EXAMPLE), "--job", str(job_id), "--via", nodes[1].api, "--key",
+            (["deploy", str(spec_file), "--job", str(job_id), "--via", nodes[1].api, "--key",
               str(tmp_path / f"{STRANGER.address}.json"), "--deployment", str(record)], "wrong-owner"),
-            (["deploy", str(EXAMPLE), "--job", "999", "--via", nodes[1].api, *signer], "unknown-job"),
+            (["deploy", str(spec_file), "--job", "999", "--via", p2p[1], *signer], "unknown-job"),
         ]
         for args, reason in refusals:
             result = run_cli(*args)
@@ -148,19 +212,19 @@ def test_deploy_through_one_node_is_seen_everywhere_and_bad_submissions_are_refu
             assert f" {reason})" in result.output
         # the same signed body twice, through two nodes: the second is a replay (the first was relayed)
         now = int(time.time())
+        spec = load_spec(spec_file)
         signed = sign_submission(ADMITTED.private_key, chain.chain_id, dep.job_escrow, job_id,
-                                 spec_hash(load_spec(EXAMPLE)), accepted["nonce"] + 1, now + 600)
-        body = json.dumps({"submission": signed.model_dump(), "spec": load_spec(EXAMPLE).model_dump(mode="json")})
-        assert post(f"{nodes[0].api}/jobs", body.encode())["nonce"] == accepted["nonce"] + 1
+                                 spec_hash(spec), accepted["nonce"] + 1, now + 600)
+        body = {"submission": signed.model_dump(), "spec": spec.model_dump(mode="json")}
+        assert submit(nodes[0].api, body)["nonce"] == accepted["nonce"] + 1
         wait_for(lambda: seen_by(nodes[1]).get("nonce") == accepted["nonce"] + 1, 10, "the second action relayed")
         with pytest.raises(SubmissionRefused) as refused:
-            post(f"{nodes[1].api}/jobs", body.encode())
+            submit(p2p[1], body)  # the same refusal over libp2p as over HTTP
         assert (refused.value.status, refused.value.reason) == (409, "replayed")
         expired = sign_submission(ADMITTED.private_key, chain.chain_id, dep.job_escrow, job_id,
-                                  spec_hash(load_spec(EXAMPLE)), accepted["nonce"] + 2, now - 1)
+                                  spec_hash(spec), accepted["nonce"] + 2, now - 1)
         with pytest.raises(SubmissionRefused) as refused:
-            post(f"{nodes[1].api}/jobs", json.dumps({"submission": expired.model_dump(), "spec": json.loads(body)[
-                "spec"]}).encode())
+            submit(nodes[1].api, {"submission": expired.model_dump(), "spec": body["spec"]})
         assert (refused.value.status, refused.value.reason) == (410, "expired")
 
         result = run_cli("job", "stop", str(job_id), "--via", nodes[1].api, *signer)

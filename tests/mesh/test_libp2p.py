@@ -1,27 +1,55 @@
 """Real py-libp2p hosts on 127.0.0.1 in one process: the node core over neighbour sync, the
-license gate closing connections, bad traffic rejected and counted, and the transport's pubsub."""
+license gate closing connections, bad traffic rejected and counted, the transport's pubsub, its
+request/response exchanges, and CLI clients (not peers, not gated, bounded in time and number)."""
 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from contextlib import AsyncExitStack
+from functools import partial
+from typing import Any
 
+import multiaddr
 import pytest
 import trio
+from libp2p import new_host
+from libp2p.crypto.ed25519 import create_new_key_pair as ed25519_key_pair
+from libp2p.crypto.x25519 import create_new_key_pair as x25519_key_pair
+from libp2p.peer.peerinfo import info_from_p2p_addr
+from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_ID
+from libp2p.security.noise.transport import Transport as NoiseTransport
 from libp2p.stream_muxer.yamux.yamux import YamuxStream
 
 from mesh._envelope import seal
-from mesh._errors import TransportError
+from mesh._errors import TransportError, TransportTimeout
 from mesh._identity import NodeIdentity
 from mesh._membership import PeerState
 from mesh._node import Node, NodeConfig, _wall_ms, open_node
 from mesh._sync import MAX_FRAME_BYTES, encode_frames
 from mesh._transport import Message
-from mesh._transport_libp2p import Libp2pConfig, Libp2pTransport, address_of_peer, open_libp2p_transport, peer_id_of
+from mesh._transport_libp2p import (
+    Libp2pConfig,
+    Libp2pTransport,
+    _exchange,
+    address_of_peer,
+    open_libp2p_transport,
+    peer_id_of,
+    request_once,
+)
 from mesh._wire_heartbeat import TOPIC as HEARTBEAT
 from mesh._wire_heartbeat import Heartbeat
 
 from .test_node_memory import capacity, until
+
+
+async def until_wall(predicate: Callable[[], bool], deadline_s: float) -> float:
+    """Poll (real clock) until ``predicate`` holds; the seconds it took, or fail at the deadline."""
+    started = trio.current_time()
+    with trio.fail_after(deadline_s):
+        while not predicate():  # noqa: ASYNC110
+            await trio.sleep(0.02)
+    return trio.current_time() - started
 
 IDS = [NodeIdentity(bytes([0x40 + i]) * 32) for i in range(6)]  # IDS[5]: a raw host, no node
 INTERVAL_S = NodeConfig().liveness.heartbeat_interval_ms / 1000
@@ -167,3 +195,108 @@ async def test_sync_frames_flow_with_window_credit_granted_in_batches(monkeypatc
                     received = [(await inbox.receive()).data for _ in big]
             assert sorted(received) == big
             assert len(updates) > 2  # 4 MiB through a 256 KiB window: credit did come back
+
+
+ECHO = "/deedmesh/test-echo/1"
+
+
+async def echo(msg: Message) -> bytes:
+    """Answers who asked, what, and how big a refused request was."""
+    if msg.data == b"hang":
+        await trio.sleep_forever()
+    if msg.data.startswith(b"big answer"):
+        return b"x" * 5000
+    return b"%s|%s|%d" % (msg.forwarder.encode(), msg.data.upper(), msg.oversized)
+
+
+async def test_request_response_between_nodes_with_limits_and_deadlines() -> None:
+    with trio.CancelScope() as everything:
+        async with AsyncExitStack() as stack:
+            stack.callback(everything.cancel)
+            a, b = [await stack.enter_async_context(open_libp2p_transport(i)) for i in IDS[:2]]
+            b.set_handler(ECHO, echo, max_request_bytes=100, timeout_s=1.0)
+            with pytest.raises(TransportError, match="not connected"):
+                await a.request(b.local_id, ECHO, b"hi", timeout_s=5, max_response_bytes=1000)
+            await a.connect(b.addrs()[0])
+            ask = partial(a.request, b.local_id, ECHO, timeout_s=5, max_response_bytes=1000)
+            assert await ask(b"hello") == f"{a.local_id}|HELLO|0".encode()
+            assert await ask(b"") == f"{a.local_id}||0".encode()
+            # above the limit: not read, the handler answers from the size alone
+            assert await ask(b"y" * 101) == f"{a.local_id}||101".encode()
+            with pytest.raises(TransportError, match="answer of 5000 bytes exceeds 1000"):
+                await ask(b"big answer")
+            with pytest.raises(TransportError, match=r"not supported|request failed"):
+                await a.request(b.local_id, "/deedmesh/none/1", b"x", timeout_s=5, max_response_bytes=1000)
+            # a stuck handler: the requester's deadline first ...
+            started = trio.current_time()
+            with pytest.raises(TransportTimeout):
+                await a.request(b.local_id, ECHO, b"hang", timeout_s=0.3, max_response_bytes=1000)
+            assert trio.current_time() - started < 2.0
+            # ... or the handler's own (1 s): the exchange is reset, well before the requester's 5 s
+            started = trio.current_time()
+            with pytest.raises(TransportError) as reset:
+                await ask(b"hang")
+            assert not isinstance(reset.value, TransportTimeout)
+            assert trio.current_time() - started < 4.0
+            assert await ask(b"still there") == f"{a.local_id}|STILL THERE|0".encode()  # the connection lived
+            assert b.peers() == {a.local_id}
+
+
+async def raw_client(stack: AsyncExitStack, server: Libp2pTransport) -> tuple[Any, Any]:
+    """An ed25519 host (as the CLI's) connected to ``server``, left to the test to use or not."""
+    key_pair = ed25519_key_pair()
+    host = new_host(key_pair=key_pair, muxer_preference="YAMUX",
+                    sec_opt={NOISE_ID: NoiseTransport(key_pair, noise_privkey=x25519_key_pair().private_key)})
+    await stack.enter_async_context(host.run([]))
+    info = info_from_p2p_addr(multiaddr.Multiaddr(server.addrs()[0]))
+    await host.connect(info)
+    return host, info.peer_id
+
+
+async def test_clients_are_not_peers_nor_gated_and_are_bounded() -> None:
+    # node 0 licenses nobody: an unlicensed node is cut, a client is left alone and answered
+    with trio.CancelScope() as everything:
+        async with AsyncExitStack() as stack:
+            stack.callback(everything.cancel)
+            server = await stack.enter_async_context(open_libp2p_transport(IDS[0]))
+            unlicensed = await stack.enter_async_context(open_libp2p_transport(IDS[1]))
+            node = await stack.enter_async_context(open_node(NodeConfig(), IDS[0], server, capacity(), lambda _: False))
+            server.set_handler(ECHO, echo, max_request_bytes=100, timeout_s=5)
+            answer = await request_once(server.addrs()[0], ECHO, b"from the cli", timeout_s=5, max_response_bytes=1000)
+            caller, text, _ = answer.decode().split("|")
+            assert (caller.startswith("12D3KooW"), text) == (True, "FROM THE CLI")  # an ed25519 id: no address
+            host, server_id = await raw_client(stack, server)  # a client that stays connected
+            await unlicensed.connect(server.addrs()[0])
+            counters = node.gossip.counters
+            await until(lambda: counters[("peer", "REJECT", "unlicensed")] == 1 and not server.peers())
+            # the gate has swept (it cut the node), and the client is still there, never a peer
+            client_id = str(host.get_id())  # type: ignore[attr-defined]
+            assert client_id in server.clients()
+            assert server.peers() == set()
+            assert counters[("peer", "REJECT", "unlicensed")] == 1
+            assert await _exchange(host, server_id, ECHO, b"again", 5, 1000) == f"{client_id}|AGAIN|0".encode()
+            # answered: the transport closes it after client_linger_s (1 s), not client_lifetime_s (30 s)
+            closed_after = await until_wall(lambda: client_id not in server.clients(), 10)
+            assert closed_after < 5
+            with pytest.raises(TransportError, match=r"dial failed"):
+                await request_once("/ip4/127.0.0.1/tcp/1/p2p/" + server.local_id, ECHO, b"x", timeout_s=5,
+                                   max_response_bytes=1000)
+
+
+async def test_clients_that_never_ask_are_closed_at_their_lifetime_and_above_the_cap() -> None:
+    config = Libp2pConfig(client_lifetime_s=3.0, client_check_s=0.1, max_clients=1)
+    with trio.CancelScope() as everything:
+        async with AsyncExitStack() as stack:
+            stack.callback(everything.cancel)
+            server = await stack.enter_async_context(open_libp2p_transport(IDS[0], config))
+            first, _ = await raw_client(stack, server)
+            first_id = str(first.get_id())
+            await until(lambda: first_id in server.clients())
+            connected_at = trio.current_time()
+            second, _ = await raw_client(stack, server)  # one too many: the newer is closed at once
+            took = await until_wall(lambda: not second.get_network().connections, 10)
+            assert took < 2.0  # well before its lifetime
+            assert first_id in server.clients()  # the older stays ...
+            await until_wall(lambda: not first.get_network().connections, 10)  # ... until its lifetime ends
+            assert 2.5 < trio.current_time() - connected_at < 6.0
+            assert server.peers() == set()
