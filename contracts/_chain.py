@@ -20,7 +20,7 @@ from eth_account.signers.local import LocalAccount
 from eth_utils import to_checksum_address
 from web3 import Web3
 from web3.exceptions import TimeExhausted
-from web3.types import TxReceipt
+from web3.types import RPCEndpoint, TxReceipt
 
 from ._artifacts import load_artifact
 from ._errors import ChainError, ChainUnreachable, TransactionFailed
@@ -61,7 +61,10 @@ class Chain:
             return cls.embedded()
         if not url.startswith(("http://", "https://")):
             raise ChainUnreachable(url, "only http(s) JSON-RPC URLs are supported")
-        w3 = Web3(Web3.HTTPProvider(url, request_kwargs={"timeout": timeout_s}))
+        # the chain id is asked before every call and transaction (web3's validation); a URL's chain
+        # does not change under a running client, so it is asked once
+        w3 = Web3(Web3.HTTPProvider(url, request_kwargs={"timeout": timeout_s}, cache_allowed_requests=True,
+                                    cacheable_requests={RPCEndpoint("eth_chainId")}))
         try:
             w3.eth.chain_id  # noqa: B018 - the probe
         except Exception as exc:  # requests' ConnectionError, timeouts, bad JSON: all "no answer"

@@ -23,7 +23,7 @@ The rules, in one place:
   comes back after a partition finds a higher generation and yields, however well it ranks.
   A renewal keeps the generation and moves the lease.
 - **Who claims.** Replicas with no winner ("unheld"), in index order, go one to one to the
-  candidates in rank order: eligible, alive, fitting nodes with room (``free`` covers the
+  candidates in rank order: eligible, alive, fitting nodes with room (a slot left and ``free`` covers the
   demand) that win no replica of the job. In a consistent view that is exactly one claimant per
   replica; the top-ranked nodes get the replicas at first, and placement is sticky afterwards (a
   better-ranked node that joins later does not pre-empt a live holder: moving a running workload
@@ -42,6 +42,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 from eth_utils import is_checksum_address, keccak
 
@@ -50,8 +51,13 @@ from ._wire_capacity import Resources
 UINT256_MAX = 2**256 - 1
 
 
+@lru_cache(maxsize=4096)  # a plan builds a Claim per claim it sees; the check hashes the address
+def _is_checksummed(address: str) -> bool:
+    return bool(is_checksum_address(address))
+
+
 def _require_checksummed(address: str, what: str) -> None:
-    if not is_checksum_address(address):
+    if not _is_checksummed(address):
         raise ValueError(f"{what} must be a checksummed 0x address, got {address!r}")
 
 
@@ -70,6 +76,7 @@ class NodeInfo:
     free: Resources
     total: Resources
     tags: frozenset[str] = frozenset()
+    slots: int = 1 << 30  # replicas it may still take on (a node publishes a bounded claim set)
 
     def __post_init__(self) -> None:
         _require_checksummed(self.address, "NodeInfo.address")
@@ -139,6 +146,7 @@ class Decision:
     release: tuple[Claim, ...] = ()
 
 
+@lru_cache(maxsize=1 << 16)  # every plan ranks every job's nodes again; a keccak costs ~25 us here
 def compute_weight(job_id: int, address: str) -> int:
     """The rendezvous weight of ``address`` for ``job_id``: keccak256 over fixed-width encodings, so
     any implementation (Solidity included) derives the same number."""
@@ -170,8 +178,8 @@ def is_placeable(node: NodeInfo, demand: Demand) -> bool:
 
 
 def has_room(node: NodeInfo, demand: Demand) -> bool:
-    """Whether ``node`` could start one more replica: its free resources cover the demand."""
-    return demand.resources.fits_in(node.free)
+    """Whether ``node`` could start one more replica: a slot left and free resources that cover the demand."""
+    return node.slots > 0 and demand.resources.fits_in(node.free)
 
 
 def is_valid_claim(
@@ -223,10 +231,12 @@ def compute_claimants(
     """``unheld replica -> node that should claim it``: the i-th unheld replica goes to the i-th
     best-ranked candidate, so a consistent view yields exactly one claimant per replica."""
     view = _index_view(nodes)
-    holders = {c.node for c in winners.values()}
-    candidates = [a for a in rank(job_id, view.values())
-                  if a not in holders and is_placeable(view[a], demand) and has_room(view[a], demand)]
     unheld = [r for r in range(demand.replicas) if r not in winners]
+    if not unheld:
+        return {}
+    holders = {c.node for c in winners.values()}
+    candidates = (a for a in rank(job_id, view.values())
+                  if a not in holders and is_placeable(view[a], demand) and has_room(view[a], demand))
     return dict(zip(unheld, candidates, strict=False))
 
 

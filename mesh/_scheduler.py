@@ -9,7 +9,8 @@ What goes in, identically on every node with the same view:
   alive = membership says alive or suspect (a replica moves when its holder is dead, not when
   its beats are merely late; a node is alive to itself); total resources and tags from its capacity;
   free = total minus what the replicas it wins need (computed from claims, so every viewer
-  derives the same figure instead of trusting advertised free resources);
+  derives the same figure instead of trusting advertised free resources), and no room at all
+  once it wins ``MAX_CLAIMS`` replicas (its claim set could not carry one more);
 - the claims: every node's claim set.
 
 Out comes this node's claim set (claims, renewals; what it loses or releases is left out) and the
@@ -30,7 +31,7 @@ from ._node import Node
 from ._placement import Claim, Demand, NodeInfo, compute_assignment, decide, resolve_claims
 from ._trio_types import TaskStatus
 from ._wire_capacity import Capacity, Resources
-from ._wire_claim import ClaimEntry, Claims, ReplicaState
+from ._wire_claim import MAX_CLAIMS, ClaimEntry, Claims, ReplicaState
 
 LEASE_MS = 30_000  # liveness, not lease expiry, moves a replica; the lease only bounds a lost release
 
@@ -84,27 +85,31 @@ def plan(me: str, now_ms: int, jobs: Mapping[int, JobSpec | None], claims: Seque
     """This node's claim set and replicas, from a view (module docstring). Pure."""
     demands = {job_id: demand_of(spec) for job_id, spec in jobs.items()}
     base = nodes_of(capacities, eligible, alive)
+    of_job: dict[int, list[Claim]] = defaultdict(list)  # the rules look at one job's claims at a time
+    for c in claims:
+        of_job[c.job_id].append(c)
     used: dict[str, list[Resources]] = defaultdict(list)
     for job_id, demand in sorted(demands.items()):
-        for claim in resolve_claims(job_id, demand, base, claims, now_ms).values():
+        for claim in resolve_claims(job_id, demand, base, of_job[job_id], now_ms).values():
             used[claim.node].append(demand.resources)
-    nodes = [replace(n, free=minus(n.total, used[n.address])) for n in base]
+    # a node takes on no replica past what one claim set can carry: every viewer sees it full alike
+    nodes = [replace(n, free=minus(n.total, used[n.address]), slots=MAX_CLAIMS - len(used[n.address])) for n in base]
     entries: list[ClaimEntry] = []
     holding: dict[int, int] = {}
     for job_id, demand in sorted(demands.items()):
-        decision = decide(job_id, demand, nodes, claims, me, now_ms, lease_ms)
+        decision = decide(job_id, demand, nodes, of_job[job_id], me, now_ms, lease_ms)
         if decision.holding is None:
             continue
         holding[job_id] = decision.holding
         new = decision.claim or decision.renew
-        kept = new[0] if new else next(c for c in claims if c.node == me and c.job_id == job_id
+        kept = new[0] if new else next(c for c in of_job[job_id] if c.node == me
                                         and c.replica == decision.holding and c.lease_until_ms > now_ms)
         state, restarts = states(job_id, kept.replica)
         entries.append(ClaimEntry(job_id=job_id, replica=kept.replica, generation=kept.generation,
                                   lease_until_ms=kept.lease_until_ms, state=state, restarts=restarts))
         # claiming one replica frees nothing, but a claim uses room: later jobs see less free here
-        nodes = [replace(n, free=minus(n.free, [demand.resources])) if n.address == me and decision.claim else n
-                 for n in nodes]
+        nodes = [replace(n, free=minus(n.free, [demand.resources]), slots=n.slots - 1)
+                 if n.address == me and decision.claim else n for n in nodes]
     specs = {job_id: spec for job_id in holding if (spec := jobs[job_id]) is not None}
     return Plan(Claims(claims=tuple(entries)), holding, specs)
 

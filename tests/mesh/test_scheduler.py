@@ -21,6 +21,7 @@ from mesh._scheduler import assignment, plan, run_scheduler
 from mesh._submission import STOP
 from mesh._transport import MemoryNetwork
 from mesh._wire_capacity import Capacity, Resources
+from mesh._wire_claim import MAX_CLAIMS
 
 from .test_jobs_gossip import CSP, ESCROW, submission
 from .test_node_memory import IDS, all_alive, mesh, until
@@ -128,3 +129,21 @@ def test_a_node_without_the_runner_for_a_kind_never_claims_it() -> None:
     one = SPEC.model_copy(update={"replicas": 1})
     assert plan(IDS[0].address, 1_000, {7: one}, [], caps, yes, yes).holding == {}
     assert plan(IDS[1].address, 1_000, {7: one}, [], caps, yes, yes).holding == {7: 0}
+
+
+def test_a_node_claims_no_more_replicas_than_one_claim_set_carries() -> None:
+    # 150 small one-replica jobs on one roomy node: it takes MAX_CLAIMS of them (one claim set
+    # carries no more); a second node joins and, seeing the first full, takes the rest
+    total = Resources(cpu_millis=10**6, memory_mb=10**6, gpus=0, disk_mb=0)
+    caps = {i.address: Capacity(version=1, total=total, free=total, tags=("runner:car",)) for i in IDS[:2]}
+    small = SPEC.model_copy(update={"replicas": 1, "placement": SPEC.placement.model_copy(update={"include": ()})})
+    jobs = {j: small for j in range(1, 151)}
+    yes = {a: True for a in caps}
+    alone = {IDS[0].address: caps[IDS[0].address]}
+    first = plan(IDS[0].address, 1_000, jobs, [], alone, yes, yes)
+    assert len(first.claims.claims) == len(first.holding) == MAX_CLAIMS
+    second = plan(IDS[1].address, 1_000, jobs, first.claims.as_claims(IDS[0].address), caps, yes, yes)
+    assert set(second.holding) == set(jobs) - set(first.holding)
+    # and the full node, planning again with the other's claims, keeps what it has and takes nothing new
+    claims = first.claims.as_claims(IDS[0].address) + second.claims.as_claims(IDS[1].address)
+    assert plan(IDS[0].address, 2_000, jobs, claims, caps, yes, yes).holding == first.holding
