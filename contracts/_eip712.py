@@ -6,6 +6,7 @@ settlement Merkle leaf. Each is defined once here and once in Solidity, and JSON
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import lru_cache
 from typing import Any
 
 from eth_abi import encode as abi_encode
@@ -60,9 +61,59 @@ def typed_message(domain: dict[str, Any], primary_type: str, message: dict[str, 
 
 
 def digest(full_message: dict[str, Any]) -> bytes:
-    """The 32-byte EIP-712 digest (what ``ecrecover`` sees)."""
-    signable = encode_typed_data(full_message=full_message)
-    return keccak(b"\x19" + signable.version + signable.header + signable.body)
+    """The 32-byte EIP-712 digest (what ``ecrecover`` sees).
+
+    Every struct here is flat (atomic fields and strings only), so the digest is computed directly:
+    ``keccak(0x1901 || domainSeparator || hashStruct(message))`` with the type hashes and the domain
+    separator memoized. eth_account's general encoder costs ~0.5 ms a message, and every node
+    checks every job record it relays; a test holds this equal to eth_account's on random messages.
+    """
+    types = full_message["types"]
+    domain_fields = _field_types(types["EIP712Domain"])
+    primary = full_message["primaryType"]
+    domain = full_message["domain"]
+    separator = _domain_separator(domain_fields, tuple(domain[name] for name, _ in domain_fields))
+    fields = _field_types(types[primary])
+    message = full_message["message"]
+    return keccak(b"\x19\x01" + separator + _hash_struct(primary, fields, tuple(message[n] for n, _ in fields)))
+
+
+def _field_types(fields: list[dict[str, str]]) -> tuple[tuple[str, str], ...]:
+    return tuple((f["name"], f["type"]) for f in fields)
+
+
+@lru_cache(maxsize=64)
+def _type_hash(name: str, fields: tuple[tuple[str, str], ...]) -> bytes:
+    return keccak(f"{name}({','.join(f'{t} {n}' for n, t in fields)})".encode())
+
+
+@lru_cache(maxsize=64)
+def _domain_separator(fields: tuple[tuple[str, str], ...], values: tuple[Any, ...]) -> bytes:
+    return _hash_struct("EIP712Domain", fields, values)
+
+
+def _hash_struct(name: str, fields: tuple[tuple[str, str], ...], values: tuple[Any, ...]) -> bytes:
+    return keccak(_type_hash(name, fields) + b"".join(_encode_atomic(t, v) for (_, t), v in zip(fields, values,
+                                                                                                strict=True)))
+
+
+def _encode_atomic(kind: str, value: Any) -> bytes:
+    """One field's 32-byte encoding (EIP-712 ``encodeData`` for the field types used here)."""
+    if kind == "string":
+        return keccak(text=value)
+    if kind == "bytes32":
+        raw = value if isinstance(value, bytes) else bytes.fromhex(value.removeprefix("0x"))
+        if len(raw) != 32:
+            raise ValueError(f"bytes32 value of {len(raw)} bytes")
+        return raw
+    if kind == "address":
+        return bytes(12) + bytes.fromhex(to_checksum_address(value)[2:])
+    if kind.startswith("uint"):
+        bits = int(kind[4:])
+        if not 0 <= value < 2**bits:
+            raise ValueError(f"{value} does not fit {kind}")
+        return int(value).to_bytes(32, "big")
+    raise ValueError(f"EIP-712 field type {kind} is not one this project signs")
 
 
 def sign(full_message: dict[str, Any], private_key: bytes | str) -> bytes:

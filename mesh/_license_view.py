@@ -47,9 +47,14 @@ def fetch_eligible(licenses: LicenseRegistryClient) -> frozenset[str]:
 class LicenseView:
     """The cached eligible set, and the loop that refreshes it."""
 
-    def __init__(self, fetch: Callable[[], frozenset[str]], worker: ChainWorker, refresh_s: float = 5.0) -> None:
+    def __init__(self, fetch: Callable[[], frozenset[str]], worker: ChainWorker, refresh_s: float = 5.0,
+                 block: Callable[[], int] | None = None) -> None:
         self._fetch = fetch
         self._worker = worker
+        # the chain's latest block number: a view read at the same block needs no second pass over
+        # every license (the contract's answers, expiry included, change only with a new block)
+        self._block = block
+        self._read_at: int | None = None
         self.refresh_s = refresh_s  # how long a chain-side ban may take to bite
         self._eligible: frozenset[str] = frozenset()
         self.refreshed = trio.Event()  # set (and replaced) after every successful refresh
@@ -66,7 +71,10 @@ class LicenseView:
     async def refresh(self) -> None:
         """Fetch once; on a chain error keep the last good view and count the failure."""
         try:
-            fresh = await self._worker.run(self._fetch)
+            block = None if self._block is None else await self._worker.run(self._block)
+            unchanged = block is not None and block == self._read_at
+            fresh = self._eligible if unchanged else await self._worker.run(self._fetch)
+            self._read_at = block
         except ChainError as exc:
             self.failures += 1
             log.warning("license refresh failed; keeping the last view", extra={"error": str(exc)})

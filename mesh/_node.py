@@ -143,6 +143,9 @@ class Node:
         self._sync_delay_s = config.sync_delay_s if config.sync_delay_s is not None else max(0.02, interval_s / 8)
         self._nursery: trio.Nursery  # set by _run: sends, dials and disconnects run in it
         self.changed = trio.Event()  # set (and replaced) whenever the view changes
+        # set once the first neighbour's frame is taken in: a (re)started node then knows the jobs
+        # and claims, its own claims from before a restart included (the placement loop waits for it)
+        self.synced = trio.Event()
 
     # ---------------------------------------------------------------- the view
 
@@ -244,6 +247,10 @@ class Node:
             self._urgent.set()  # a job is news: every hop passes it on at once
             return
         if env.origin == self.address:
+            if isinstance(payload, Claims) and self.address not in self.claims:
+                # our claim set from before a restart, kept by the mesh: hold on to what we held
+                self.claims[self.address] = payload
+                self._notify()
             return
         if isinstance(payload, Claims):
             self.claims[env.origin] = payload
@@ -326,6 +333,8 @@ class Node:
             self._accept(raw, env, payload, forwarder=peer, spec=spec)
         if misbehaved:
             self._cut(peer, "relayed-invalid")
+        else:
+            self.synced.set()
 
     # ---------------------------------------------------------------- connections
 

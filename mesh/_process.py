@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import secrets
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -23,7 +25,15 @@ from eth_utils import is_address, to_checksum_address
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve
 
-from contracts import Chain, Deployment, DeploymentError, JobEscrowClient, JobStatus, LicenseRegistryClient
+from contracts import (
+    Chain,
+    CspStatus,
+    Deployment,
+    DeploymentError,
+    JobEscrowClient,
+    JobStatus,
+    LicenseRegistryClient,
+)
 
 from ._api import API_PROTOCOL, API_TIMEOUT_S, MAX_API_REQUEST_BYTES, NodeApi
 from ._engine import EngineUnavailable, connect_engine
@@ -100,12 +110,31 @@ def license_registry(chain: Chain, settings: NodeSettings) -> LicenseRegistryCli
     return LicenseRegistryClient(chain, to_checksum_address(address))
 
 
-def chain_facts(escrow: JobEscrowClient, job_id: int, csp: str) -> ChainFacts:
-    """What the escrow says about a job and a CSP (blocking: run it in the chain worker)."""
-    job = escrow.get_job(job_id)
-    return ChainFacts(chain_id=escrow.chain.chain_id, escrow=escrow.address,
-                      job=None if job.status is JobStatus.NONE else job,
-                      csp_admitted_until=escrow.admitted_until(csp), csp_status=escrow.csp_status(csp))
+class EscrowFacts:
+    """What the escrow says about a job and a CSP (blocking: call it in the chain worker).
+
+    The job is read on every submission; the CSP's admission is kept ``csp_ttl_s`` (a suspension or
+    an expired admission takes effect within that, as a license ban does within the license
+    refresh), which saves two of three chain calls when a CSP submits many jobs at once.
+    """
+
+    def __init__(self, escrow: JobEscrowClient, csp_ttl_s: float = 5.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.escrow = escrow
+        self.csp_ttl_s = csp_ttl_s
+        self._clock = clock
+        self._csps: dict[str, tuple[float, int, CspStatus]] = {}  # csp -> (read at, admitted until, status)
+
+    def __call__(self, job_id: int, csp: str) -> ChainFacts:
+        job = self.escrow.get_job(job_id)
+        now = self._clock()
+        read_at, until, status = self._csps.get(csp, (-math.inf, 0, CspStatus.ACTIVE))
+        if now - read_at >= self.csp_ttl_s:
+            until, status = self.escrow.admitted_until(csp), self.escrow.csp_status(csp)
+            self._csps[csp] = (now, until, status)
+        return ChainFacts(chain_id=self.escrow.chain.chain_id, escrow=self.escrow.address,
+                          job=None if job.status is JobStatus.NONE else job, csp_admitted_until=until,
+                          csp_status=status)
 
 
 async def car_runner(identity: NodeIdentity, engine: str) -> CarRunner | None:
@@ -127,7 +156,7 @@ async def serve_node(identity: NodeIdentity, settings: NodeSettings, token_file:
     chain = await trio.to_thread.run_sync(Chain.connect, settings.rpc)
     licenses = await trio.to_thread.run_sync(license_registry, chain, settings)
     worker = ChainWorker()  # one thread at a time talks to the chain, for the license view and the job desk
-    view = LicenseView(lambda: fetch_eligible(licenses), worker, settings.license_refresh_s)
+    view = LicenseView(lambda: fetch_eligible(licenses), worker, settings.license_refresh_s, block=chain.block_number)
     # jobs need the escrow: only a node started with a deployment record accepts and relays them
     escrow = None if settings.deployment is None else Deployment.load(settings.deployment).escrow(chain)
     token = operator_token(token_file)
@@ -143,8 +172,10 @@ async def serve_node(identity: NodeIdentity, settings: NodeSettings, token_file:
                              escrow=None if escrow is None else (chain.chain_id, escrow.address)) as node:
             desk, logs = None, None
             if escrow is not None:
+                facts = EscrowFacts(escrow)
+
                 async def read_facts(job_id: int, csp: str) -> ChainFacts:
-                    return await worker.run(partial(chain_facts, escrow, job_id, csp))
+                    return await worker.run(partial(facts, job_id, csp))
 
                 desk = JobDesk(node, chain.chain_id, escrow.address, read_facts, NonceBook(nonce_file),
                                now_s=lambda: int(time.time()))

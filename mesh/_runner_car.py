@@ -25,6 +25,10 @@ The reconcile loop that owns this runner does, for every replica it holds a clai
         runner.start(request)                        # recreates it, restarts + 1
 
 and ``runner.list_managed()`` on start-up to adopt (or stop) containers whose claims it no longer holds.
+
+Images come from the engine's store, a docker-archive file, or a registry (``ensure_image``); a
+registry login is passed per pull (``RegistryCredentials``, the Engine API's ``X-Registry-Auth``)
+and never written to the engine's or the user's credential store.
 """
 
 from __future__ import annotations
@@ -36,12 +40,13 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import docker
 from docker.errors import APIError, NotFound
 from docker.models.containers import Container
 from docker.types import Healthcheck
+from docker.utils import parse_repository_tag
 
 from ._errors import MeshError
 
@@ -68,6 +73,21 @@ class ImageUnavailable(CarRunnerError):
         super().__init__(f"image {image}: {reason}")
         self.image = image
         self.reason = reason
+
+
+PullPolicy = Literal["always", "if-missing"]  # a job spec's ``pull: never`` means: do not call ensure_image
+
+
+@dataclass(frozen=True)
+class RegistryCredentials:
+    """A registry login for one pull; the password stays out of ``repr`` (and so out of logs)."""
+
+    username: str
+    password: str = field(repr=False)
+
+    def to_docker(self) -> dict[str, str]:
+        """The SDK's ``auth_config``: sent base64-encoded in the ``X-Registry-Auth`` header of the pull."""
+        return {"username": self.username, "password": self.password}
 
 
 class PortMapping(NamedTuple):
@@ -278,9 +298,22 @@ class CarRunner:
     def node_address(self) -> str:
         return self._node
 
-    def ensure_image(self, image: str, image_file: Path | str | None = None) -> None:
-        """Make ``image`` present: already there, else loaded from a docker-archive file, else pulled."""
-        if self._has_image(image):
+    def ensure_image(
+        self,
+        image: str,
+        image_file: Path | str | None = None,
+        *,
+        pull: PullPolicy = "if-missing",
+        credentials: RegistryCredentials | None = None,
+    ) -> None:
+        """Make ``image`` present: loaded from ``image_file`` if one is given, else pulled.
+
+        ``if-missing`` keeps a copy already in the engine; ``always`` loads or pulls anew (a tag
+        moved in the registry is picked up), and a failed pull then fails even with a local copy,
+        as it does in Kubernetes and Compose: "always" promises the registry's current image.
+        ``credentials`` log in to the image's registry for this pull only.
+        """
+        if pull == "if-missing" and self._has_image(image):
             return
         if image_file is not None:
             with open(image_file, "rb") as archive:
@@ -291,11 +324,7 @@ class CarRunner:
             if not self._has_image(image):
                 raise ImageUnavailable(image, f"{image_file} does not contain it")
             return
-        try:
-            self._client.images.pull(image)
-        except APIError as exc:
-            # podman answers 404 (ImageNotFound), dockerd 500: both are APIError (notes §3).
-            raise ImageUnavailable(image, f"pull failed: {exc.explanation or exc}") from exc
+        self._pull(image, credentials)
 
     def start(self, request: ContainerRequest) -> str:
         """Run the replica and return its container id; adopts a running container of the same spec.
@@ -329,7 +358,9 @@ class CarRunner:
 
     def list_managed(self) -> list[ContainerStatus]:
         """Every container this node manages, running or not: the reconcile loop's source of truth."""
-        containers = self._client.containers.list(all=True, filters={"label": [f"{LABEL_NODE}={self._node}"]})
+        # ignore_removed: the SDK lists, then inspects each; one removed in between is simply gone
+        containers = self._client.containers.list(all=True, filters={"label": [f"{LABEL_NODE}={self._node}"]},
+                                                  ignore_removed=True)
         return sorted((parse_status(c.attrs) for c in containers), key=lambda s: (s.job_id, s.replica))
 
     def logs(self, job_id: int, replica: int, tail: int = 100) -> str:
@@ -352,6 +383,23 @@ class CarRunner:
         except NotFound:
             return False
         return True
+
+    def _pull(self, image: str, credentials: RegistryCredentials | None) -> None:
+        repository, tag = parse_repository_tag(image)
+        auth = None if credentials is None else credentials.to_docker()
+        try:
+            # The engine answers 200 and then streams progress: a failure half-way (a missing
+            # layer, a denied blob) arrives as an "error" entry in the stream, not as an HTTP error.
+            progress = self._client.api.pull(repository, tag=tag or "latest", stream=True, decode=True,
+                                             auth_config=auth)
+            errors = [str(entry["error"]) for entry in progress if isinstance(entry, dict) and entry.get("error")]
+        except APIError as exc:
+            # podman answers 404 (ImageNotFound), dockerd 500: both are APIError (notes §3).
+            raise ImageUnavailable(image, f"pull failed: {exc.explanation or exc}") from exc
+        if errors:
+            raise ImageUnavailable(image, f"pull failed: {errors[-1]}")
+        if not self._has_image(image):
+            raise ImageUnavailable(image, "pull finished but the engine does not have the image")
 
     def _find(self, name: str) -> Container | None:
         try:

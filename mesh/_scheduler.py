@@ -19,9 +19,10 @@ replicas it should run (``holding``), which a runner reconciles against.
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import trio
 
@@ -33,6 +34,8 @@ from ._trio_types import TaskStatus
 from ._wire_capacity import Capacity, Resources
 from ._wire_claim import MAX_CLAIMS, ClaimEntry, Claims, ReplicaState
 
+PLAN_GAP_S = 0.05  # the least time between two plans
+STARTUP_WAIT_INTERVALS = 3  # heartbeat intervals a node waits for its first neighbour before planning alone
 LEASE_MS = 30_000  # liveness, not lease expiry, moves a replica; the lease only bounds a lost release
 
 
@@ -79,24 +82,77 @@ def nodes_of(capacities: Mapping[str, Capacity], eligible: Mapping[str, bool],
                      frozenset(cap.tags)) for address, cap in sorted(capacities.items())]
 
 
+@dataclass
+class PlanMemo:
+    """What a node's successive plans reuse. Each entry is a pure function of what it is keyed on,
+    so a plan with a memo equals one without; it only skips work. At 1,000 jobs on 20 nodes a plan
+    from scratch takes ~40 ms, and nodes plan many times a second while jobs pour in; most jobs'
+    claims have not changed since the last plan.
+
+    - ``demands``: per job, the spec (by identity) and its demand;
+    - ``winners``: per job, the winning claims, for the same spec, node view (``nodes_epoch``) and
+      claims of the job, until the first of those claims' leases runs out;
+    - ``claim_lists``: per claimant, its claim set record (by identity) as placement claims.
+    """
+
+    demands: dict[int, tuple[JobSpec | None, Demand]] = field(default_factory=dict)
+    winners: dict[int, tuple[tuple[object, ...], int, dict[int, Claim]]] = field(default_factory=dict)
+    claim_lists: dict[str, tuple[Claims, list[Claim]]] = field(default_factory=dict)
+    nodes_key: tuple[object, ...] = ()
+    nodes_epoch: int = 0
+
+    def demand(self, job_id: int, spec: JobSpec | None) -> Demand:
+        hit = self.demands.get(job_id)
+        if hit is None or hit[0] is not spec:
+            hit = self.demands[job_id] = (spec, demand_of(spec))
+        return hit[1]
+
+    def winners_of(self, job_id: int, spec: JobSpec | None, demand: Demand, nodes: list[NodeInfo],
+                   claims: list[Claim], now_ms: int) -> dict[int, Claim]:
+        key = (spec, self.nodes_epoch, tuple(claims))  # the spec object itself: kept alive, compared by identity
+        hit = self.winners.get(job_id)
+        if hit is not None and hit[0][0] is spec and hit[0][1:] == key[1:] and now_ms < hit[1]:
+            return hit[2]
+        winners = resolve_claims(job_id, demand, nodes, claims, now_ms)
+        expires = min((c.lease_until_ms for c in claims if c.lease_until_ms > now_ms), default=2**63)
+        self.winners[job_id] = (key, expires, winners)
+        return winners
+
+    def forget_except(self, jobs: Mapping[int, object]) -> None:
+        for table in (self.demands, self.winners):
+            for gone in set(table) - set(jobs):
+                del table[gone]
+
+
 def plan(me: str, now_ms: int, jobs: Mapping[int, JobSpec | None], claims: Sequence[Claim],
          capacities: Mapping[str, Capacity], eligible: Mapping[str, bool], alive: Mapping[str, bool],
-         lease_ms: int = LEASE_MS, states: ReplicaStates = _claimed) -> Plan:
-    """This node's claim set and replicas, from a view (module docstring). Pure."""
-    demands = {job_id: demand_of(spec) for job_id, spec in jobs.items()}
+         lease_ms: int = LEASE_MS, states: ReplicaStates = _claimed, memo: PlanMemo | None = None) -> Plan:
+    """This node's claim set and replicas, from a view (module docstring). Pure (``memo`` only
+    saves work: the result is the same with or without it)."""
+    memo = PlanMemo() if memo is None else memo
+    memo.forget_except(jobs)
+    demands = {job_id: memo.demand(job_id, spec) for job_id, spec in jobs.items()}
     base = nodes_of(capacities, eligible, alive)
+    nodes_key = tuple((n.address, n.eligible, n.alive, n.total, n.tags) for n in base)
+    if nodes_key != memo.nodes_key:
+        memo.nodes_key, memo.nodes_epoch = nodes_key, memo.nodes_epoch + 1
     of_job: dict[int, list[Claim]] = defaultdict(list)  # the rules look at one job's claims at a time
     for c in claims:
         of_job[c.job_id].append(c)
     used: dict[str, list[Resources]] = defaultdict(list)
+    won: dict[int, dict[int, Claim]] = {}
     for job_id, demand in sorted(demands.items()):
-        for claim in resolve_claims(job_id, demand, base, of_job[job_id], now_ms).values():
+        won[job_id] = memo.winners_of(job_id, jobs[job_id], demand, base, of_job[job_id], now_ms)
+        for claim in won[job_id].values():
             used[claim.node].append(demand.resources)
     # a node takes on no replica past what one claim set can carry: every viewer sees it full alike
     nodes = [replace(n, free=minus(n.total, used[n.address]), slots=MAX_CLAIMS - len(used[n.address])) for n in base]
     entries: list[ClaimEntry] = []
     holding: dict[int, int] = {}
     for job_id, demand in sorted(demands.items()):
+        winners = won[job_id]
+        if len(winners) >= demand.replicas and all(c.node != me for c in winners.values()):
+            continue  # held in full by others: ``decide`` would say "hold nothing" (nothing to claim)
         decision = decide(job_id, demand, nodes, of_job[job_id], me, now_ms, lease_ms)
         if decision.holding is None:
             continue
@@ -114,14 +170,21 @@ def plan(me: str, now_ms: int, jobs: Mapping[int, JobSpec | None], claims: Seque
     return Plan(Claims(claims=tuple(entries)), holding, specs)
 
 
-def view_of(node: Node) -> tuple[dict[int, JobSpec | None], list[Claim], dict[str, Capacity], dict[str, bool],
-                                 dict[str, bool]]:
+def view_of(node: Node, memo: PlanMemo | None = None) -> tuple[dict[int, JobSpec | None], list[Claim],
+                                                                dict[str, Capacity], dict[str, bool], dict[str, bool]]:
     """The inputs of ``plan`` as ``node`` sees them now."""
     by_job: dict[int, list[JobSpec | None]] = defaultdict(list)
     for (job_id, _csp), known in node.jobs.items():
         by_job[job_id].append(known.spec)
     jobs = {job_id: specs[0] for job_id, specs in by_job.items() if len(specs) == 1}
-    claims = [c for origin, held in node.claims.items() for c in held.as_claims(origin)]
+    claims: list[Claim] = []
+    for origin, held in node.claims.items():
+        hit = None if memo is None else memo.claim_lists.get(origin)
+        if hit is None or hit[0] is not held:
+            hit = (held, held.as_claims(origin))
+            if memo is not None:
+                memo.claim_lists[origin] = hit
+        claims += hit[1]
     capacities = dict(node.capacities) | {node.address: node.advertised_capacity()}
     eligible = {address: node.is_eligible(address) for address in capacities}
     # a suspect node (late beats) keeps its replicas: they move when it is dead, not on a hiccup
@@ -137,9 +200,9 @@ def assignment(node: Node, job_id: int) -> dict[int, str]:
                               node.now_ms())
 
 
-def step(node: Node, lease_ms: int = LEASE_MS, states: ReplicaStates = _claimed) -> Plan:
+def step(node: Node, lease_ms: int = LEASE_MS, states: ReplicaStates = _claimed, memo: PlanMemo | None = None) -> Plan:
     """Plan from ``node``'s view and publish its claim set if it changed."""
-    result = plan(node.address, node.now_ms(), *view_of(node), lease_ms=lease_ms, states=states)
+    result = plan(node.address, node.now_ms(), *view_of(node, memo), lease_ms=lease_ms, states=states, memo=memo)
     if node.claims.get(node.address) != result.claims:
         node.set_claims(result.claims)
     return result
@@ -152,10 +215,21 @@ async def run_scheduler(node: Node, *, lease_ms: int = LEASE_MS, on_plan: Callab
     replica's state here), and at least every quarter lease (renewals); hand each plan to
     ``on_plan`` (the runners); ``states`` says how this node's replicas are doing."""
     task_status.started()
+    # a (re)started node plans once a neighbour has told it the jobs and claims (its own included):
+    # planning on an empty view would publish an empty claim set and give away what it runs
+    memo = PlanMemo()
+    with trio.move_on_after(STARTUP_WAIT_INTERVALS * node.config.liveness.heartbeat_interval_ms / 1000):
+        await node.synced.wait()
     while True:
         changed = node.changed
-        result = step(node, lease_ms, states)
+        began, began_at = time.perf_counter(), trio.current_time()
+        result = step(node, lease_ms, states, memo)
+        # changes that arrive while jobs pour in are planned together: the next plan waits at
+        # least PLAN_GAP_S, and twice as long as this one took (planning never takes more than a
+        # third of the node's time, and each plan may re-sign and flood the claim set)
+        gap = max(PLAN_GAP_S, 2 * (time.perf_counter() - began))
         if on_plan is not None:
             on_plan(result)
         with trio.move_on_after(lease_ms / 4000):
             await changed.wait()
+        await trio.sleep_until(began_at + gap)

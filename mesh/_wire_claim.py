@@ -20,7 +20,9 @@ TOPIC = "deedmesh/claims/1"
 MAX_CLAIMS = 128  # a record stays well under the 16 KiB envelope limit (~90 bytes a claim)
 
 
-ReplicaState = Literal["claimed", "starting", "running", "healthy", "unhealthy", "exited"]
+# "oom-killed": the container exited, killed for going over its memory limit (a sizing problem the
+# CSP must see, where "exited" would look like the workload's own fault)
+ReplicaState = Literal["claimed", "starting", "running", "healthy", "unhealthy", "exited", "oom-killed"]
 
 
 class ClaimEntry(Payload):

@@ -4,6 +4,13 @@
 #
 #   scripts/engine.sh          start/reuse the engine; prints DOCKER_HOST=<url> on stdout
 #   scripts/engine.sh stop     stop the engine this script started (by the PID in its pid file)
+#   scripts/engine.sh registry [NAME [USER PASSWORD_FILE]]
+#                              start/reuse local registry NAME (default "local"; Debian docker-registry,
+#                              distribution 2.8) on 127.0.0.1 and a port the kernel picks; prints
+#                              REGISTRY=127.0.0.1:<port>. With USER and PASSWORD_FILE it requires HTTP
+#                              basic auth for that user (htpasswd, bcrypt; plain HTTP, on loopback only)
+#   scripts/engine.sh registry-stop [NAME]
+#                              stop registry NAME by the PID in its pid file
 #
 # Why by hand: the dev machines have no systemd (shared/notes/containers.md §0), so nothing else
 # starts an engine. Engine choice (DEEDMESH_ENGINE=auto|dockerd|podman, default auto):
@@ -13,8 +20,11 @@
 #   3. podman's Docker-compatible service with runc + lowered ulimits (notes §1.2-1.3), which reports
 #      OOM only as exit 137.
 # State lives under $DEEDMESH_ENGINE_DIR (default /tmp/deedmesh-engine): data, socket, pid file,
-# engine.env (DOCKER_HOST=...), log. No registry is reachable here, so images are built from
-# busybox-static and imported through the API.
+# engine.env (DOCKER_HOST=...), log. No public registry is reachable here, so images are built from
+# busybox-static and imported through the API; a registry of ours keeps its config, storage, pid
+# file, registry.env (REGISTRY=...) and log under $DEEDMESH_ENGINE_DIR/registry-<NAME>. dockerd
+# treats 127.0.0.0/8 as an insecure (plain HTTP) registry by default; the podman this script starts
+# is given a registries.conf that does the same (notes §1.4).
 set -euo pipefail
 
 ENGINE_DIR=${DEEDMESH_ENGINE_DIR:-/tmp/deedmesh-engine}
@@ -68,23 +78,37 @@ need_package() {
 
 # --- pid file -------------------------------------------------------------------------------------
 
-pid_alive() {
-  local pid
-  pid=$(cat "$PID_FILE" 2>/dev/null) || return 1
-  [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null
+# running PID: the process exists and has not exited. A process we detached with setsid is
+# reparented to PID 1, which here (no systemd) reaps it only after a second or so: until then it
+# is a zombie that `kill -0` still finds.
+running() {
+  kill -0 "$1" 2>/dev/null && [ "$(ps -o stat= -p "$1" 2>/dev/null | cut -c1)" != Z ]
 }
 
-# stop_engine: SIGTERM the PID in our pid file, wait, then SIGKILL; never matches processes by name.
-stop_engine() {
+# pid_alive [PID_FILE]: the process named in the pid file (default: the engine's) is running.
+pid_alive() {
   local pid
-  pid=$(cat "$PID_FILE" 2>/dev/null) || { say "no pid file at $PID_FILE: nothing of ours to stop"; return 0; }
-  if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
+  pid=$(cat "${1:-$PID_FILE}" 2>/dev/null) || return 1
+  [ -n "$pid" ] && running "$pid"
+}
+
+# stop_pid PID_FILE WHAT: SIGTERM the PID in the pid file, wait, then SIGKILL; never matches
+# processes by name. Removes the pid file.
+stop_pid() {
+  local pid_file=$1 what=$2 pid
+  pid=$(cat "$pid_file" 2>/dev/null) || { say "no pid file at $pid_file: no $what of ours to stop"; return 0; }
+  if [ -n "$pid" ] && running "$pid"; then
     kill -TERM "$pid"
-    for _ in $(seq 1 200); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    if kill -0 "$pid" 2>/dev/null; then say "pid $pid ignored SIGTERM for 20 s; sending SIGKILL"; kill -KILL "$pid"; fi
-    say "stopped engine pid $pid"
+    for _ in $(seq 1 400); do running "$pid" || break; sleep 0.05; done
+    if running "$pid"; then say "pid $pid ignored SIGTERM for 20 s; sending SIGKILL"; kill -KILL "$pid"; fi
+    say "stopped $what pid $pid"
   fi
-  rm -f "$PID_FILE" "$URL_FILE" "$SOCK"
+  rm -f "$pid_file"
+}
+
+stop_engine() {
+  stop_pid "$PID_FILE" engine
+  rm -f "$URL_FILE" "$SOCK"
 }
 
 # --- starting an engine ---------------------------------------------------------------------------
@@ -123,8 +147,19 @@ default_ulimits = ["nofile=20000:20000", "nproc=32768:32768"]
 [engine]
 runtime = "runc"
 EOF
-  CONTAINERS_CONF=$ENGINE_DIR/containers.conf setsid podman --root "$ENGINE_DIR/podman-root" \
-    --runroot "$ENGINE_DIR/podman-run" system service --time=0 "unix://$SOCK" </dev/null >>"$LOG" 2>&1 &
+  # Pulls and pushes through the compat API need our registries marked insecure (notes §1.4). They
+  # listen on 127.0.0.1 and a port picked at start, and the service reads this file once: the
+  # location "127.0.0.1" also matches "127.0.0.1:<port>" in containers/image (a prefix ending at
+  # ':'; its own comment calls that unintended, so check pulls after a podman upgrade).
+  cat >"$ENGINE_DIR/registries.conf" <<'EOF'
+unqualified-search-registries = ["docker.io"]
+[[registry]]
+location = "127.0.0.1"
+insecure = true
+EOF
+  CONTAINERS_CONF=$ENGINE_DIR/containers.conf CONTAINERS_REGISTRIES_CONF=$ENGINE_DIR/registries.conf \
+    setsid podman --root "$ENGINE_DIR/podman-root" --runroot "$ENGINE_DIR/podman-run" \
+    system service --time=0 "unix://$SOCK" </dev/null >>"$LOG" 2>&1 &
   echo "$!" >"$PID_FILE"
 }
 
@@ -207,6 +242,94 @@ check_run() {
   return "$status"
 }
 
+# --- a local registry -----------------------------------------------------------------------------
+
+# registry_answers ADDR: /v2/ answers 200 (open) or 401 (auth required): a registry is up there.
+registry_answers() {
+  local code
+  code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 2 "http://$1/v2/" 2>/dev/null) || return 1
+  [ "$code" = 200 ] || [ "$code" = 401 ]
+}
+
+# registry_config DIR WITH_AUTH: distribution's config.yml for a registry kept in DIR.
+registry_config() {
+  local dir=$1 with_auth=$2
+  cat <<EOF
+version: 0.1
+log:
+  level: info
+  accesslog:
+    disabled: true
+storage:
+  filesystem:
+    rootdirectory: $dir/storage
+  delete:
+    enabled: true
+http:
+  # port 0: the kernel picks a free one; the log says which ("listening on 127.0.0.1:<port>")
+  addr: 127.0.0.1:0
+EOF
+  if [ -n "$with_auth" ]; then
+    printf 'auth:\n  htpasswd:\n    realm: deedmesh\n    path: %s/htpasswd\n' "$dir"
+  fi
+}
+
+# start_registry [NAME [USER PASSWORD_FILE]]: reuse registry NAME if it runs with this config (and
+# this password), else (re)start it; prints REGISTRY=127.0.0.1:<port>.
+start_registry() {
+  local name=${1:-local} user=${2:-} password_file=${3:-}
+  [[ $name =~ ^[a-z0-9][a-z0-9-]*$ ]] || die "registry name must be lowercase letters, digits and '-', not '$name'"
+  if [ -n "$user" ] && [ ! -r "$password_file" ]; then
+    die "registry $name: password file '$password_file' is not readable"
+  fi
+  local dir=$ENGINE_DIR/registry-$name
+  local pid_file=$dir/registry.pid env_file=$dir/registry.env log=$dir/registry.log config addr
+  mkdir -p "$dir/storage"
+  need docker-registry docker-registry
+  [ -z "$user" ] || need htpasswd apache2-utils
+  config=$(registry_config "$dir" "$user")
+  if pid_alive "$pid_file" && [ "$config" = "$(cat "$dir/config.yml" 2>/dev/null)" ] \
+    && { [ -z "$user" ] || htpasswd -vi "$dir/htpasswd" "$user" <"$password_file" >/dev/null 2>&1; }; then
+    addr=$(sed -n 's/^REGISTRY=//p' "$env_file" 2>/dev/null)
+    if [ -n "$addr" ] && registry_answers "$addr"; then
+      echo "REGISTRY=$addr"
+      return 0
+    fi
+  fi
+  if pid_alive "$pid_file"; then stop_pid "$pid_file" "registry $name"; fi
+  rm -f "$pid_file" "$env_file"
+  echo "$config" >"$dir/config.yml"
+  if [ -n "$user" ]; then
+    # -i: the password from stdin, never on a command line; -B: bcrypt, the only hash distribution takes
+    htpasswd -iBc "$dir/htpasswd" "$user" <"$password_file" 2>>"$log" || die "htpasswd failed; see $log"
+  fi
+  : >"$log"  # fresh, so the port read below is this run's
+  # setsid, as for the engine: a Ctrl-C in the caller does not take the registry down mid-teardown.
+  setsid docker-registry serve "$dir/config.yml" </dev/null >>"$log" 2>&1 &
+  echo "$!" >"$pid_file"
+  for _ in $(seq 1 $((READY_TIMEOUT_S * 20))); do
+    addr=$(sed -n 's/.*listening on \(127\.0\.0\.1:[0-9]*\).*/\1/p' "$log" | tail -n 1)
+    if [ -n "$addr" ] && registry_answers "$addr"; then
+      echo "REGISTRY=$addr" >"$env_file"
+      say "registry $name (pid $(cat "$pid_file")) serves http://$addr${user:+ (basic auth, user $user)}"
+      echo "REGISTRY=$addr"
+      return 0
+    fi
+    pid_alive "$pid_file" || break
+    sleep 0.05
+  done
+  say "registry $name did not answer within ${READY_TIMEOUT_S} s; last log lines:"
+  tail -n 15 "$log" >&2
+  stop_pid "$pid_file" "registry $name"
+  return 1
+}
+
+stop_registry() {
+  local name=${1:-local}
+  stop_pid "$ENGINE_DIR/registry-$name/registry.pid" "registry $name"
+  rm -f "$ENGINE_DIR/registry-$name/registry.env"
+}
+
 # --- main -----------------------------------------------------------------------------------------
 
 finish() {
@@ -217,8 +340,13 @@ finish() {
 main() {
   mkdir -p "$ENGINE_DIR"
   command -v curl >/dev/null || need curl curl
-  if [ "${1:-start}" = stop ]; then stop_engine; return 0; fi
-  [ "${1:-start}" = start ] || die "usage: $0 [start|stop]"
+  case ${1:-start} in
+    start) ;;
+    stop) stop_engine; return 0 ;;
+    registry) shift; start_registry "$@"; return ;;
+    registry-stop) shift; stop_registry "$@"; return 0 ;;
+    *) die "usage: $0 [start | stop | registry [NAME [USER PASSWORD_FILE]] | registry-stop [NAME]]" ;;
+  esac
 
   local url candidates=("unix://$SOCK")
   [ -n "${DOCKER_HOST:-}" ] && candidates+=("$DOCKER_HOST")

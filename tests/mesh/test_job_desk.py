@@ -18,6 +18,7 @@ from mesh._jobspec import spec_hash
 from mesh._jobspec_load import load_spec
 from mesh._node import NodeConfig, open_node
 from mesh._nonces import NonceBook
+from mesh._process import EscrowFacts
 from mesh._submission import STOP, ChainFacts
 from mesh._transport import MemoryNetwork
 
@@ -86,3 +87,30 @@ async def test_submissions_are_checked_recorded_and_relayed(tmp_path: Path) -> N
         assert node.jobs[(7, CSP.lower())].spec is None
         assert NonceBook(tmp_path / "nonces.json").last(7) == 6  # on disk for a restart
         assert (await call(app, "POST", "/jobs", b"x" * 70_000))[0] == 413
+
+
+def test_escrow_facts_read_the_job_each_time_and_the_csps_admission_at_most_once_per_ttl() -> None:
+    from contracts import Chain, CspStatus
+
+    from ..contracts.world import build_world
+
+    world = build_world(Chain.embedded())
+    job_id = world.new_job()
+    calls: list[str] = []
+    for name in ("get_job", "admitted_until", "csp_status"):  # count the chain reads, then make them
+        real = getattr(world.escrow, name)
+        setattr(world.escrow, name, lambda *a, _n=name, _f=real: (calls.append(_n), _f(*a))[1])
+    clock = [100.0]
+    facts = EscrowFacts(world.escrow, csp_ttl_s=5.0, clock=lambda: clock[0])
+    first = facts(job_id, world.csp)
+    assert first.job is not None
+    assert first.job.job_id == job_id
+    assert first.csp_status is CspStatus.ACTIVE
+    assert facts(999, world.csp).job is None  # no such job: read, not cached
+    world.escrow.set_csp_status(world.csp, CspStatus.SUSPENDED, sender=world.admin)
+    clock[0] += 4.9
+    assert facts(job_id, world.csp).csp_status is CspStatus.ACTIVE  # within the TTL: the cached admission
+    clock[0] += 0.1
+    assert facts(job_id, world.csp).csp_status is CspStatus.SUSPENDED  # read again: the suspension bites
+    assert calls == ["get_job", "admitted_until", "csp_status", "get_job", "get_job",
+                     "get_job", "admitted_until", "csp_status"]

@@ -45,3 +45,21 @@ async def test_an_unreachable_chain_keeps_the_last_view() -> None:
     await view.refresh()
     assert view.failures == 1
     assert view.is_eligible("0xabc")
+
+
+async def test_no_new_block_no_second_pass_over_the_licenses() -> None:
+    fetched: list[int] = []
+    block, eligible = [7], [frozenset({"0xabc"})]
+
+    def fetch() -> frozenset[str]:
+        fetched.append(block[0])
+        return eligible[0]
+
+    view = LicenseView(fetch, ChainWorker(), block=lambda: block[0])
+    await view.refresh()
+    await view.refresh()  # same block: the last pass stands
+    assert fetched == [7]
+    block[0], eligible[0] = 8, frozenset()  # a block with a ban in it
+    await view.refresh()
+    assert fetched == [7, 8]
+    assert not view.is_eligible("0xabc")

@@ -11,13 +11,15 @@ from pathlib import Path
 
 import trio
 import trio.testing
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mesh._jobspec import JobSpec, spec_hash
 from mesh._jobspec_load import load_spec
 from mesh._membership import PeerState
 from mesh._node import Node
 from mesh._placement import rank
-from mesh._scheduler import assignment, plan, run_scheduler
+from mesh._scheduler import PlanMemo, assignment, plan, run_scheduler
 from mesh._submission import STOP
 from mesh._transport import MemoryNetwork
 from mesh._wire_capacity import Capacity, Resources
@@ -147,3 +149,38 @@ def test_a_node_claims_no_more_replicas_than_one_claim_set_carries() -> None:
     # and the full node, planning again with the other's claims, keeps what it has and takes nothing new
     claims = first.claims.as_claims(IDS[0].address) + second.claims.as_claims(IDS[1].address)
     assert plan(IDS[0].address, 2_000, jobs, claims, caps, yes, yes).holding == first.holding
+
+
+@settings(max_examples=150, deadline=None)
+@given(ops=st.lists(st.tuples(st.sampled_from(["job", "stop", "round", "time", "die", "revive", "ban"]),
+                              st.integers(0, 3), st.integers(1, 12)), min_size=1, max_size=30))
+def test_a_memo_only_saves_work_every_plan_equals_one_from_scratch(ops: list[tuple[str, int, int]]) -> None:
+    # a random history of a view (jobs come and stop, nodes plan in rounds, time passes, nodes die,
+    # come back, lose their license); at every step each node's memoized plan equals a fresh one
+    total = Resources(cpu_millis=200, memory_mb=4096, gpus=0, disk_mb=0)  # room for 2 replicas of 100 m: full nodes
+    addresses = [i.address for i in IDS[:4]]
+    caps = {a: Capacity(version=1, total=total, free=total, tags=("runner:car",)) for a in addresses}
+    base = SPEC.model_copy(update={"placement": SPEC.placement.model_copy(update={"include": ()}),
+                                   "resources": SPEC.resources.model_copy(update={"cpu_millis": 100})})
+    jobs: dict[int, JobSpec | None] = {}
+    held: dict[str, list] = {a: [] for a in addresses}
+    eligible, alive = dict.fromkeys(addresses, True), dict.fromkeys(addresses, True)
+    memos = {a: PlanMemo() for a in addresses}
+    now = 1_000
+    for op, who, n in ops:
+        node = addresses[who]
+        if op == "job":
+            jobs[n] = base.model_copy(update={"replicas": 1 + n % 3})
+        elif op == "stop" and n in jobs:
+            jobs[n] = None
+        elif op == "time":
+            now += n * 2_500  # up to one lease
+        elif op in ("die", "revive", "ban"):
+            (alive if op != "ban" else eligible)[node] = op == "revive"
+        claims = [c for a in addresses for c in held[a]]
+        for a in addresses:
+            fresh = plan(a, now, jobs, claims, caps, eligible, alive, lease_ms=10_000)
+            memoized = plan(a, now, jobs, claims, caps, eligible, alive, lease_ms=10_000, memo=memos[a])
+            assert memoized == fresh
+            if op == "round":
+                held[a] = fresh.claims.as_claims(a)
