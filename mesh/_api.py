@@ -21,6 +21,7 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from ._job_desk import JobDesk
+from ._job_events import JobEvents
 from ._logs import LogDesk
 from ._node import Node
 from ._submission import LogRequest, Submission
@@ -62,7 +63,8 @@ OPENAPI: dict[str, Any] = {
                               "responses": {"200": {"description": "ok"}}}},
         "/metrics": {"get": {"summary": "Prometheus text exposition", "responses": {"200": {"description": "ok"}}}},
         "/jobs": {
-            "get": {"summary": "Every job this node knows of: the newest action of its CSP and the claims on it",
+            "get": {"summary": "Every job this node knows of: the newest action of its CSP, the claims on it and "
+                           "its recent events as this node saw them",
                     "responses": {"200": {"description": "ok"}}},
             "post": {"summary": "Submit a CSP-signed job (or stop) to the mesh; checked against the escrow",
                      "requestBody": {"content": {"application/json": {"schema": {
@@ -109,8 +111,9 @@ class NodeApi:
     """ASGI application over a running ``Node``."""
 
     def __init__(self, node: Node, *, peer_id: str, addrs: Callable[[], list[str]], operator_token: str,
-                 desk: JobDesk | None = None, logs: LogDesk | None = None) -> None:
+                 desk: JobDesk | None = None, logs: LogDesk | None = None, events: JobEvents | None = None) -> None:
         self.node = node
+        self.events = events
         self.desk = desk
         self.logs = logs
         self.peer_id = peer_id
@@ -180,7 +183,8 @@ class NodeApi:
                  "kind": None if known.spec is None else known.spec.kind,
                  "replicas": None if known.spec is None else known.spec.replicas,
                  "received_ms": known.received_ms,
-                 "claims": sorted(claims.get(job_id, []), key=lambda c: (c["replica"], c["node"]))}
+                 "claims": sorted(claims.get(job_id, []), key=lambda c: (c["replica"], c["node"])),
+                 "events": [] if self.events is None else [e.as_json() for e in self.events.of(job_id)]}
                 for (job_id, csp), known in sorted(self.node.jobs.items())]
 
     async def _submit(self, receive: Receive, send: Send) -> None:

@@ -178,6 +178,7 @@ def _call_libp2p(via: str, method: str, path: str, body: Any) -> tuple[int, Any]
         raise MeshError(f"node {via} answered nonsense over libp2p: {exc}") from exc
 
 
+EVENTS_SHOWN = 10  # per job, in the table view (--json gives all the node keeps)
 _via = click.option("--via", required=True,
                     help="Any node: its API URL (http://127.0.0.1:8700) or its libp2p multiaddr "
                          "(/ip4/127.0.0.1/tcp/4001/p2p/16Uiu2...).")
@@ -249,7 +250,16 @@ def status(ctx: click.Context, job_id: int | None, via: str) -> None:
             left = "-" if c["lease_until_ms"] is None else f"{(c['lease_until_ms'] - now_ms) / 1000:.0f} s"
             table.add_row(str(j["job_id"]), j["name"] or "-", j["kind"] or "-", state, str(c["replica"]),
                           c["node"], c["state"], str(c["restarts"]), str(c["generation"]), left)
-    Console().print(table)
+    console = Console()
+    console.print(table)
+    for j in jobs:  # the newest events, as the node asked saw them
+        if j.get("events"):
+            console.print(f"recent events of job {j['job_id']} (as {via} saw them):")
+            for e in j["events"][-EVENTS_SHOWN:]:
+                when = time.strftime("%H:%M:%S", time.localtime(e["at_ms"] / 1000))
+                replica = "" if e["replica"] is None else f" replica {e['replica']}"
+                where = "" if e["node"] is None else f" on {e['node']}"
+                console.print(f"  {when} {e['what']}{replica}{where}: {e['detail']}", highlight=False)
 
 
 @job.command("logs")

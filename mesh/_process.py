@@ -39,6 +39,7 @@ from ._api import API_PROTOCOL, API_TIMEOUT_S, MAX_API_REQUEST_BYTES, NodeApi
 from ._engine import EngineUnavailable, connect_engine
 from ._identity import NodeIdentity
 from ._job_desk import JobDesk
+from ._job_events import JobEvents
 from ._license_view import ChainWorker, LicenseView, fetch_eligible
 from ._logs import PROTOCOL as LOGS_PROTOCOL
 from ._logs import LogDesk
@@ -170,7 +171,7 @@ async def serve_node(identity: NodeIdentity, settings: NodeSettings, token_file:
         async with open_node(gossip, identity, transport, detect_capacity(tags), view.is_eligible,
                              bootstrap=settings.bootstrap,
                              escrow=None if escrow is None else (chain.chain_id, escrow.address)) as node:
-            desk, logs = None, None
+            desk, logs, events = None, None, JobEvents()
             if escrow is not None:
                 facts = EscrowFacts(escrow)
 
@@ -184,14 +185,14 @@ async def serve_node(identity: NodeIdentity, settings: NodeSettings, token_file:
                 transport.set_handler(LOGS_PROTOCOL, logs.serve, max_request_bytes=logs.config.max_request_bytes,
                                       timeout_s=logs.config.holder_timeout_s)
                 if runner is None:
-                    await nursery.start(run_scheduler, node)
+                    await nursery.start(partial(run_scheduler, node, events=events))
                 else:
                     reconciler = Reconciler(runner, on_change=node.notify)
                     await nursery.start(reconciler.run)
                     await nursery.start(partial(run_scheduler, node, on_plan=reconciler.offer,
-                                                states=reconciler.state_of))
+                                                states=reconciler.state_of, events=events))
             api = NodeApi(node, peer_id=peer_id_of(identity), addrs=transport.addrs, operator_token=token, desk=desk,
-                          logs=logs)
+                          logs=logs, events=events)
             # CLI clients dialling in over libp2p get the same app (``--via /ip4/.../p2p/...``)
             transport.set_handler(API_PROTOCOL, api.answer, max_request_bytes=MAX_API_REQUEST_BYTES,
                                   timeout_s=API_TIMEOUT_S)

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field, replace
 
 import trio
 
+from ._job_events import JobEvents
 from ._jobspec import JobSpec
 from ._membership import PeerState
 from ._node import Node
@@ -34,7 +35,7 @@ from ._trio_types import TaskStatus
 from ._wire_capacity import Capacity, Resources
 from ._wire_claim import MAX_CLAIMS, ClaimEntry, Claims, ReplicaState
 
-PLAN_GAP_S = 0.05  # the least time between two plans
+PLAN_GAP_S = 0.25  # the least time between two plans (and two claim set versions) of a node
 STARTUP_WAIT_INTERVALS = 3  # heartbeat intervals a node waits for its first neighbour before planning alone
 LEASE_MS = 30_000  # liveness, not lease expiry, moves a replica; the lease only bounds a lost release
 
@@ -118,6 +119,10 @@ class PlanMemo:
         self.winners[job_id] = (key, expires, winners)
         return winners
 
+    def last_winners(self) -> dict[int, dict[int, Claim]]:
+        """Each job's winning claims as the last plan resolved them."""
+        return {job_id: winners for job_id, (_, _, winners) in self.winners.items()}
+
     def forget_except(self, jobs: Mapping[int, object]) -> None:
         for table in (self.demands, self.winners):
             for gone in set(table) - set(jobs):
@@ -166,6 +171,12 @@ def plan(me: str, now_ms: int, jobs: Mapping[int, JobSpec | None], claims: Seque
         # claiming one replica frees nothing, but a claim uses room: later jobs see less free here
         nodes = [replace(n, free=minus(n.free, [demand.resources]), slots=n.slots - 1)
                  if n.address == me and decision.claim else n for n in nodes]
+    if any(e.lease_until_ms == now_ms + lease_ms for e in entries):
+        # the set is re-signed anyway (a claim or a renewal): renew every entry with it, so all
+        # leases end together and the next renewal is one new set a half-lease later (renewals
+        # spread over time re-signed and flooded the whole set every plan, and every other node
+        # re-planned on each copy)
+        entries = [e.model_copy(update={"lease_until_ms": now_ms + lease_ms}) for e in entries]
     specs = {job_id: spec for job_id in holding if (spec := jobs[job_id]) is not None}
     return Plan(Claims(claims=tuple(entries)), holding, specs)
 
@@ -193,6 +204,14 @@ def view_of(node: Node, memo: PlanMemo | None = None) -> tuple[dict[int, JobSpec
     return jobs, claims, capacities, eligible, alive
 
 
+def actions_of(node: Node) -> dict[int, tuple[int, bool]]:
+    """Job -> (newest nonce, stopped) for the jobs ``node`` places (one CSP per job id)."""
+    seen: dict[int, list[tuple[int, bool]]] = defaultdict(list)
+    for (job_id, _csp), known in node.jobs.items():
+        seen[job_id].append((known.nonce, known.spec is None))
+    return {job_id: actions[0] for job_id, actions in seen.items() if len(actions) == 1}
+
+
 def assignment(node: Node, job_id: int) -> dict[int, str]:
     """Replica -> node for one job, as ``node`` sees it (what ``job status`` and oracles show)."""
     jobs, claims, capacities, eligible, alive = view_of(node)
@@ -209,7 +228,7 @@ def step(node: Node, lease_ms: int = LEASE_MS, states: ReplicaStates = _claimed,
 
 
 async def run_scheduler(node: Node, *, lease_ms: int = LEASE_MS, on_plan: Callable[[Plan], None] | None = None,
-                        states: ReplicaStates = _claimed,
+                        states: ReplicaStates = _claimed, events: JobEvents | None = None,
                         task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
     """Re-plan whenever the view changes (a job, a claim set, a liveness verdict, a capacity, a
     replica's state here), and at least every quarter lease (renewals); hand each plan to
@@ -230,6 +249,8 @@ async def run_scheduler(node: Node, *, lease_ms: int = LEASE_MS, on_plan: Callab
         gap = max(PLAN_GAP_S, 2 * (time.perf_counter() - began))
         if on_plan is not None:
             on_plan(result)
+        if events is not None:
+            events.observe(node.now_ms(), actions_of(node), memo.last_winners(), node.claims)
         with trio.move_on_after(lease_ms / 4000):
             await changed.wait()
         await trio.sleep_until(began_at + gap)

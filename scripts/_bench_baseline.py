@@ -834,3 +834,41 @@ if __name__ == "__main__":
         trio.run(_worker, int(sys.argv[2]), int(sys.argv[3]), sys.argv[4])
     else:
         print(json.dumps(_smoke(), indent=2))
+
+
+# --------------------------------------------------------------------------------------------
+# helpers shared by the benchmarks that run ``deedmesh node run`` processes and write JSON
+
+NODE_PASSWORD = "bench"
+
+
+def spawn_node(i: int, ident: NodeIdentity, workdir: Path, rpc: str, record: Path, ready: list[dict[str, Any]],
+               extra: Sequence[str] = (), stderr: Any = subprocess.DEVNULL) -> subprocess.Popen[str]:
+    """Start node ``i`` as a ``deedmesh node run`` process (bootstrapping to the first node in
+    ``ready``), wait for its ready line and append it to ``ready``; the caller stops the process."""
+    from contracts._anvil import free_port
+    from mesh._identity import write_keystore
+
+    key = write_keystore(workdir / f"node{i}.json", ident, NODE_PASSWORD, scrypt_n=2**10)
+    args = [str(Path(sys.executable).parent / "deedmesh"), "node", "run", "--key", str(key), "--rpc", rpc,
+            "--deployment", str(record), "--api-port", str(free_port()), *extra]
+    if ready:
+        args += ["--bootstrap", ready[0]["addrs"][0]]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=stderr, text=True,
+                            env=os.environ | {"DEEDMESH_KEY_PASSWORD": NODE_PASSWORD})
+    assert proc.stdout is not None
+    import select
+    if not select.select([proc.stdout], [], [], 90)[0]:
+        proc.kill()
+        proc.wait()
+        raise TimeoutError(f"node {i} did not start")
+    ready.append(json.loads(proc.stdout.readline()))
+    return proc
+
+
+def write_result(path: Path, out: dict[str, Any]) -> None:
+    """Write a benchmark's figures (plus the machine's CPU count and load) as JSON, and print them."""
+    out = out | {"machine": {"cpus": os.cpu_count(), "load_1min_at_end": os.getloadavg()[0]}}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out, indent=2, default=str) + "\n")
+    print(json.dumps(out, indent=2, default=str))

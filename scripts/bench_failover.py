@@ -13,8 +13,6 @@ Usage: ``python scripts/bench_failover.py [--trials N]``.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import random
 import subprocess
 import sys
@@ -28,7 +26,7 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _bench_baseline import node_identity, percentile, quiet_libp2p_logs
+from _bench_baseline import node_identity, percentile, quiet_libp2p_logs, write_result
 
 from mesh._engine import DEFAULT_ENGINE_DIR, connect_engine
 from mesh._identity import NodeIdentity
@@ -152,11 +150,8 @@ def main() -> None:
     out = {"failover_s": {"p50": round(percentile(times, 50), 2), "p99": round(percentile(times, 99), 2),
                           "trials": [round(t, 2) for t in times]},
            "settings": {"heartbeat_interval_s": 1.0, "dead_after_intervals": 2.75, "nodes": 3,
-                        "transport": "libp2p, one process", "engine": "dockerd (scripts/engine.sh)"},
-           "machine": {"cpus": os.cpu_count(), "load_before": os.getloadavg()[0]}}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(out, indent=2) + "\n")
-    print(json.dumps(out, indent=2))
+                        "transport": "libp2p, one process", "engine": "dockerd (scripts/engine.sh)"}}
+    write_result(args.out, out)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,6 @@ import argparse
 import json
 import os
 import random
-import select
 import signal
 import subprocess
 import sys
@@ -50,11 +49,11 @@ from _bench_baseline import (
     propagation_inprocess,
     propagation_processes,
     quiet_libp2p_logs,
+    spawn_node,
 )
 
 from contracts import Anvil, Chain, DeployConfig, deploy
-from contracts._anvil import free_port, stop_process
-from mesh._identity import write_keystore
+from contracts._anvil import stop_process
 from mesh._membership import LivenessConfig, PeerState
 from mesh._node import Node, NodeConfig, open_node
 from mesh._transport_libp2p import Libp2pTransport, open_libp2p_transport
@@ -211,18 +210,8 @@ def ours_processes(n: int, interval_ms: int, messages: int, rate_per_s: float, s
         try:
             start = time.monotonic()
             for i, ident in enumerate(idents):
-                key = write_keystore(workdir / f"node{i}.json", ident, PASSWORD, scrypt_n=2**10)
-                args = [DEEDMESH, "node", "run", "--key", str(key), "--rpc", anvil.url, "--deployment", str(record),
-                        "--api-port", str(free_port()), "--heartbeat-interval-ms", str(interval_ms)]
-                if ready:
-                    args += ["--bootstrap", ready[0]["addrs"][0]]
-                proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                                        env=os.environ | {"DEEDMESH_KEY_PASSWORD": PASSWORD})
-                procs.append(proc)
-                assert proc.stdout is not None
-                if not select.select([proc.stdout], [], [], 90)[0]:
-                    raise TimeoutError(f"node {i} did not start")
-                ready.append(json.loads(proc.stdout.readline()))
+                procs.append(spawn_node(i, ident, workdir, anvil.url, record, ready,
+                                        ["--heartbeat-interval-ms", str(interval_ms)]))
             apis = [r["api"] for r in ready]
 
             def states(i: int) -> dict[str, Any]:

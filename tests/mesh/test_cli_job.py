@@ -159,6 +159,17 @@ def test_deploy_status_logs_and_stop_through_either_node_by_url_or_multiaddr(
         # and job status from either node shows both replicas healthy (the example checks every 5 s)
         wait_for(lambda: [c["state"] for c in seen_by(nodes[1])["claims"]] == ["healthy", "healthy"], 30,
                  "both replicas healthy in job status")
+        # with its recent events, as that node saw them: the submission, each replica placed and healthy
+        events = {(e["what"], e["replica"], e["node"], e["detail"]) for e in seen_by(nodes[1])["events"]}
+        assert ("submitted", None, None, f"nonce {accepted['nonce']}") in events
+        for c in claims:
+            assert ("placed", c["replica"], c["node"], "generation 1") in events
+        wait_for(lambda: {(e["replica"], e["node"]) for e in seen_by(nodes[1])["events"] if e["detail"] == "healthy"}
+                 == {(c["replica"], c["node"]) for c in claims}, 10, "healthy events for both replicas")
+        table = run_cli("job", "status", str(job_id), "--via", nodes[1].api, as_json=False)
+        assert table.exit_code == 0, table.output
+        assert f"recent events of job {job_id}" in table.output
+        assert "placed replica 0 on" in table.output
 
         # each replica's log, through the node that does not run it (over HTTP, then over libp2p)
         for claim, via in zip(claims, ("api", "p2p"), strict=True):

@@ -14,6 +14,7 @@ import trio.testing
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from mesh._job_events import JobEvents
 from mesh._jobspec import JobSpec, spec_hash
 from mesh._jobspec_load import load_spec
 from mesh._membership import PeerState
@@ -32,19 +33,22 @@ SPEC = load_spec(Path(__file__).resolve().parents[2] / "examples" / "car-web.yam
 
 
 PLANS: dict[str, int] = {}  # node -> how many plans its scheduler has made
+EVENTS: dict[str, JobEvents] = {}  # node -> the job history it keeps
 
 
 @asynccontextmanager
 async def scheduled(network: MemoryNetwork, n: int) -> AsyncIterator[list[Node]]:
     PLANS.clear()
+    EVENTS.clear()
     async with mesh(network, IDS[:n], escrow=ESCROW) as nodes, trio.open_nursery() as nursery:
         for node in nodes:
             PLANS[node.address] = 0
+            EVENTS[node.address] = JobEvents()
 
             def count(_: object, address: str = node.address) -> None:
                 PLANS[address] += 1
 
-            await nursery.start(partial(run_scheduler, node, on_plan=count))
+            await nursery.start(partial(run_scheduler, node, on_plan=count, events=EVENTS[node.address]))
         await until(lambda: all_alive(nodes))
         yield nodes
         nursery.cancel_scope.cancel()
@@ -84,6 +88,12 @@ async def test_replicas_land_on_distinct_nodes_move_on_failure_and_are_yielded_o
         await until(lambda: returning.state_of(taker) is PeerState.ALIVE)
         await until(lambda: placed(nodes) == moved)  # the returning node yields to the takeover
         await until(lambda: all(c.job_id != 7 for c in returning.claims[gone].claims))
+        # a survivor's history of the job: submitted, both replicas placed, replica 0 moved to the taker
+        history = [(e.what, e.replica, e.node) for e in EVENTS[taker].of(7)]
+        assert history[0] == ("submitted", None, None)
+        assert {("placed", 0, gone), ("placed", 1, first[1])} <= set(history)
+        assert ("moved", 0, taker) in history
+        assert all(e.what not in ("moved", "unplaced") or e.replica == 0 for e in EVENTS[taker].of(7))
 
 
 async def test_a_stop_releases_every_replica_and_a_job_that_fits_nowhere_is_not_placed(

@@ -1,0 +1,100 @@
+"""Recent events of each job as one node saw them, for ``job status``: the CSP's actions, where each
+replica was placed and moved, and how it is doing (state, restarts).
+
+Nothing here is gossiped: every node derives its own history from what its view shows after each
+plan (the winning claims of each job, the state and restart count each holder publishes in its
+claim set, the newest submission relayed for the job). Any node's history is therefore a faithful
+account of what that node saw, timed by its clock; two nodes' histories agree on the facts, not
+necessarily on the times. Each job keeps its newest ``MAX_EVENTS`` events; a job the node forgets
+takes its history with it.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from ._placement import Claim
+from ._wire_claim import Claims
+
+MAX_EVENTS = 20  # per job
+
+
+@dataclass(frozen=True)
+class JobEvent:
+    at_ms: int  # this node's wall clock
+    job_id: int
+    what: str  # submitted, stopped, placed, moved (to ``node``), unplaced, state, restarted
+    replica: int | None = None
+    node: str | None = None
+    detail: str = ""
+
+    def as_json(self) -> dict[str, object]:
+        return {"at_ms": self.at_ms, "what": self.what, "replica": self.replica, "node": self.node,
+                "detail": self.detail}
+
+
+# what one node last saw of one replica: holder, generation, state, restarts
+_Seen = tuple[str, int, str, int]
+
+
+class JobEvents:
+    """The bounded event history of every job a node knows."""
+
+    def __init__(self, max_events: int = MAX_EVENTS) -> None:
+        self.max_events = max_events
+        self._events: dict[int, deque[JobEvent]] = {}
+        self._replicas: dict[int, dict[int, _Seen]] = {}
+        self._last_holder: dict[int, dict[int, str]] = {}  # job -> replica -> its last holder, placed or not
+        self._actions: dict[int, tuple[int, bool]] = {}  # job -> (newest nonce, stopped)
+
+    def of(self, job_id: int) -> list[JobEvent]:
+        return list(self._events.get(job_id, ()))
+
+    def observe(self, now_ms: int, actions: Mapping[int, tuple[int, bool]],
+                winners: Mapping[int, Mapping[int, Claim]], claim_sets: Mapping[str, Claims]) -> None:
+        """Record what changed since the last call. ``actions``: job -> (newest nonce, stopped);
+        ``winners``: job -> replica -> winning claim; ``claim_sets``: node -> its claim set (for the
+        state and restarts it reports)."""
+        reported = {(c.job_id, c.replica, node): (c.state, c.restarts)
+                    for node, held in claim_sets.items() for c in held.claims}
+        for job_id in set(self._actions) - set(actions):
+            self._events.pop(job_id, None)
+            self._replicas.pop(job_id, None)
+            self._last_holder.pop(job_id, None)
+            self._actions.pop(job_id, None)
+        for job_id, (nonce, stopped) in sorted(actions.items()):
+            if self._actions.get(job_id) != (nonce, stopped):
+                self._actions[job_id] = (nonce, stopped)
+                self._add(JobEvent(now_ms, job_id, "stopped" if stopped else "submitted", detail=f"nonce {nonce}"))
+            seen = self._replicas.setdefault(job_id, {})
+            now: dict[int, _Seen] = {}
+            for r, c in winners.get(job_id, {}).items():
+                state, restarts = reported.get((job_id, r, c.node), ("claimed", 0))
+                now[r] = (c.node, c.generation, state, restarts)
+            for replica in sorted(set(seen) | set(now)):
+                self._compare(now_ms, job_id, replica, seen.get(replica), now.get(replica))
+            self._replicas[job_id] = now
+
+    def _compare(self, at: int, job_id: int, replica: int, before: _Seen | None, after: _Seen | None) -> None:
+        if after is None:
+            assert before is not None
+            self._add(JobEvent(at, job_id, "unplaced", replica, before[0], f"was on {before[0]}"))
+            return
+        node, generation, state, restarts = after
+        last = self._last_holder.setdefault(job_id, {}).get(replica)
+        self._last_holder[job_id][replica] = node
+        if last is None:
+            self._add(JobEvent(at, job_id, "placed", replica, node, f"generation {generation}"))
+        elif last != node:  # directly, or after a while unplaced (its holder died)
+            self._add(JobEvent(at, job_id, "moved", replica, node, f"from {last}, generation {generation}"))
+        elif before is None:
+            self._add(JobEvent(at, job_id, "placed", replica, node, f"again, generation {generation}"))
+        if (before is None or before[0] != node or before[2] != state) and state != "claimed":
+            self._add(JobEvent(at, job_id, "state", replica, node, state))
+        if before is not None and before[0] == node and restarts > before[3]:
+            self._add(JobEvent(at, job_id, "restarted", replica, node, f"{restarts} restarts"))
+
+    def _add(self, event: JobEvent) -> None:
+        self._events.setdefault(event.job_id, deque(maxlen=self.max_events)).append(event)

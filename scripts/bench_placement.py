@@ -1,0 +1,201 @@
+"""Placement benchmark: 1,000 job submissions over 20 nodes until every replica is claimed.
+Writes ``benchmarks/placement.json`` with ``jobs_per_s``.
+
+Set-up (not timed): anvil on 127.0.0.1; the contracts deployed; 20 licensed node keys; one
+admitted CSP that funds ``--jobs`` jobs in the escrow (one transaction each); 20 ``deedmesh node
+run`` processes with 2 s heartbeats. The nodes run with ``--engine none`` and the tag
+``runner:car``: they place and claim CAR replicas without starting containers, because this
+measures placement (container start is ``bench_failover``'s part).
+
+Timed: the CSP's signed submissions go to the 20 nodes' HTTP APIs round-robin, ``--clients`` at a
+time (each checked by its node against the escrow on anvil, then relayed to the mesh). The clock
+stops when one node (node 0) sees every replica of every job claimed exactly once: each job's
+claims name replicas 0..R-1, one claim each. ``jobs_per_s`` = jobs / that time. The CPU the node
+processes used in the timed window is reported too (2 cores in all on this machine).
+
+Usage: ``python scripts/bench_placement.py [--jobs 1000] [--nodes 20] [--replicas 2]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from eth_account import Account
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _bench_baseline import node_identity, spawn_node, write_result
+
+from contracts import Anvil, Chain, DeployConfig, Epoch, JobParams, TokenUnits, csp_admission, deploy, sign
+from contracts._anvil import stop_process
+from mesh._jobspec import spec_hash
+from mesh._jobspec_load import parse_spec
+from mesh._submission import sign_submission
+
+ROOT = Path(__file__).resolve().parent.parent
+HEARTBEAT_MS = 2000
+
+
+def spec_text(i: int, replicas: int) -> str:
+    return f"""
+kind: car
+name: bench-{i}
+replicas: {replicas}
+resources: {{cpu_millis: 10, memory_mb: 16}}
+car: {{image: "localhost/deedmesh-busybox:1", command: [httpd, -f, -p, "8080"], pull: never}}
+"""
+
+
+def http(url: str, body: bytes | None = None, timeout: float = 30) -> tuple[int, Any]:
+    req = urllib.request.Request(url, data=body, method="POST" if body is not None else "GET",
+                                 headers={"content-type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"null")
+
+
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def all_claimed(api: str, jobs: set[int], replicas: int) -> tuple[bool, int]:
+    """Whether ``api``'s node sees each job's replicas 0..R-1 claimed once each; and how many jobs are."""
+    _, known = http(f"{api}/jobs", timeout=60)
+    done = 0
+    for job in known:
+        if job["job_id"] in jobs and sorted(c["replica"] for c in job["claims"]) == list(range(replicas)):
+            done += 1
+    return done == len(jobs), done
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--jobs", type=int, default=1000)
+    parser.add_argument("--nodes", type=int, default=20)
+    parser.add_argument("--replicas", type=int, default=2)
+    parser.add_argument("--clients", type=int, default=20, help="submissions in flight at once")
+    parser.add_argument("--deadline-s", type=float, default=600, help="give up this long after the first submission")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "placement.json")
+    parser.add_argument("--keep", type=Path, help="keep the node logs in this folder")
+    args = parser.parse_args()
+    idents = [node_identity(4242, i) for i in range(args.nodes)]
+    csp_key = bytes.fromhex("c5" * 32)
+    attester = Account.from_key("0x" + "a7" * 32)
+    procs: list[subprocess.Popen[str]] = []
+    with Anvil() as anvil, tempfile.TemporaryDirectory(prefix="deedmesh-bench-placement-") as tmp:
+        work = args.keep or Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        chain = Chain.connect(anvil.url)
+        a = chain.accounts
+        # hour-long epochs: funding 1,000 jobs takes longer than a devnet epoch of 10 s
+        dep = deploy(chain, replace(DeployConfig.devnet(), epoch_seconds=3600), admin=a[0], oracles=[a[1], a[2], a[3]],
+                     attester=attester.address)
+        record = work / "deployment.json"
+        record.write_text(dep.to_json())
+        licenses, escrow, token = dep.licenses(chain), dep.escrow(chain), dep.payment_token(chain)
+        for ident in idents:
+            lic = licenses.mint(a[5], sender=a[0])
+            licenses.link_node(lic, ident.address, sender=a[5])
+        csp = Account.from_key(csp_key)
+        chain.send_value(a[0], csp.address, 10**20)
+        chain.add_signer(csp)
+        licenses.mint(csp.address, sender=a[0])  # the deed a CSP needs to be admitted
+        kyc, until = b"kyc".ljust(32, b"\0"), chain.now() + 86_400
+        escrow.admit_csp(csp.address, kyc, until, 1,
+                         sign(csp_admission(escrow.domain(), csp.address, kyc, until, 1), attester.key),
+                         sender=a[0])
+        specs = [parse_spec(spec_text(i, args.replicas)) for i in range(args.jobs)]
+        price, epochs = 1, 2
+        token.mint(csp.address, price * args.replicas * epochs * args.jobs, sender=a[0])
+        token.approve(escrow.address, price * args.replicas * epochs * args.jobs, sender=csp.address)
+        start_epoch = Epoch(escrow.current_epoch() + 1)
+        t = time.monotonic()
+        job_ids = []
+        for i, spec in enumerate(specs):
+            job_ids.append(escrow.create_job(JobParams(spec_hash=spec_hash(spec), token=token.address,
+                                                       replicas=args.replicas, epochs=epochs, start_epoch=start_epoch,
+                                                       price_per_node_epoch=TokenUnits(price)), sender=csp.address))
+            if i % 200 == 199:
+                print(f"funded {i + 1} jobs", file=sys.stderr, flush=True)
+        print(f"funding took {time.monotonic() - t:.1f} s", file=sys.stderr, flush=True)
+        expiry = int(time.time()) + 3600
+        bodies = [json.dumps({"submission": sign_submission(csp_key, chain.chain_id, escrow.address, job_id,
+                                                            spec_hash(spec), 1, expiry).model_dump(),
+                              "spec": spec.model_dump(mode="json")}).encode()
+                  for job_id, spec in zip(job_ids, specs, strict=True)]
+        ready: list[dict[str, Any]] = []
+        try:
+            for i, ident in enumerate(idents):
+                procs.append(spawn_node(i, ident, work, anvil.url, record, ready,
+                                        ["--heartbeat-interval-ms", str(HEARTBEAT_MS), "--engine", "none",
+                                         "--tag", "runner:car"], stderr=open(work / f"node{i}.log", "w")))  # noqa: SIM115
+            apis = [r["api"] for r in ready]
+            deadline = time.monotonic() + 120
+            while not all(sum(p["state"] == "alive" for p in http(f"{api}/peers")[1]) == args.nodes - 1
+                          for api in apis):
+                if time.monotonic() > deadline:
+                    raise TimeoutError("the mesh did not form")
+                time.sleep(0.5)  # polling other processes' APIs with a deadline
+            print("mesh formed; submitting", file=sys.stderr, flush=True)
+            cpu_before = sum(cpu_s(p.pid) for p in procs)
+            started = time.monotonic()
+
+            def submit(k: int) -> int:
+                status, answer = http(f"{apis[k % len(apis)]}/jobs", bodies[k])
+                if status != 202:
+                    raise RuntimeError(f"submission {k} refused: {status} {answer}")
+                return status
+
+            with ThreadPoolExecutor(args.clients) as pool:
+                list(pool.map(submit, range(args.jobs)))
+            submitted = time.monotonic() - started
+            print(f"{args.jobs} submissions accepted in {submitted:.2f} s", file=sys.stderr, flush=True)
+            wanted = set(job_ids)
+            deadline = started + args.deadline_s
+            count, complete = 0, False
+            while time.monotonic() < deadline:
+                complete, count = all_claimed(apis[0], wanted, args.replicas)
+                if complete:
+                    break
+                print(f"  {count} jobs fully claimed", file=sys.stderr, flush=True)
+                time.sleep(0.2)  # polling node 0's API with a deadline
+            elapsed = time.monotonic() - started
+            cpu = sum(cpu_s(p.pid) for p in procs) - cpu_before
+            if not complete:  # what node 0 saw, for the post-mortem; the figures below say it did not finish
+                (work / "jobs-seen-by-node0.json").write_text(json.dumps(http(f"{apis[0]}/jobs")[1]))
+                (work / "peers-seen-by-node0.json").write_text(json.dumps(http(f"{apis[0]}/peers")[1]))
+                (work / "counters-of-node0.json").write_text(json.dumps(http(f"{apis[0]}/counters")[1]))
+        finally:
+            for proc in procs:
+                stop_process(proc)
+    out = {"jobs_per_s": round(args.jobs / elapsed, 1) if complete else None,
+           "completed": complete, "jobs_fully_claimed": count,
+           "elapsed_s": round(elapsed, 2), "submissions_accepted_s": round(submitted, 2),
+           "submissions_per_s": round(args.jobs / submitted, 1),
+           "node_cpu_s": round(cpu, 1), "node_cpu_cores": round(cpu / elapsed, 2),
+           "settings": {"jobs": args.jobs, "nodes": args.nodes, "replicas": args.replicas, "clients": args.clients,
+                        "heartbeat_interval_ms": HEARTBEAT_MS, "chain": "anvil",
+                        "transport": "libp2p, one process per node", "engine": "none (placement only)"}}
+    write_result(args.out, out)
+    if not complete:
+        sys.exit(f"only {count} of {args.jobs} jobs fully claimed after {args.deadline_s} s (node 0's view: {work})")
+
+
+if __name__ == "__main__":
+    main()
