@@ -111,6 +111,9 @@ def license_registry(chain: Chain, settings: NodeSettings) -> LicenseRegistryCli
     return LicenseRegistryClient(chain, to_checksum_address(address))
 
 
+MAX_CACHED_CSPS = 1024  # above this, expired admissions are dropped from the desk's cache
+
+
 class EscrowFacts:
     """What the escrow says about a job and a CSP (blocking: call it in the chain worker).
 
@@ -132,6 +135,8 @@ class EscrowFacts:
         read_at, until, status = self._csps.get(csp, (-math.inf, 0, CspStatus.ACTIVE))
         if now - read_at >= self.csp_ttl_s:
             until, status = self.escrow.admitted_until(csp), self.escrow.csp_status(csp)
+            if len(self._csps) >= MAX_CACHED_CSPS:  # signers of many keys: keep only fresh entries
+                self._csps = {k: v for k, v in self._csps.items() if now - v[0] < self.csp_ttl_s}
             self._csps[csp] = (now, until, status)
         return ChainFacts(chain_id=self.escrow.chain.chain_id, escrow=self.escrow.address,
                           job=None if job.status is JobStatus.NONE else job, csp_admitted_until=until,

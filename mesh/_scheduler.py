@@ -196,6 +196,9 @@ def view_of(node: Node, memo: PlanMemo | None = None) -> tuple[dict[int, JobSpec
             if memo is not None:
                 memo.claim_lists[origin] = hit
         claims += hit[1]
+    if memo is not None:
+        for gone in set(memo.claim_lists) - set(node.claims):  # a forgotten (banned, long-dead) claimant
+            del memo.claim_lists[gone]
     capacities = dict(node.capacities) | {node.address: node.advertised_capacity()}
     eligible = {address: node.is_eligible(address) for address in capacities}
     # a suspect node (late beats) keeps its replicas: they move when it is dead, not on a hiccup
