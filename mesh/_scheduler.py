@@ -29,7 +29,7 @@ import trio
 from ._job_events import JobEvents
 from ._jobspec import JobSpec
 from ._membership import PeerState
-from ._node import Node
+from ._node import KnownJob, Node
 from ._placement import Claim, Demand, NodeInfo, compute_assignment, decide, resolve_claims
 from ._trio_types import TaskStatus
 from ._wire_capacity import Capacity, Resources
@@ -184,10 +184,7 @@ def plan(me: str, now_ms: int, jobs: Mapping[int, JobSpec | None], claims: Seque
 def view_of(node: Node, memo: PlanMemo | None = None) -> tuple[dict[int, JobSpec | None], list[Claim],
                                                                 dict[str, Capacity], dict[str, bool], dict[str, bool]]:
     """The inputs of ``plan`` as ``node`` sees them now."""
-    by_job: dict[int, list[JobSpec | None]] = defaultdict(list)
-    for (job_id, _csp), known in node.jobs.items():
-        by_job[job_id].append(known.spec)
-    jobs = {job_id: specs[0] for job_id, specs in by_job.items() if len(specs) == 1}
+    jobs = {job_id: known.spec for job_id, known in placeable_jobs(node).items()}
     claims: list[Claim] = []
     for origin, held in node.claims.items():
         hit = None if memo is None else memo.claim_lists.get(origin)
@@ -207,12 +204,18 @@ def view_of(node: Node, memo: PlanMemo | None = None) -> tuple[dict[int, JobSpec
     return jobs, claims, capacities, eligible, alive
 
 
-def actions_of(node: Node) -> dict[int, tuple[int, bool]]:
-    """Job -> (newest nonce, stopped) for the jobs ``node`` places (one CSP per job id)."""
-    seen: dict[int, list[tuple[int, bool]]] = defaultdict(list)
+def placeable_jobs(node: Node) -> dict[int, KnownJob]:
+    """Job id -> the newest action ``node`` knows for it, for the job ids only one CSP names (two
+    CSPs naming one job id means one record is forged; such a job is not placed, module docstring)."""
+    by_job: dict[int, list[KnownJob]] = defaultdict(list)
     for (job_id, _csp), known in node.jobs.items():
-        seen[job_id].append((known.nonce, known.spec is None))
-    return {job_id: actions[0] for job_id, actions in seen.items() if len(actions) == 1}
+        by_job[job_id].append(known)
+    return {job_id: known[0] for job_id, known in by_job.items() if len(known) == 1}
+
+
+def actions_of(node: Node) -> dict[int, tuple[int, bool]]:
+    """Job -> (newest nonce, stopped) for the jobs ``node`` places."""
+    return {job_id: (known.nonce, known.spec is None) for job_id, known in placeable_jobs(node).items()}
 
 
 def assignment(node: Node, job_id: int) -> dict[int, str]:

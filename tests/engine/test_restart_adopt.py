@@ -76,6 +76,13 @@ class Mesh:
         self.network.heal()
         return reconciler
 
+    async def start_all_with(self, spec: JobSpec) -> None:
+        """Every node started, all of them alive to each other, then ``spec`` announced."""
+        for address in IDS:
+            self.start(address)
+        await self.all_alive()
+        announce(self, spec)
+
     async def all_alive(self) -> None:
         await until(lambda: len(self.nodes) == 3 and all(len(n.membership.alive()) == 2 for n in self.nodes.values()),
                     30, "three nodes alive")
@@ -124,10 +131,7 @@ async def test_a_restarted_node_adopts_its_container_and_removes_a_leftover(engi
     try:
         async with trio.open_nursery() as nursery:
             mesh.nursery = nursery
-            for address in IDS:
-                mesh.start(address)
-            await mesh.all_alive()
-            announce(mesh, spec)
+            await mesh.start_all_with(spec)
             await until(lambda: mesh.agreed() is not None and len(mesh.agreed() or {}) == 2, 30, "two replicas placed")
             placed = mesh.agreed()
             assert placed is not None
@@ -185,10 +189,7 @@ async def test_a_replica_held_after_a_takeover_stays_through_its_holders_restart
     try:
         async with trio.open_nursery() as nursery:
             mesh.nursery = nursery
-            for address in IDS:
-                mesh.start(address)
-            await mesh.all_alive()
-            announce(mesh, spec)
+            await mesh.start_all_with(spec)
             await until(lambda: mesh.agreed() == {0: first}, 30, "the replica on the best-ranked node")
             await mesh.crash(first)
             survivors = [n for a, n in mesh.nodes.items() if a != first]
