@@ -78,7 +78,8 @@ OPENAPI: dict[str, Any] = {
                                    "409": {"description": "replayed nonce, spec or replicas not as funded"},
                                    "410": {"description": "expired"}, "413": {"description": "too large"},
                                    "422": {"description": "malformed"},
-                                   "503": {"description": "this node has no escrow, or the chain is unreachable"}}}},
+                                   "503": {"description": "this node has no escrow, the chain is unreachable, "
+                                                          "or its nonce book cannot be written"}}}},
         "/jobs/{job_id}/logs": {
             "get": {"summary": "The job's logs, for its CSP only: the signed LogRequest's fields as query "
                                "parameters (replica omitted: every replica)",
@@ -161,6 +162,7 @@ class NodeApi:
         return [{"address": p.address, "state": p.state.value, "connected": p.connected,
                  "last_seen_ms_ago": None if p.last_beat_ms is None else now - p.last_beat_ms,
                  "capacity_received_ms": p.capacity_received_ms, "state_since_ms": p.since_ms,
+                 "beat_lag_ms": p.beat_lag_ms,
                  "capacity": None if p.capacity is None else p.capacity.model_dump(mode="json")}
                 for p in self.node.view()]
 
@@ -264,7 +266,36 @@ class NodeApi:
         states = [p.state.value for p in self.node.view()]
         for state in ("alive", "suspect", "dead"):
             lines.append(f'deedmesh_peers{{state="{state}"}} {states.count(state)}')
+        lines += ["# HELP deedmesh_loop_lag_seconds The most this node's event loop ran late in the last 10 s.",
+                  "# TYPE deedmesh_loop_lag_seconds gauge", f"deedmesh_loop_lag_seconds {self.node.loop_lag_s:.3f}"]
+        frames, records = self.node.backlog
+        lines += ["# HELP deedmesh_backlog Frames received and not yet read; job and claim records waiting for "
+                  "their check.", "# TYPE deedmesh_backlog gauge",
+                  f'deedmesh_backlog{{of="frames"}} {frames}', f'deedmesh_backlog{{of="records"}} {records}']
+        jobs, doubled = self._placement()
+        lines += ["# HELP deedmesh_jobs Jobs this node knows, by placement: every replica claimed once "
+                  "(placed), some (partial), none (unplaced), or stopped.", "# TYPE deedmesh_jobs gauge"]
+        for state in ("placed", "partial", "unplaced", "stopped"):
+            lines.append(f'deedmesh_jobs{{state="{state}"}} {jobs[state]}')
+        lines += ["# HELP deedmesh_replicas_claimed_twice Replicas that more than one node claims right now.",
+                  "# TYPE deedmesh_replicas_claimed_twice gauge", f"deedmesh_replicas_claimed_twice {doubled}"]
         return "\n".join(lines) + "\n"
+
+    def _placement(self) -> tuple[dict[str, int], int]:
+        """How many known jobs are placed, partly placed, unplaced or stopped in this node's view, and
+        how many replicas more than one node claims."""
+        holders: dict[tuple[int, int], int] = {}
+        for held in self.node.claims.values():
+            for c in held.claims:
+                holders[(c.job_id, c.replica)] = holders.get((c.job_id, c.replica), 0) + 1
+        jobs = dict.fromkeys(("placed", "partial", "unplaced", "stopped"), 0)
+        for (job_id, _), known in self.node.jobs.items():
+            if known.spec is None:
+                jobs["stopped"] += 1
+                continue
+            once = sum(holders.get((job_id, r)) == 1 for r in range(known.spec.replicas))
+            jobs["placed" if once == known.spec.replicas else "partial" if once else "unplaced"] += 1
+        return jobs, sum(n > 1 for n in holders.values())
 
     async def _admin_capacity(self, scope: Scope, receive: Receive, send: Send) -> None:
         auth = dict(scope["headers"]).get(b"authorization", b"")

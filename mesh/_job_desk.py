@@ -3,8 +3,10 @@
 The desk decodes the request, recovers the CSP from its signature, reads the chain facts for that
 job and CSP (in the chain worker thread: web3 is synchronous), runs ``check_submission`` against
 the highest nonce known for the job (this node's book on disk, or a newer action already relayed
-by the mesh), records the nonce, and hands the record to the node, which relays it at once. Every
-refusal is a ``Rejected`` with its HTTP status; nothing is relayed or recorded on a refusal.
+by the mesh), records the nonce on disk, and then hands the record to the node, which relays it.
+Every refusal is a ``Rejected`` with its HTTP status; nothing is relayed or recorded on a refusal.
+A disk that cannot take the nonce is a 503 with nothing relayed; the nonce stays reserved in
+memory (a retry signs a new one).
 """
 
 from __future__ import annotations
@@ -49,8 +51,13 @@ class JobDesk:
             last = max(seen, default=None)
             check_submission(sub, facts, replicas=None if spec is None else spec.replicas, now_s=self._now_s(),
                              last_nonce=last)
+            if not self._book.record(sub.job_id, sub.nonce):  # the same nonce came in at once, on another request
+                raise Rejected("replayed", f"nonce {sub.nonce} is already being accepted for job {sub.job_id}")
+            try:
+                await self._book.flush()  # durable before relayed: a restart still refuses the replay
+            except OSError as exc:
+                return 503, {"error": "nonce-book-unwritable", "message": f"cannot record the nonce: {exc}"}
             self.node.announce_job(sub, csp, spec)
-            self._book.record(sub.job_id, sub.nonce)
         except Rejected as bad:
             return bad.status, {"error": bad.reason, "message": str(bad)}
         return 202, {"job_id": sub.job_id, "nonce": sub.nonce, "csp": csp, "stop": spec is None,

@@ -16,6 +16,7 @@ by sync alone).
 
 from __future__ import annotations
 
+import collections
 import logging
 import math
 import random
@@ -32,7 +33,7 @@ from ._identity import NodeIdentity
 from ._jobspec import JobSpec
 from ._membership import LivenessConfig, Membership, PeerState, Transition
 from ._submission import Rejected, Submission
-from ._sync import MAX_FRAME_BYTES, RecordStore, decode_frame, encode_frames, peek
+from ._sync import MAX_FRAME_BYTES, FramePacer, Peek, RecordStore, decode_frame, encode_frames, peek
 from ._transport import Message, Transport
 from ._trio_types import TaskStatus
 from ._validate import GossipState, GossipVerdict, Reject, check, record
@@ -51,6 +52,9 @@ MODELS: dict[str, type[Payload]] = {HEARTBEAT_TOPIC: Heartbeat, CAPACITY_TOPIC: 
 # a neighbour that relays these broke the protocol itself (honest nodes verify before relaying);
 # "unlicensed" is not among them: license views may lag each other by a refresh interval
 MISBEHAVIOUR = frozenset({"oversized", "malformed", "wrong-topic", "bad-signature", "malformed-payload"})
+# records checked apart from their frame (Node._backlog_loop): the costly ones, that liveness must not wait for
+DEFERRED = frozenset({JOBS_TOPIC, CLAIMS_TOPIC})
+BACKLOG_SLICE_S = 0.01  # the backlog loop yields to the others after this much work
 PEER = "peer"  # counters about connections rather than records
 SYNC = "sync"  # counters about frames
 
@@ -65,6 +69,9 @@ class NodeConfig:
     # a hop waits this long so one wave's records leave in one frame; it also caps the frames per
     # neighbour at 8 an interval when records trickle in (a loaded host); None: interval / 8
     sync_delay_s: float | None = None
+    # frames to one neighbour: up to frame_burst at once, then frame_rate a second (_sync.FramePacer)
+    frame_rate: float = 4.0
+    frame_burst: float = 8.0
     # discovery dials until this many connections: records flood along them, so 4 keeps a random
     # mesh connected (diameter ~4 at N = 50), and each more neighbour costs a frame per hop per wave
     # (N = 50 in one process, 3 runs: 0.40 core idle with 4, 0.45 with 6)
@@ -100,6 +107,7 @@ class PeerView:
     capacity_received_ms: int | None  # our clock when this capacity version reached us
     connected: bool
     since_ms: int | None  # our clock when the peer entered its current state
+    beat_lag_ms: int | None = None  # how long its freshest beat took to reach us (hops, queues)
 
 
 class Node:
@@ -120,6 +128,11 @@ class Node:
         self.transitions: list[Transition] = []
         self.state_since_ms: dict[str, int] = {}  # peer -> our clock at its last state change
         self._lag_ms: dict[str, int] = {}  # peer -> how late its freshest beat reached us (its hops)
+        # job and claim records waiting for their check, newest per key: (seq, raw, from)
+        self._backlog: dict[tuple[str, str], tuple[int, bytes, str]] = {}
+        self._backlog_ready = trio.Event()
+        self._frames: trio.MemoryReceiveChannel[Message] | None = None
+        self._loop_lags: collections.deque[float] = collections.deque(maxlen=max(1, int(10 / config.tick_s)))
         self.bootstrap = tuple(bootstrap)
         # (chain id, escrow address): the EIP-712 domain CSPs sign jobs under; without it this node
         # neither accepts nor relays job records (it cannot verify them)
@@ -135,9 +148,11 @@ class Node:
         self._urgent = trio.Event()  # ... and it is news (a capacity change): no batching delay
         self._sending: set[str] = set()  # neighbours a send is running to
         self._rush: set[str] = set()  # ... which then lack news: send again without the delay
+        self._pacer = FramePacer(config.frame_rate, config.frame_burst)
         self._dialing: set[str] = set()
         self._closing: set[str] = set()
         self._neighbours: dict[str, float] = {}  # connected peer -> trio time first seen connected
+        self._heard: dict[str, float] = {}  # neighbour -> trio time of its last frame
         self._rng = random.Random(identity.address)
         interval_s = config.liveness.heartbeat_interval_ms / 1000
         self._sync_delay_s = config.sync_delay_s if config.sync_delay_s is not None else max(0.02, interval_s / 8)
@@ -152,8 +167,21 @@ class Node:
     def view(self) -> list[PeerView]:
         connected = {self.transport.address_of(p) for p in self.transport.peers()}
         return [PeerView(p, s, self.membership.last_beat_ms(p), self.capacities.get(p),
-                         self.capacity_received_ms.get(p), p in connected, self.state_since_ms.get(p))
+                         self.capacity_received_ms.get(p), p in connected, self.state_since_ms.get(p),
+                         self._lag_ms.get(p))
                 for p, s in sorted(self.membership.peers().items())]
+
+    @property
+    def loop_lag_s(self) -> float:
+        """The most the node's event loop ran late in the last 10 s: a node behind on its work
+        also takes in its peers' beats late."""
+        return max(self._loop_lags, default=0.0)
+
+    @property
+    def backlog(self) -> tuple[int, int]:
+        """Frames received and not yet read, and job and claim records waiting for their check."""
+        frames = 0 if self._frames is None else self._frames.statistics().current_buffer_used
+        return frames, len(self._backlog)
 
     def state_of(self, peer: str) -> PeerState | None:
         return self.membership.state(peer)
@@ -235,7 +263,7 @@ class Node:
     # ---------------------------------------------------------------- records from others
 
     def _accept(self, raw: bytes, env: Envelope, payload: Payload, forwarder: str | None = None,
-                spec: JobSpec | None = None) -> None:
+                spec: JobSpec | None = None, queued_ms: int = 0) -> None:
         if not record(self.gossip, env.topic, env):
             return
         self.store.put(env.topic, env.key[1], env.seq, raw)
@@ -260,8 +288,10 @@ class Node:
         assert isinstance(payload, Heartbeat | Capacity)
         transition = None
         if isinstance(payload, Heartbeat):
-            self._lag_ms[env.origin] = self._wall_ms() - env.ts_ms
-            transition = self.membership.observe(env.origin, env.ts_ms, payload.interval_ms, self._wall_ms())
+            # the beat counts from when it reached this node, not from when this node got to it
+            arrived_ms = self._wall_ms() - queued_ms
+            self._lag_ms[env.origin] = arrived_ms - env.ts_ms
+            transition = self.membership.observe(env.origin, env.ts_ms, payload.interval_ms, arrived_ms)
         else:
             known = self.capacities.get(env.origin)
             if known is None or payload.version > known.version:
@@ -283,8 +313,10 @@ class Node:
             log.info("peer %s", t.after.value, extra={"peer": t.peer, "before": t.before and t.before.value})
 
     def _on_frame(self, msg: Message) -> None:
-        """A neighbour's sync frame: every record it carries is checked and, if fresh, kept."""
+        """A neighbour's sync frame: heartbeats and capacity records are checked and kept at once;
+        job and claim records go to the backlog (``_backlog_loop``), newest per key only."""
         peer = msg.forwarder
+        self._heard[peer] = trio.current_time()
         address = self.transport.address_of(peer)
         if address is None or not self._is_eligible(address):
             # [REJECT] frames from a peer that is not a licensed node: close the connection
@@ -296,6 +328,7 @@ class Node:
             self._cut(peer, "oversized-frame")
             return
         misbehaved = False
+        queued_ms = 0 if msg.received_at is None else max(0, int((trio.current_time() - msg.received_at) * 1000))
         for raw in decode_frame(msg.data):
             head = peek(raw)
             if head is None or head.topic not in MODELS:
@@ -304,46 +337,84 @@ class Node:
                 misbehaved = True
                 continue
             held = self.store.seq_of(head.topic, head.owner)
-            if head.seq <= held:
-                # [IGNORE] we hold this record (normal: several neighbours relay it) or a fresher one
-                # (a replay, or a neighbour that had not heard the newer record yet)
+            key = (head.topic, head.owner.lower())
+            waiting = self._backlog.get(key)
+            if head.seq <= held or (waiting is not None and head.seq <= waiting[0]):
+                # [IGNORE] we hold this record (normal: several neighbours relay it), a fresher
+                # one, or it waits in the backlog already (a replay, or a neighbour that had not
+                # heard the newer record yet)
                 self.store.holds(peer, head.topic, head.owner, head.seq)
-                self.gossip.counters[(head.topic, "IGNORE", "duplicate" if head.seq == held else "replay")] += 1
+                same = head.seq == max(held, waiting[0] if waiting else 0)
+                self.gossip.counters[(head.topic, "IGNORE", "duplicate" if same else "replay")] += 1
                 continue
-            try:
-                env, payload = check(self.gossip, head.topic, raw, MODELS[head.topic], stale_ok=True)
-            except Reject as verdict:
-                misbehaved |= verdict.reason in MISBEHAVIOUR
+            if head.topic in DEFERRED:
+                # a newer record of this key replaces the waiting one unchecked: under load only
+                # the newest claim set of a node is ever verified
+                if waiting is not None:
+                    self.gossip.counters[(head.topic, "IGNORE", "superseded")] += 1
+                self._backlog[key] = (head.seq, raw, peer)
+                self._backlog_ready.set()
                 continue
-            except GossipVerdict:
-                continue
-            spec = None
-            if isinstance(payload, JobRecord):
-                if self.escrow is None:
-                    # [IGNORE] this node cannot verify job records: it neither keeps nor relays them
-                    self.gossip.counters[(JOBS_TOPIC, "IGNORE", "no-escrow")] += 1
-                    continue
-                try:
-                    spec = check_job_record(env, payload, *self.escrow)
-                except Rejected as bad:
-                    # [REJECT] a job record whose CSP signature, subject or spec does not hold
-                    self.gossip.counters[(JOBS_TOPIC, "REJECT", bad.reason)] += 1
-                    misbehaved = True
-                    continue
-            self._accept(raw, env, payload, forwarder=peer, spec=spec)
+            misbehaved |= not self._take(raw, head, peer, queued_ms)
         if misbehaved:
             self._cut(peer, "relayed-invalid")
-        else:
+        elif not self._backlog:
+            self.synced.set()
+
+    def _take(self, raw: bytes, head: Peek, peer: str, queued_ms: int = 0) -> bool:
+        """Check one record relayed by ``peer`` and keep it if it holds; False if ``peer``
+        misbehaved by relaying it."""
+        try:
+            env, payload = check(self.gossip, head.topic, raw, MODELS[head.topic], stale_ok=True)
+        except Reject as verdict:
+            return verdict.reason not in MISBEHAVIOUR
+        except GossipVerdict:
+            return True
+        spec = None
+        if isinstance(payload, JobRecord):
+            if self.escrow is None:
+                # [IGNORE] this node cannot verify job records: it neither keeps nor relays them
+                self.gossip.counters[(JOBS_TOPIC, "IGNORE", "no-escrow")] += 1
+                return True
+            try:
+                spec = check_job_record(env, payload, *self.escrow)
+            except Rejected as bad:
+                # [REJECT] a job record whose CSP signature, subject or spec does not hold
+                self.gossip.counters[(JOBS_TOPIC, "REJECT", bad.reason)] += 1
+                return False
+        self._accept(raw, env, payload, forwarder=peer, spec=spec, queued_ms=queued_ms)
+        return True
+
+    async def _backlog_loop(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Check the job and claim records frames brought, apart from the frames: a node short of
+        CPU takes in its peers' beats on time (it would otherwise judge live peers dead while a
+        queue of frames full of job records waits), while these wait here, newest per key. The
+        loop yields every ``BACKLOG_SLICE_S`` of work."""
+        task_status.started()
+        while True:
+            await self._backlog_ready.wait()
+            self._backlog_ready = trio.Event()
+            began = time.perf_counter()
+            while self._backlog:
+                key = next(iter(self._backlog))
+                seq, raw, peer = self._backlog.pop(key)
+                if seq > self.store.seq_of(*key):
+                    head = Peek(key[0], "", seq, "")  # checked against the record itself in _take
+                    if not self._take(raw, head, peer):
+                        self._cut(peer, "relayed-invalid")
+                if time.perf_counter() - began > BACKLOG_SLICE_S:
+                    await trio.lowlevel.checkpoint()
+                    began = time.perf_counter()
             self.synced.set()
 
     # ---------------------------------------------------------------- connections
 
-    def _cut(self, peer: str, reason: str) -> None:
+    def _cut(self, peer: str, reason: str, verdict: str = "REJECT") -> None:
         """Close the connection to ``peer`` (once), counting why."""
         if peer in self._closing:
             return
         self._closing.add(peer)
-        self.gossip.counters[(PEER, "REJECT", reason)] += 1
+        self.gossip.counters[(PEER, verdict, reason)] += 1
         log.info("closing connection", extra={"peer": peer, "reason": reason})
         self._nursery.start_soon(self._disconnect, peer)
 
@@ -353,7 +424,9 @@ class Node:
         finally:
             self._closing.discard(peer)
             self._neighbours.pop(peer, None)
+            self._heard.pop(peer, None)
             self.store.drop_neighbour(peer)
+            self._pacer.drop(peer)
 
     def _sweep(self) -> None:
         """Keep the neighbour table, close connections to ineligible or long-dead peers, and forget
@@ -363,6 +436,8 @@ class Node:
         for gone in set(self._neighbours) - peers:
             del self._neighbours[gone]
             self.store.drop_neighbour(gone)
+            self._pacer.drop(gone)
+            self._heard.pop(gone, None)
         for peer in peers:
             if peer not in self._neighbours:
                 self._neighbours[peer] = now
@@ -372,13 +447,29 @@ class Node:
             if address is None or not self._is_eligible(address):
                 self._cut(peer, "unlicensed")
             elif (self.membership.state(address) is PeerState.DEAD
-                  and now - self._neighbours[peer] > self._grace_s()):
-                self._cut(peer, "dead")  # frozen: its TCP connection is open but it says nothing
+                  and now - max(self._neighbours[peer], self._heard.get(peer, 0.0)) > self._grace_s()):
+                # frozen: its TCP connection is open but it says nothing. Its frames count, not
+                # only its beats: on a host short of CPU its beats may be judged late while its
+                # frames still come, and a cut costs both sides a full resync
+                self._cut(peer, "dead")
+        self._trim(now)
         oldest = self._wall_ms() - self.config.forget_after_s * 1000
         for origin, state in self.membership.peers().items():
             if not self._is_eligible(origin) or (state is PeerState.DEAD
                                                  and (self.membership.last_beat_ms(origin) or 0) < oldest):
                 self._forget(origin)
+
+    def _trim(self, now: float) -> None:
+        """Above ``max_peers`` connections, close one random connection older than two discovery
+        rounds (one per tick, so that peers trimming at once do not strip one node bare): a node
+        that many peers dialed (the bootstrap node) would otherwise receive every record from each
+        of them. The peers cut dial others if they fall below ``target_peers``."""
+        if len(self._neighbours) - len(self._closing) <= self.config.max_peers:
+            return
+        settled = [p for p, since in sorted(self._neighbours.items())
+                   if now - since > 2 * self.config.discovery_s and p not in self._closing]
+        if settled:
+            self._cut(self._rng.choice(settled), "surplus", verdict="IGNORE")
 
     def _forget(self, origin: str) -> None:
         self.membership.forget(origin)
@@ -417,7 +508,10 @@ class Node:
     async def _tick_loop(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
         while True:
-            await trio.sleep(self.config.tick_s)
+            due = trio.current_time() + self.config.tick_s
+            await trio.sleep_until(due)
+            # how late this loop woke: the node's backlog (a host short of CPU), kept for 10 s
+            self._loop_lags.append(trio.current_time() - due)
             self._sweep()
             changes = self.membership.tick(self._wall_ms())
             if changes:
@@ -446,8 +540,11 @@ class Node:
     async def _send_to(self, peer: str) -> None:
         try:
             while True:
+                await trio.sleep(self._pacer.wait_s(peer, trio.current_time()))  # what piles up goes together
                 self._rush.discard(peer)
                 sent = self.store.delta(peer)
+                if sent:
+                    self._pacer.spend(peer, trio.current_time())
                 try:
                     for frame in encode_frames([raw for _, _, raw in sent]):
                         await self.transport.send(peer, frame)
@@ -531,16 +628,24 @@ class Node:
 
     async def _direct_loop(self, channel: trio.MemoryReceiveChannel[Message], *,
                            task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        self._frames = channel
         task_status.started()
         async for msg in channel:
             self._on_frame(msg)
+            # take every frame that waits before yielding: one frame per scheduling round fell
+            # behind a loaded node's other tasks, and the beats in the queue aged there
+            while True:
+                try:
+                    self._on_frame(channel.receive_nowait())
+                except trio.WouldBlock:
+                    break
 
     async def _run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             await nursery.start(self._direct_loop, await self.transport.direct())
             for loop in (self._tick_loop, self._sync_loop, self._heartbeat_loop, self._capacity_loop,
-                         self._discovery_loop):
+                         self._discovery_loop, self._backlog_loop):
                 await nursery.start(loop)
             task_status.started()
 

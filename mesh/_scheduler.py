@@ -36,6 +36,7 @@ from ._wire_capacity import Capacity, Resources
 from ._wire_claim import MAX_CLAIMS, ClaimEntry, Claims, ReplicaState
 
 PLAN_GAP_S = 0.25  # the least time between two plans (and two claim set versions) of a node
+PLAN_GAP_FACTOR = 10  # ... and at least this many times the last plan's wall time
 STARTUP_WAIT_INTERVALS = 3  # heartbeat intervals a node waits for its first neighbour before planning alone
 LEASE_MS = 30_000  # liveness, not lease expiry, moves a replica; the lease only bounds a lost release
 
@@ -250,9 +251,11 @@ async def run_scheduler(node: Node, *, lease_ms: int = LEASE_MS, on_plan: Callab
         began, began_at = time.perf_counter(), trio.current_time()
         result = step(node, lease_ms, states, memo)
         # changes that arrive while jobs pour in are planned together: the next plan waits at
-        # least PLAN_GAP_S, and twice as long as this one took (planning never takes more than a
-        # third of the node's time, and each plan may re-sign and flood the claim set)
-        gap = max(PLAN_GAP_S, 2 * (time.perf_counter() - began))
+        # least PLAN_GAP_S, and PLAN_GAP_FACTOR times as long as this one took in wall time, so
+        # planning takes at most a tenth of whatever CPU share the node gets: on a loaded host a
+        # plan's wall time grows with the wait for the CPU, and so does the gap (each plan may
+        # re-sign and flood the claim set, which every other node then checks and plans on)
+        gap = max(PLAN_GAP_S, PLAN_GAP_FACTOR * (time.perf_counter() - began))
         if on_plan is not None:
             on_plan(result)
         if events is not None:

@@ -30,12 +30,14 @@ from ._errors import TransportError, TransportTimeout
 class Message:
     """A message as received: the topic (or the direct protocol), the raw bytes, and the peer that
     forwarded it to us. ``oversized`` is the declared length of a direct frame that exceeded the
-    limit (its bytes were not read, ``data`` is empty)."""
+    limit (its bytes were not read, ``data`` is empty). ``received_at``: trio's clock when it
+    arrived, before any queue (None: now)."""
 
     topic: str
     data: bytes
     forwarder: str
     oversized: int = 0
+    received_at: float | None = None
 
 
 Validator = Callable[[Message], bool]

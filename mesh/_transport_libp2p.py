@@ -307,13 +307,19 @@ class Libp2pTransport:
                     return
                 size = int.from_bytes(buf[:4], "big")
                 if size > self._config.max_frame_bytes:
-                    self._deliver(Message(DIRECT, b"", peer, oversized=size))
+                    await self._direct_send.send(Message(DIRECT, b"", peer, oversized=size))
                     await stream.reset()  # type: ignore[attr-defined]
                     return
                 if not await self._fill(stream, buf, 4 + size):
                     return
-                self._deliver(Message(DIRECT, bytes(buf[4:4 + size]), peer))
+                # waits while the node is behind: the stream stops being read and the sender's send
+                # times out and goes again, where dropping the frame would lose its records for good
+                # (the sender counts them as held here)
+                await self._direct_send.send(Message(DIRECT, bytes(buf[4:4 + size]), peer,
+                                                     received_at=trio.current_time()))
                 del buf[:4 + size]
+        except trio.ClosedResourceError:
+            pass  # closed: we no longer listen
         except Exception as exc:  # a reset or a dropped connection ends this stream, not the node
             log.debug("sync stream ended", extra={"peer": peer, "error": str(exc)})
 
@@ -326,14 +332,6 @@ class Libp2pTransport:
                 return False
             buf += chunk
         return True
-
-    def _deliver(self, msg: Message) -> None:
-        try:
-            self._direct_send.send_nowait(msg)
-        except trio.WouldBlock:
-            self.dropped_full += 1
-        except trio.ClosedResourceError:
-            pass  # closed: we no longer listen
 
     async def publish(self, topic: str, data: bytes) -> None:
         await self._pubsub.publish(topic, data)

@@ -843,14 +843,16 @@ NODE_PASSWORD = "bench"
 
 
 def spawn_node(i: int, ident: NodeIdentity, workdir: Path, rpc: str, record: Path, ready: list[dict[str, Any]],
-               extra: Sequence[str] = (), stderr: Any = subprocess.DEVNULL) -> subprocess.Popen[str]:
+               extra: Sequence[str] = (), stderr: Any = subprocess.DEVNULL, log_level: str = "warning",
+               ) -> subprocess.Popen[str]:
     """Start node ``i`` as a ``deedmesh node run`` process (bootstrapping to the first node in
     ``ready``), wait for its ready line and append it to ``ready``; the caller stops the process."""
     from contracts._anvil import free_port
     from mesh._identity import write_keystore
 
     key = write_keystore(workdir / f"node{i}.json", ident, NODE_PASSWORD, scrypt_n=2**10)
-    args = [str(Path(sys.executable).parent / "deedmesh"), "node", "run", "--key", str(key), "--rpc", rpc,
+    args = [str(Path(sys.executable).parent / "deedmesh"), "--log-level", log_level, "--log-format", "json",
+            "node", "run", "--key", str(key), "--rpc", rpc,
             "--deployment", str(record), "--api-port", str(free_port()), *extra]
     if ready:
         args += ["--bootstrap", ready[0]["addrs"][0]]

@@ -9,8 +9,8 @@ measures placement (container start is ``bench_failover``'s part).
 
 Timed: the CSP's signed submissions go to the 20 nodes' HTTP APIs round-robin, ``--clients`` at a
 time (each checked by its node against the escrow on anvil, then relayed to the mesh). The clock
-stops when one node (node 0) sees every replica of every job claimed exactly once: each job's
-claims name replicas 0..R-1, one claim each. ``jobs_per_s`` = jobs / that time. The CPU the node
+stops when one node (node 0) sees every replica of every job claimed exactly once (its
+``/metrics`` gauge ``deedmesh_jobs{state="placed"}``). ``jobs_per_s`` = jobs / that time. The CPU the node
 processes used in the timed window is reported too (2 cores in all on this machine).
 
 Usage: ``python scripts/bench_placement.py [--jobs 1000] [--nodes 20] [--replicas 2]``.
@@ -46,6 +46,7 @@ from mesh._submission import sign_submission
 
 ROOT = Path(__file__).resolve().parent.parent
 HEARTBEAT_MS = 2000
+IDLE_S = 10.0  # how long the formed mesh's idle CPU is measured before the first submission
 
 
 def spec_text(i: int, replicas: int) -> str:
@@ -74,14 +75,31 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def all_claimed(api: str, jobs: set[int], replicas: int) -> tuple[bool, int]:
-    """Whether ``api``'s node sees each job's replicas 0..R-1 claimed once each; and how many jobs are."""
-    _, known = http(f"{api}/jobs", timeout=60)
-    done = 0
-    for job in known:
-        if job["job_id"] in jobs and sorted(c["replica"] for c in job["claims"]) == list(range(replicas)):
-            done += 1
-    return done == len(jobs), done
+def placed_jobs(api: str) -> tuple[int, float]:
+    """How many jobs ``api``'s node sees with every replica claimed exactly once, and how late its
+    event loop ran lately (its ``/metrics`` gauges: cheap to poll, unlike the full ``/jobs`` list)."""
+    with urllib.request.urlopen(f"{api}/metrics", timeout=60) as r:
+        values = {line.split(" ")[0]: float(line.split(" ")[1]) for line in r.read().decode().splitlines()
+                  if line.startswith("deedmesh_")}
+    return int(values['deedmesh_jobs{state="placed"}']), values["deedmesh_loop_lag_seconds"]
+
+
+def health_of(api: str) -> dict[str, Any]:
+    """What one node saw by the end: peers by state, connections it cut as dead, replicas claimed
+    twice and the highest claim generation (1: no replica was ever taken over)."""
+    _, peers = http(f"{api}/peers", timeout=60)
+    _, counters = http(f"{api}/counters", timeout=60)
+    _, jobs = http(f"{api}/jobs", timeout=60)
+    holders: dict[tuple[int, int], int] = {}
+    for job in jobs:
+        for c in job["claims"]:
+            holders[(job["job_id"], c["replica"])] = holders.get((job["job_id"], c["replica"]), 0) + 1
+    return {"peers": {state: sum(p["state"] == state for p in peers) for state in ("alive", "suspect", "dead")},
+            "connections_cut_as_dead": counters.get("peer", {}).get("REJECT", {}).get("dead", 0),
+            "replicas_claimed_twice": sum(n > 1 for n in holders.values()),
+            "max_generation": max((c["generation"] for job in jobs for c in job["claims"]), default=0),
+            "duplicate_records": {topic.split("/")[1]: v.get("IGNORE", {}).get("duplicate", 0)
+                                  for topic, v in counters.items() if topic.startswith("deedmesh/")}}
 
 
 def main() -> None:
@@ -93,6 +111,7 @@ def main() -> None:
     parser.add_argument("--deadline-s", type=float, default=600, help="give up this long after the first submission")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "placement.json")
     parser.add_argument("--keep", type=Path, help="keep the node logs in this folder")
+    parser.add_argument("--log-level", default="warning", help="the nodes' log level (info: every peer verdict)")
     args = parser.parse_args()
     idents = [node_identity(4242, i) for i in range(args.nodes)]
     csp_key = bytes.fromhex("c5" * 32)
@@ -144,7 +163,8 @@ def main() -> None:
             for i, ident in enumerate(idents):
                 procs.append(spawn_node(i, ident, work, anvil.url, record, ready,
                                         ["--heartbeat-interval-ms", str(HEARTBEAT_MS), "--engine", "none",
-                                         "--tag", "runner:car"], stderr=open(work / f"node{i}.log", "w")))  # noqa: SIM115
+                                         "--tag", "runner:car"], stderr=open(work / f"node{i}.log", "w"),  # noqa: SIM115
+                                        log_level=args.log_level))
             apis = [r["api"] for r in ready]
             deadline = time.monotonic() + 120
             while not all(sum(p["state"] == "alive" for p in http(f"{api}/peers")[1]) == args.nodes - 1
@@ -152,7 +172,10 @@ def main() -> None:
                 if time.monotonic() > deadline:
                     raise TimeoutError("the mesh did not form")
                 time.sleep(0.5)  # polling other processes' APIs with a deadline
-            print("mesh formed; submitting", file=sys.stderr, flush=True)
+            idle_from, idle_cpu = time.monotonic(), sum(cpu_s(p.pid) for p in procs)
+            time.sleep(IDLE_S)  # the mesh's own cost before any job: measured over a fixed window
+            idle_cores = (sum(cpu_s(p.pid) for p in procs) - idle_cpu) / (time.monotonic() - idle_from)
+            print(f"mesh formed, idle at {idle_cores:.2f} cores; submitting", file=sys.stderr, flush=True)
             cpu_before = sum(cpu_s(p.pid) for p in procs)
             started = time.monotonic()
 
@@ -166,17 +189,19 @@ def main() -> None:
                 list(pool.map(submit, range(args.jobs)))
             submitted = time.monotonic() - started
             print(f"{args.jobs} submissions accepted in {submitted:.2f} s", file=sys.stderr, flush=True)
-            wanted = set(job_ids)
             deadline = started + args.deadline_s
-            count, complete = 0, False
+            count, complete, loop_lag = 0, False, 0.0
             while time.monotonic() < deadline:
-                complete, count = all_claimed(apis[0], wanted, args.replicas)
+                count, lag = placed_jobs(apis[0])
+                loop_lag = max(loop_lag, lag)
+                complete = count == args.jobs
                 if complete:
                     break
-                print(f"  {count} jobs fully claimed", file=sys.stderr, flush=True)
+                print(f"  {count} jobs fully claimed; node 0's loop {lag:.2f} s late", file=sys.stderr, flush=True)
                 time.sleep(0.2)  # polling node 0's API with a deadline
             elapsed = time.monotonic() - started
             cpu = sum(cpu_s(p.pid) for p in procs) - cpu_before
+            node0 = health_of(apis[0])
             if not complete:  # what node 0 saw, for the post-mortem; the figures below say it did not finish
                 (work / "jobs-seen-by-node0.json").write_text(json.dumps(http(f"{apis[0]}/jobs")[1]))
                 (work / "peers-seen-by-node0.json").write_text(json.dumps(http(f"{apis[0]}/peers")[1]))
@@ -189,6 +214,8 @@ def main() -> None:
            "elapsed_s": round(elapsed, 2), "submissions_accepted_s": round(submitted, 2),
            "submissions_per_s": round(args.jobs / submitted, 1),
            "node_cpu_s": round(cpu, 1), "node_cpu_cores": round(cpu / elapsed, 2),
+           "idle_node_cpu_cores": round(idle_cores, 2), "node0_at_end": node0,
+           "node0_loop_lag_max_s": round(loop_lag, 2),
            "settings": {"jobs": args.jobs, "nodes": args.nodes, "replicas": args.replicas, "clients": args.clients,
                         "heartbeat_interval_ms": HEARTBEAT_MS, "chain": "anvil",
                         "transport": "libp2p, one process per node", "engine": "none (placement only)"}}

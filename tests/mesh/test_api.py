@@ -16,32 +16,12 @@ from mesh._identity import NodeIdentity
 from mesh._node import NodeConfig, open_node
 from mesh._transport import MemoryNetwork
 
+from ._asgi import call
 from .test_jobs_gossip import ESCROW
 from .test_logs import expected, install, placed_job, reader, signed
 from .test_node_memory import capacity
 
 TOKEN = "operator-secret"
-
-
-async def call(app: NodeApi, method: str, path: str, body: bytes = b"", token: str | None = None,
-               ) -> tuple[int, Any]:
-    headers = [(b"authorization", f"Bearer {token}".encode())] if token else []
-    path, _, query = path.partition("?")
-    scope = {"type": "http", "method": method, "path": path, "query_string": query.encode(), "headers": headers}
-    sent: list[dict[str, Any]] = []
-    chunks = [{"type": "http.request", "body": body, "more_body": False}]
-
-    async def receive() -> dict[str, Any]:
-        return chunks.pop(0)
-
-    async def send(message: dict[str, Any]) -> None:
-        sent.append(message)
-
-    await app(scope, receive, send)
-    status = sent[0]["status"]
-    raw = sent[1]["body"]
-    content_type = dict(sent[0]["headers"])[b"content-type"]
-    return status, json.loads(raw) if content_type == b"application/json" else raw.decode()
 
 
 async def test_routes_auth_and_errors() -> None:

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Awaitable
 from pathlib import Path
+from typing import Any
 
 import trio
 
@@ -22,7 +24,7 @@ from mesh._process import EscrowFacts
 from mesh._submission import STOP, ChainFacts
 from mesh._transport import MemoryNetwork
 
-from .test_api import call
+from ._asgi import call
 from .test_node_memory import capacity
 from .test_submission import CSP, FACTS, JOB, NOW, submission
 
@@ -48,7 +50,7 @@ async def test_submissions_are_checked_recorded_and_relayed(tmp_path: Path) -> N
 
     async with open_node(NodeConfig(), ident, MemoryNetwork().endpoint(ident.address), capacity(),
                          lambda _: True, escrow=(FACTS.chain_id, FACTS.escrow)) as node:
-        book = NonceBook(tmp_path / "nonces.json")
+        book = NonceBook(tmp_path / "nonces.log")
         desk = JobDesk(node, FACTS.chain_id, FACTS.escrow, read_facts, book, now_s=lambda: NOW)
         app = NodeApi(node, peer_id="16Uiu2HAtest", addrs=list, operator_token="t", desk=desk)
         spec = SPEC.model_dump(mode="json")
@@ -85,8 +87,31 @@ async def test_submissions_are_checked_recorded_and_relayed(tmp_path: Path) -> N
         status, answer = await call(app, "POST", "/jobs", body(submission(spec=STOP, nonce=6).model_dump(), None))
         assert (status, answer["stop"]) == (202, True)
         assert node.jobs[(7, CSP.lower())].spec is None
-        assert NonceBook(tmp_path / "nonces.json").last(7) == 6  # on disk for a restart
+        assert NonceBook(tmp_path / "nonces.log").last(7) == 6  # on disk for a restart
+
+        # one nonce sent twice at once (both pass the check before either records it): one is refused
+        answers: list[tuple[int, dict[str, object]]] = []
+        async with trio.open_nursery() as nursery:
+            for _ in range(2):
+                nursery.start_soon(_append, answers, call(app, "POST", "/jobs", body(
+                    submission(spec=HASH, nonce=7).model_dump(), spec)))
+        assert sorted((status, answer.get("error")) for status, answer in answers) == [(202, None), (409, "replayed")]
+
+        # a disk that cannot take the nonce: 503, nothing relayed; the nonce stays reserved
+        (tmp_path / "blocker").write_text("a file where the book's folder should be")
+        book.path = tmp_path / "blocker" / "nonces.log"
+        status, answer = await call(app, "POST", "/jobs", body(submission(spec=HASH, nonce=8).model_dump(), spec))
+        assert (status, answer["error"]) == (503, "nonce-book-unwritable")
+        assert node.jobs[(7, CSP.lower())].nonce == 7
+        book.path = tmp_path / "nonces.log"
+        status, answer = await call(app, "POST", "/jobs", body(submission(spec=HASH, nonce=9).model_dump(), spec))
+        assert status == 202
+        assert NonceBook(tmp_path / "nonces.log").last(7) == 9
         assert (await call(app, "POST", "/jobs", b"x" * 70_000))[0] == 413
+
+
+async def _append(answers: list[tuple[int, dict[str, object]]], answer: Awaitable[tuple[int, Any]]) -> None:
+    answers.append(await answer)
 
 
 def test_escrow_facts_read_the_job_each_time_and_the_csps_admission_at_most_once_per_ttl() -> None:

@@ -33,10 +33,10 @@ ESCROW = (31337, "0x" + "e5" * 20)
 SPEC = load_spec(Path(__file__).resolve().parents[2] / "examples" / "car-web.yaml")
 
 
-def submission(nonce: int, spec: bytes = spec_hash(SPEC), key: str = CSP_KEY) -> Submission:
+def submission(nonce: int, spec: bytes = spec_hash(SPEC), key: str = CSP_KEY, job_id: int = 7) -> Submission:
     expiry = wall_now() // 1000 + 600
-    message = job_submission(escrow_domain(*ESCROW), 7, spec, nonce, expiry)
-    return Submission(job_id=7, spec_hash="0x" + spec.hex(), nonce=nonce, expiry=expiry,
+    message = job_submission(escrow_domain(*ESCROW), job_id, spec, nonce, expiry)
+    return Submission(job_id=job_id, spec_hash="0x" + spec.hex(), nonce=nonce, expiry=expiry,
                       signature="0x" + sign(message, key).hex())
 
 
@@ -86,8 +86,11 @@ async def test_forged_job_records_are_rejected_counted_and_their_relay_cut(
         good = SPEC.model_dump(mode="json")
         records = [
             forged(submission(1, key="0x" + "d6" * 32), good, job_subject(7, CSP)),  # not the CSP's signature
-            forged(submission(2), good | {"replicas": 3}, job_subject(7, CSP)),  # not the signed spec
+            forged(submission(2, job_id=9), good | {"replicas": 3}, job_subject(9, CSP)),  # not the signed spec
             forged(submission(3), good, job_subject(8, CSP)),  # about another job than it says
+            # a newer record of one job in the same frame replaces the older one unchecked
+            forged(submission(4, key="0x" + "d6" * 32, job_id=11), good, job_subject(11, CSP)),
+            forged(submission(5, job_id=11), good, job_subject(11, CSP)),
         ]
         await relay.send(IDS[0].address, encode_frames(records)[0])
         await until(lambda: counters[(JOBS, "REJECT", "wrong-owner")] == 1
@@ -95,7 +98,8 @@ async def test_forged_job_records_are_rejected_counted_and_their_relay_cut(
                     and counters[(JOBS, "REJECT", "record-mismatch")] == 1)
         await until(lambda: IDS[5].address not in node.transport.peers())
         assert counters[("peer", "REJECT", "relayed-invalid")] == 1
-        assert node.jobs == {}
+        assert counters[(JOBS, "IGNORE", "superseded")] == 1
+        assert {key: known.nonce for key, known in node.jobs.items()} == {(11, CSP.lower()): 5}
         assert job_of(nodes[1]) is None
 
 

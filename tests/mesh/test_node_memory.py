@@ -276,3 +276,39 @@ async def test_a_mesh_grown_from_a_line_dials_far_peers_until_no_beat_is_late(
             assert flaps == 0
             assert late <= 0.75 * INTERVAL_S * 1000  # discovery's threshold for "far"
             assert diameter(nodes) <= 7
+
+
+async def test_a_node_measures_how_late_its_loop_runs_and_its_peers_beats_arrive(
+        autojump_clock: trio.testing.MockClock) -> None:
+    async with mesh(MemoryNetwork(), IDS[:2]) as nodes:
+        await until(lambda: all_alive(nodes))
+        assert all(p.beat_lag_ms is not None and 0 <= p.beat_lag_ms < 1000 for p in nodes[0].view())
+        assert nodes[0].loop_lag_s < 0.05
+        autojump_clock.jump(1.0)  # the clock moves on while no task runs: a node stuck for a second
+        await until(lambda: nodes[0].loop_lag_s > 0.5)
+
+
+async def test_a_node_with_too_many_connections_closes_the_surplus_and_the_mesh_stays_whole(
+        autojump_clock: trio.testing.MockClock) -> None:
+    # the memory network starts as a full mesh: 7 connections each, above max_peers
+    config = NodeConfig(target_peers=2, max_peers=3)
+    async with mesh(MemoryNetwork(), IDS[:8], config=config) as nodes:
+        await until(lambda: all(len(n.transport.peers()) <= 3 for n in nodes) and all_alive(nodes))
+        assert all(n.gossip.counters[("peer", "IGNORE", "surplus")] >= 1 for n in nodes)
+        assert all(len(n.transport.peers()) >= 1 for n in nodes)
+
+
+async def test_a_beat_counts_from_when_its_frame_arrived_not_from_when_it_was_read(
+        autojump_clock: trio.testing.MockClock) -> None:
+    async with mesh(MemoryNetwork(auto_connect=False), IDS[:2]) as nodes:
+        sender = IDS[1]
+        interval = NodeConfig().liveness.heartbeat_interval_ms
+        beat = seal(sender.private_key, HEARTBEAT, wall_now(), wall_now(), Heartbeat(interval_ms=interval, capacity_version=0, uptime_s=1))
+        arrived = trio.current_time()
+        await trio.sleep(2.0)  # the frame waits in node 0's queue (a node short of CPU)
+        nodes[0]._on_frame(Message(DIRECT, beat.encode(), sender.address, received_at=arrived))
+        assert nodes[0].view()[0].beat_lag_ms == 0  # not the 2,000 ms it sat in the queue
+        late = seal(sender.private_key, HEARTBEAT, wall_now(), wall_now(), Heartbeat(interval_ms=interval, capacity_version=0, uptime_s=1))
+        await trio.sleep(2.0)
+        nodes[0]._on_frame(Message(DIRECT, late.encode(), sender.address))  # no arrival time: read now
+        assert nodes[0].view()[0].beat_lag_ms == 2000

@@ -14,6 +14,7 @@ import trio.testing
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from mesh._api import NodeApi
 from mesh._job_events import JobEvents
 from mesh._jobspec import JobSpec, spec_hash
 from mesh._jobspec_load import load_spec
@@ -26,6 +27,7 @@ from mesh._transport import MemoryNetwork
 from mesh._wire_capacity import Capacity, Resources
 from mesh._wire_claim import MAX_CLAIMS
 
+from ._asgi import call
 from .test_jobs_gossip import CSP, ESCROW, submission
 from .test_node_memory import IDS, all_alive, mesh, until
 
@@ -105,11 +107,24 @@ async def test_a_stop_releases_every_replica_and_a_job_that_fits_nowhere_is_not_
         seen = dict(PLANS)
         await until(lambda: all(PLANS[a] >= seen[a] + 2 for a in seen))  # every node planned with the job known
         assert all(not held.claims for n in nodes for held in n.claims.values())
+        assert await job_gauges(nodes[0]) == {"placed": 0, "partial": 0, "unplaced": 1, "stopped": 0, "twice": 0}
         announce(nodes[1], 2, SPEC)
         await until(lambda: (p := placed(nodes)) is not None and len(p) == 2)
+        assert await job_gauges(nodes[0]) == {"placed": 1, "partial": 0, "unplaced": 0, "stopped": 0, "twice": 0}
         announce(nodes[2], 3, None)
         await until(lambda: all(not held.claims for n in nodes for held in n.claims.values()))
         assert placed(nodes) == {}
+        assert await job_gauges(nodes[0]) == {"placed": 0, "partial": 0, "unplaced": 0, "stopped": 1, "twice": 0}
+
+
+async def job_gauges(node: Node) -> dict[str, float]:
+    """The placement gauges of ``node``'s ``/metrics``."""
+    status, text = await call(NodeApi(node, peer_id="p", addrs=list, operator_token="t"), "GET", "/metrics")
+    assert status == 200
+    values = {line.split(" ")[0]: float(line.split(" ")[1]) for line in text.splitlines()
+              if line.startswith("deedmesh_")}
+    gauges = {s: values[f'deedmesh_jobs{{state="{s}"}}'] for s in ("placed", "partial", "unplaced", "stopped")}
+    return gauges | {"twice": values["deedmesh_replicas_claimed_twice"]}
 
 
 def test_free_resources_are_derived_from_claims_so_a_full_node_takes_no_more() -> None:

@@ -8,6 +8,7 @@ import dataclasses
 from pathlib import Path
 
 import pytest
+import trio
 from eth_account import Account
 
 from contracts import (
@@ -23,7 +24,7 @@ from contracts import (
     sign,
 )
 from mesh._errors import ConfigError
-from mesh._nonces import NonceBook
+from mesh._nonces import COMPACT_SLACK, NonceBook
 from mesh._submission import MAX_VALIDITY_S, STOP, ChainFacts, Rejected, Submission, check_submission
 
 CSP_KEY = "0x" + "c5" * 32
@@ -110,20 +111,61 @@ def test_malformed_submissions_are_refused_by_the_model() -> None:
 
 
 def test_the_nonce_book_survives_a_restart_and_only_moves_up(tmp_path: Path) -> None:
-    path = tmp_path / "state" / "nonces.json"
+    path = tmp_path / "state" / "nonces.log"
     book = NonceBook(path)
     assert book.last(7) is None
     assert book.record(7, 3)
     assert not book.record(7, 3)
     assert not book.record(7, 2)
     assert book.record(8, 0)
+    assert NonceBook(path).last(7) is None  # reserved, not yet on disk
+    trio.run(book.flush)
     again = NonceBook(path)  # a restarted node
     assert (again.last(7), again.last(8), again.last(9)) == (3, 0, None)
     assert reason(submission(nonce=3), last=again.last(7)) == "replayed"
-    assert list(path.parent.iterdir()) == [path]  # no temporary file left behind
-    path.write_text('{"7": "three"}')
-    with pytest.raises(ConfigError, match="not a mapping"):
+    with path.open("a") as f:
+        f.write("7 9")  # a crash in the middle of an append: never flushed, so never relayed
+    assert NonceBook(path).last(7) == 3
+    path.write_text("7 three\n")
+    with pytest.raises(ConfigError, match="line 1 is not"):
         NonceBook(path)
-    path.write_text("{")
-    with pytest.raises(ConfigError, match="unreadable"):
+    path.write_text("7 -1\n")
+    with pytest.raises(ConfigError, match="negative"):
         NonceBook(path)
+
+
+def test_the_nonce_book_commits_concurrent_records_together_and_compacts_on_load(tmp_path: Path) -> None:
+    path = tmp_path / "nonces.log"
+    book = NonceBook(path)
+    writes: list[int] = []
+    append = book._append
+
+    def counted(lines: list[str]) -> None:
+        writes.append(len(lines))
+        append(lines)
+    book._append = counted  # type: ignore[method-assign]
+
+    async def submit_many() -> None:
+        async with trio.open_nursery() as nursery:
+            for job_id in range(1, 201):
+                for nonce in (1, 2, 3):
+                    assert book.record(job_id, nonce)
+                    nursery.start_soon(book.flush)
+    trio.run(submit_many)
+    assert writes == [600]  # 600 flushes waiting at once: one write, one fsync
+    lines = path.read_text().splitlines()
+    assert len(lines) == 600 <= 2 * 200 + COMPACT_SLACK
+    restarted = NonceBook(path)
+    assert all(restarted.last(job_id) == 3 for job_id in range(1, 201))
+    assert path.read_text().splitlines() == lines  # 600 lines for 200 jobs: under the compaction bar
+    trio.run(_record_and_flush, restarted, [(job_id, 4) for job_id in range(1, 201)])
+    compacted = NonceBook(path)  # 800 lines for 200 jobs: rewritten with one line a job
+    assert path.read_text().splitlines() == [f"{job_id} 4" for job_id in range(1, 201)]
+    assert compacted.last(200) == 4
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["nonces.log"]  # no temporary file left behind
+
+
+async def _record_and_flush(book: NonceBook, records: list[tuple[int, int]]) -> None:
+    for job_id, nonce in records:
+        assert book.record(job_id, nonce)
+    await book.flush()

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
+
 from mesh._envelope import seal
 from mesh._identity import NodeIdentity
-from mesh._sync import RecordStore, decode_frame, encode_frames, peek
+from mesh._sync import FramePacer, RecordStore, decode_frame, encode_frames, peek
 from mesh._wire_heartbeat import TOPIC as HEARTBEAT
 from mesh._wire_heartbeat import Heartbeat
 
@@ -64,3 +66,21 @@ def test_peek_reads_routing_fields_or_refuses() -> None:
     for bad in (b"not json", b"[]", b'{"topic": 1, "origin": "x", "seq": 1}', b'{"topic": "t", "origin": "x"}',
                 b'{"topic": "t", "origin": "x", "seq": true}'):
         assert peek(bad) is None
+
+
+def test_the_pacer_lets_a_burst_through_then_paces_and_refills() -> None:
+    pacer = FramePacer(rate=10.0, burst=3.0)
+    for _ in range(3):  # a quiet link: news goes at once
+        assert pacer.wait_s("a", 0.0) == 0.0
+        pacer.spend("a", 0.0)
+    assert pacer.wait_s("a", 0.0) == pytest.approx(0.1)  # then one frame every 1/rate
+    assert pacer.wait_s("b", 0.0) == 0.0  # per neighbour
+    assert pacer.wait_s("a", 0.1) == pytest.approx(0.0)
+    pacer.spend("a", 0.1)
+    assert pacer.wait_s("a", 0.15) == pytest.approx(0.05)
+    assert pacer.wait_s("a", 10.0) == 0.0  # refilled, but never above the burst
+    for _ in range(3):
+        pacer.spend("a", 10.0)
+    assert pacer.wait_s("a", 10.0) == pytest.approx(0.1)
+    pacer.drop("a")  # a reconnected neighbour starts with a full bucket
+    assert pacer.wait_s("a", 10.0) == 0.0
