@@ -55,6 +55,7 @@ MISBEHAVIOUR = frozenset({"oversized", "malformed", "wrong-topic", "bad-signatur
 # records checked apart from their frame (Node._backlog_loop): the costly ones, that liveness must not wait for
 DEFERRED = frozenset({JOBS_TOPIC, CLAIMS_TOPIC})
 BACKLOG_SLICE_S = 0.01  # the backlog loop yields to the others after this much work
+MAX_WAITING = 4  # distinct records of one key the backlog keeps (the newest), see Node._on_frame
 PEER = "peer"  # counters about connections rather than records
 SYNC = "sync"  # counters about frames
 
@@ -129,7 +130,7 @@ class Node:
         self.state_since_ms: dict[str, int] = {}  # peer -> our clock at its last state change
         self._lag_ms: dict[str, int] = {}  # peer -> how late its freshest beat reached us (its hops)
         # job and claim records waiting for their check, newest per key: (seq, raw, from)
-        self._backlog: dict[tuple[str, str], tuple[int, bytes, str]] = {}
+        self._backlog: dict[tuple[str, str], list[tuple[int, bytes, str]]] = {}
         self._backlog_ready = trio.Event()
         self._frames: trio.MemoryReceiveChannel[Message] | None = None
         self._loop_lags: collections.deque[float] = collections.deque(maxlen=max(1, int(10 / config.tick_s)))
@@ -338,21 +339,23 @@ class Node:
                 continue
             held = self.store.seq_of(head.topic, head.owner)
             key = (head.topic, head.owner.lower())
-            waiting = self._backlog.get(key)
-            if head.seq <= held or (waiting is not None and head.seq <= waiting[0]):
+            waiting = self._backlog.get(key, [])
+            if head.seq <= held or any(raw == w[1] for w in waiting):
                 # [IGNORE] we hold this record (normal: several neighbours relay it), a fresher
-                # one, or it waits in the backlog already (a replay, or a neighbour that had not
-                # heard the newer record yet)
+                # one (a replay, or a neighbour that had not heard the newer record yet), or these
+                # very bytes wait in the backlog already
                 self.store.holds(peer, head.topic, head.owner, head.seq)
-                same = head.seq == max(held, waiting[0] if waiting else 0)
-                self.gossip.counters[(head.topic, "IGNORE", "duplicate" if same else "replay")] += 1
+                self.gossip.counters[(head.topic, "IGNORE", "replay" if head.seq < held else "duplicate")] += 1
                 continue
             if head.topic in DEFERRED:
-                # a newer record of this key replaces the waiting one unchecked: under load only
-                # the newest claim set of a node is ever verified
-                if waiting is not None:
-                    self.gossip.counters[(head.topic, "IGNORE", "superseded")] += 1
-                self._backlog[key] = (head.seq, raw, peer)
+                # checked later, the highest seq first; the others are then superseded, unchecked
+                # (under load only the newest claim set of a node is verified). Records that differ
+                # are all kept (up to a few): the routing fields were read before any signature, so
+                # a forged one must not push out the real record it claims to be newer than
+                waiting = sorted([*waiting, (head.seq, raw, peer)], key=lambda w: -w[0])
+                if len(waiting) > MAX_WAITING:
+                    self.gossip.counters[(head.topic, "IGNORE", "superseded")] += len(waiting) - MAX_WAITING
+                self._backlog[key] = waiting[:MAX_WAITING]
                 self._backlog_ready.set()
                 continue
             misbehaved |= not self._take(raw, head, peer, queued_ms)
@@ -397,14 +400,16 @@ class Node:
             began = time.perf_counter()
             while self._backlog:
                 key = next(iter(self._backlog))
-                seq, raw, peer = self._backlog.pop(key)
-                if seq > self.store.seq_of(*key):
+                for seq, raw, peer in self._backlog.pop(key):
+                    if seq <= self.store.seq_of(*key):  # a newer one of these was good
+                        self.gossip.counters[(key[0], "IGNORE", "superseded")] += 1
+                        continue
                     head = Peek(key[0], "", seq, "")  # checked against the record itself in _take
                     if not self._take(raw, head, peer):
                         self._cut(peer, "relayed-invalid")
-                if time.perf_counter() - began > BACKLOG_SLICE_S:
-                    await trio.lowlevel.checkpoint()
-                    began = time.perf_counter()
+                    if time.perf_counter() - began > BACKLOG_SLICE_S:
+                        await trio.lowlevel.checkpoint()
+                        began = time.perf_counter()
             self.synced.set()
 
     # ---------------------------------------------------------------- connections

@@ -266,18 +266,25 @@ def decide(
     me: str,
     now_ms: int,
     lease_ms: int,
+    winners: Mapping[int, Claim] | None = None,
 ) -> Decision:
     """What ``me`` should do for ``job_id`` given its view at ``now_ms`` (rules in the module docstring).
 
     ``lease_ms`` is the length of a fresh lease; a winner renews once half of it is left, so a
     caller that runs this more often than every ``lease_ms / 2`` never lets a live lease lapse.
+    ``winners``: ``resolve_claims`` of the same inputs, if the caller has it already (its leases
+    may be older: only which claims win is read from it).
     """
     if lease_ms <= 0:
         raise ValueError(f"lease_ms must be > 0, got {lease_ms}")
     nodes, claims = tuple(nodes), tuple(claims)
-    winners = resolve_claims(job_id, demand, nodes, claims, now_ms)
+    if winners is None:
+        winners = resolve_claims(job_id, demand, nodes, claims, now_ms)
     mine = next((c for c in winners.values() if c.node == me), None)
     if mine is not None:
+        # the freshest lease of that claim (a caller's winners may be from before a renewal)
+        mine = max((c for c in claims if (c.node, c.replica, c.generation) == (me, mine.replica, mine.generation)),
+                   key=lambda c: c.lease_until_ms, default=mine)
         renew: tuple[Claim, ...] = ()
         if 2 * (mine.lease_until_ms - now_ms) <= lease_ms:
             renew = (Claim(job_id, mine.replica, me, mine.generation, now_ms + lease_ms),)

@@ -111,7 +111,16 @@ class PlanMemo:
 
     def winners_of(self, job_id: int, spec: JobSpec | None, demand: Demand, nodes: list[NodeInfo],
                    claims: list[Claim], now_ms: int) -> dict[int, Claim]:
-        key = (spec, self.nodes_epoch, tuple(claims))  # the spec object itself: kept alive, compared by identity
+        # the spec object itself (kept alive, compared by identity), the node view, and the claims
+        # without their leases: a node re-signs every lease whenever it claims anything, which
+        # would otherwise recompute every job it holds at every viewer. A lease only counts as
+        # valid or expired (the entry lasts until the first valid one ends), and as a tie-break
+        # between two claims of one node at one generation, where the leases stay in the key.
+        # The winners kept may carry older leases than the claims now: ``decide`` reads the lease
+        # it renews from the claims
+        shape = tuple((c.replica, c.node, c.generation, c.lease_until_ms > now_ms) for c in claims)
+        tie = tuple(c.lease_until_ms for c in claims) if len({c.node for c in claims}) < len(claims) else ()
+        key = (spec, self.nodes_epoch, shape, tie)
         hit = self.winners.get(job_id)
         if hit is not None and hit[0][0] is spec and hit[0][1:] == key[1:] and now_ms < hit[1]:
             return hit[2]
@@ -159,7 +168,7 @@ def plan(me: str, now_ms: int, jobs: Mapping[int, JobSpec | None], claims: Seque
         winners = won[job_id]
         if len(winners) >= demand.replicas and all(c.node != me for c in winners.values()):
             continue  # held in full by others: ``decide`` would say "hold nothing" (nothing to claim)
-        decision = decide(job_id, demand, nodes, of_job[job_id], me, now_ms, lease_ms)
+        decision = decide(job_id, demand, nodes, of_job[job_id], me, now_ms, lease_ms, winners=winners)
         if decision.holding is None:
             continue
         holding[job_id] = decision.holding

@@ -43,11 +43,26 @@ class Peek:
         return self.subject or self.origin
 
 
+_ORIGIN = b'{"origin":"'  # a canonical envelope starts with its origin ...
+_SEQ = b',"seq":'  # ... and its keys after the payload (seq, sig, subject, topic, ts_ms) end it
+
+
 def peek(raw: bytes) -> Peek | None:
     """Topic, origin, sequence and subject of a raw record, cheaply; None if it is not even shaped
-    like one."""
+    like one. A canonical envelope (sorted keys) is read from its first 53 bytes and the ~250
+    after its payload, not parsed whole: a node reads every copy of every record its neighbours
+    relay, and most copies are duplicates (a full parse of a 10 KiB claim set took ~0.1 ms).
+    Anything else is parsed whole. Nothing here is trusted: the record is checked before use."""
+    obj = None
+    if raw.startswith(_ORIGIN) and raw[53:55] == b'",' and (at := raw.rfind(_SEQ)) > 0:
+        try:
+            obj = json.loads(b"{" + raw[at + 1:])
+            obj["origin"] = raw[11:53].decode()
+        except (ValueError, TypeError):
+            obj = None
     try:
-        obj = json.loads(raw)
+        if not isinstance(obj, dict):
+            obj = json.loads(raw)
         topic, origin, seq, subject = obj["topic"], obj["origin"], obj["seq"], obj.get("subject", "")
     except (ValueError, TypeError, KeyError, AttributeError):
         return None

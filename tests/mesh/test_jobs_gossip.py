@@ -91,15 +91,18 @@ async def test_forged_job_records_are_rejected_counted_and_their_relay_cut(
             # a newer record of one job in the same frame replaces the older one unchecked
             forged(submission(4, key="0x" + "d6" * 32, job_id=11), good, job_subject(11, CSP)),
             forged(submission(5, job_id=11), good, job_subject(11, CSP)),
+            # a forged record claiming to be newer does not push out the real one it races
+            forged(submission(9, key="0x" + "d6" * 32, job_id=13), good, job_subject(13, CSP)),
+            forged(submission(8, job_id=13), good, job_subject(13, CSP)),
         ]
         await relay.send(IDS[0].address, encode_frames(records)[0])
-        await until(lambda: counters[(JOBS, "REJECT", "wrong-owner")] == 1
+        await until(lambda: counters[(JOBS, "REJECT", "wrong-owner")] == 2
                     and counters[(JOBS, "REJECT", "spec-mismatch")] == 1
                     and counters[(JOBS, "REJECT", "record-mismatch")] == 1)
         await until(lambda: IDS[5].address not in node.transport.peers())
         assert counters[("peer", "REJECT", "relayed-invalid")] == 1
         assert counters[(JOBS, "IGNORE", "superseded")] == 1
-        assert {key: known.nonce for key, known in node.jobs.items()} == {(11, CSP.lower()): 5}
+        assert {key: known.nonce for key, known in node.jobs.items()} == {(11, CSP.lower()): 5, (13, CSP.lower()): 8}
         assert job_of(nodes[1]) is None
 
 

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-import pytest
+import json
 
-from mesh._envelope import seal
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from mesh._envelope import canonical, seal
 from mesh._identity import NodeIdentity
-from mesh._sync import FramePacer, RecordStore, decode_frame, encode_frames, peek
+from mesh._sync import FramePacer, Peek, RecordStore, decode_frame, encode_frames, peek
 from mesh._wire_heartbeat import TOPIC as HEARTBEAT
 from mesh._wire_heartbeat import Heartbeat
 
@@ -84,3 +88,17 @@ def test_the_pacer_lets_a_burst_through_then_paces_and_refills() -> None:
     assert pacer.wait_s("a", 10.0) == pytest.approx(0.1)
     pacer.drop("a")  # a reconnected neighbour starts with a full bucket
     assert pacer.wait_s("a", 10.0) == 0.0
+
+
+@given(seq=st.integers(1, 2**63 - 1), subject=st.sampled_from(["", "job:7:0x" + "ab" * 20, "job:12"]),
+       nested=st.dictionaries(st.sampled_from(["seq", "topic", "origin", "a"]), st.integers(0, 9), max_size=4))
+def test_peek_of_a_canonical_record_reads_only_its_ends_and_agrees_with_a_full_parse(
+        seq: int, subject: str, nested: dict[str, int]) -> None:
+    # a payload may itself hold keys named like the envelope's ("seq" included)
+    raw = canonical({"origin": A.address, "payload": {"x": nested, "seq": 5}, "seq": seq, "sig": "0x" + "1" * 130,
+                     **({"subject": subject} if subject else {}), "topic": "t/1", "ts_ms": 1})
+    whole = json.loads(raw)
+    expected = Peek(whole["topic"], whole["origin"].lower(), whole["seq"], whole.get("subject", ""))
+    assert peek(raw) == expected
+    spaced = json.dumps(whole, indent=1).encode()  # not canonical: parsed whole, same answer
+    assert peek(spaced) == expected
