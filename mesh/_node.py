@@ -21,9 +21,10 @@ import logging
 import math
 import random
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import trio
 
@@ -99,6 +100,14 @@ class KnownJob:
         return self.record.submission.nonce
 
 
+class ChainCheck(Protocol):
+    """The chain's verdict on relayed jobs (``_job_check.JobCheck``), for the nodes that have one."""
+
+    def verdict(self, known: KnownJob) -> bool | None: ...
+
+    def want(self, jobs: Iterable[KnownJob]) -> None: ...
+
+
 @dataclass(frozen=True)
 class PeerView:
     address: str
@@ -140,6 +149,9 @@ class Node:
         self.escrow = escrow
         self.jobs: dict[tuple[int, str], KnownJob] = {}  # (job id, csp) -> newest action
         self.claims: dict[str, Claims] = {}  # claimant -> its claim set
+        # set by a node process with the escrow: relayed jobs are read on chain before this node
+        # claims them (None: claimed as relayed, as in the memory tests)
+        self.chain_check: ChainCheck | None = None
         self._is_eligible = is_eligible
         self._capacity = capacity
         self._wall_ms = wall_ms

@@ -38,6 +38,7 @@ from contracts import (
 from ._api import API_PROTOCOL, API_TIMEOUT_S, MAX_API_REQUEST_BYTES, NodeApi
 from ._engine import EngineUnavailable, connect_engine
 from ._identity import NodeIdentity
+from ._job_check import JobCheck
 from ._job_desk import JobDesk
 from ._job_events import JobEvents
 from ._license_view import ChainWorker, LicenseView, fetch_eligible
@@ -185,6 +186,12 @@ async def serve_node(identity: NodeIdentity, settings: NodeSettings, token_file:
 
                 desk = JobDesk(node, chain.chain_id, escrow.address, read_facts, NonceBook(nonce_file),
                                now_s=lambda: int(time.time()))
+
+                async def read_many(pairs: list[tuple[int, str]]) -> list[ChainFacts]:
+                    return await worker.run(lambda: [facts(job_id, csp) for job_id, csp in pairs])
+                check = JobCheck(node, read_many)
+                await nursery.start(check.run)
+                node.chain_check = check  # relayed jobs are read on chain before this node claims them
                 logs = LogDesk(node, chain.chain_id, escrow.address, None if runner is None else runner.logs,
                                now_s=lambda: int(time.time()))
                 transport.set_handler(LOGS_PROTOCOL, logs.serve, max_request_bytes=logs.config.max_request_bytes,

@@ -29,7 +29,7 @@ import trio
 from ._job_events import JobEvents
 from ._jobspec import JobSpec
 from ._membership import PeerState
-from ._node import KnownJob, Node
+from ._node import ChainCheck, KnownJob, Node
 from ._placement import Claim, Demand, NodeInfo, compute_assignment, decide, resolve_claims
 from ._trio_types import TaskStatus
 from ._wire_capacity import Capacity, Resources
@@ -46,6 +46,7 @@ class Plan:
     claims: Claims  # this node's claim set
     holding: dict[int, int]  # job id -> the replica this node should run
     specs: dict[int, JobSpec]  # job id -> its spec, for the jobs held
+    unverified: tuple[int, ...] = ()  # jobs it would claim once the chain is read (plan's may_claim)
 
 
 def runner_tag(kind: str) -> str:
@@ -141,9 +142,12 @@ class PlanMemo:
 
 def plan(me: str, now_ms: int, jobs: Mapping[int, JobSpec | None], claims: Sequence[Claim],
          capacities: Mapping[str, Capacity], eligible: Mapping[str, bool], alive: Mapping[str, bool],
-         lease_ms: int = LEASE_MS, states: ReplicaStates = _claimed, memo: PlanMemo | None = None) -> Plan:
+         lease_ms: int = LEASE_MS, states: ReplicaStates = _claimed, memo: PlanMemo | None = None,
+         may_claim: Callable[[int], bool | None] | None = None) -> Plan:
     """This node's claim set and replicas, from a view (module docstring). Pure (``memo`` only
-    saves work: the result is the same with or without it)."""
+    saves work: the result is the same with or without it). ``may_claim``: whether the chain backs
+    a job (None: not read yet); a job it does not back is not claimed, and one not read yet is
+    listed in ``Plan.unverified`` instead (``_job_check``)."""
     memo = PlanMemo() if memo is None else memo
     memo.forget_except(jobs)
     demands = {job_id: memo.demand(job_id, spec) for job_id, spec in jobs.items()}
@@ -164,12 +168,17 @@ def plan(me: str, now_ms: int, jobs: Mapping[int, JobSpec | None], claims: Seque
     nodes = [replace(n, free=minus(n.total, used[n.address]), slots=MAX_CLAIMS - len(used[n.address])) for n in base]
     entries: list[ClaimEntry] = []
     holding: dict[int, int] = {}
+    unverified: list[int] = []
     for job_id, demand in sorted(demands.items()):
         winners = won[job_id]
         if len(winners) >= demand.replicas and all(c.node != me for c in winners.values()):
             continue  # held in full by others: ``decide`` would say "hold nothing" (nothing to claim)
         decision = decide(job_id, demand, nodes, of_job[job_id], me, now_ms, lease_ms, winners=winners)
         if decision.holding is None:
+            continue
+        if decision.claim and may_claim is not None and (backed := may_claim(job_id)) is not True:
+            if backed is None:
+                unverified.append(job_id)
             continue
         holding[job_id] = decision.holding
         new = decision.claim or decision.renew
@@ -188,13 +197,15 @@ def plan(me: str, now_ms: int, jobs: Mapping[int, JobSpec | None], claims: Seque
         # re-planned on each copy)
         entries = [e.model_copy(update={"lease_until_ms": now_ms + lease_ms}) for e in entries]
     specs = {job_id: spec for job_id in holding if (spec := jobs[job_id]) is not None}
-    return Plan(Claims(claims=tuple(entries)), holding, specs)
+    return Plan(Claims(claims=tuple(entries)), holding, specs, tuple(unverified))
 
 
-def view_of(node: Node, memo: PlanMemo | None = None) -> tuple[dict[int, JobSpec | None], list[Claim],
-                                                                dict[str, Capacity], dict[str, bool], dict[str, bool]]:
-    """The inputs of ``plan`` as ``node`` sees them now."""
-    jobs = {job_id: known.spec for job_id, known in placeable_jobs(node).items()}
+def view_of(node: Node, memo: PlanMemo | None = None, placeable: Mapping[int, KnownJob] | None = None,
+            ) -> tuple[dict[int, JobSpec | None], list[Claim], dict[str, Capacity], dict[str, bool], dict[str, bool]]:
+    """The inputs of ``plan`` as ``node`` sees them now (``placeable``: ``placeable_jobs(node)``, if
+    the caller has it)."""
+    placeable = placeable_jobs(node) if placeable is None else placeable
+    jobs = {job_id: known.spec for job_id, known in placeable.items()}
     claims: list[Claim] = []
     for origin, held in node.claims.items():
         hit = None if memo is None else memo.claim_lists.get(origin)
@@ -215,12 +226,27 @@ def view_of(node: Node, memo: PlanMemo | None = None) -> tuple[dict[int, JobSpec
 
 
 def placeable_jobs(node: Node) -> dict[int, KnownJob]:
-    """Job id -> the newest action ``node`` knows for it, for the job ids only one CSP names (two
-    CSPs naming one job id means one record is forged; such a job is not placed, module docstring)."""
+    """Job id -> the newest action ``node`` knows for it. Two CSPs naming one job id means one
+    record is forged: such a job is placed once the chain tells which CSP's record it backs, and
+    never by a node that cannot read the chain (module docstring)."""
+    return _placeable(_by_job(node), node.chain_check)
+
+
+def _by_job(node: Node) -> dict[int, list[KnownJob]]:
     by_job: dict[int, list[KnownJob]] = defaultdict(list)
     for (job_id, _csp), known in node.jobs.items():
         by_job[job_id].append(known)
-    return {job_id: known[0] for job_id, known in by_job.items() if len(known) == 1}
+    return by_job
+
+
+def _placeable(by_job: Mapping[int, list[KnownJob]], check: ChainCheck | None) -> dict[int, KnownJob]:
+    out: dict[int, KnownJob] = {}
+    for job_id, named in by_job.items():
+        if len(named) > 1:
+            named = [] if check is None else [k for k in named if check.verdict(k) is True]
+        if len(named) == 1:
+            out[job_id] = named[0]
+    return out
 
 
 def actions_of(node: Node) -> dict[int, tuple[int, bool]]:
@@ -236,8 +262,20 @@ def assignment(node: Node, job_id: int) -> dict[int, str]:
 
 
 def step(node: Node, lease_ms: int = LEASE_MS, states: ReplicaStates = _claimed, memo: PlanMemo | None = None) -> Plan:
-    """Plan from ``node``'s view and publish its claim set if it changed."""
-    result = plan(node.address, node.now_ms(), *view_of(node, memo), lease_ms=lease_ms, states=states, memo=memo)
+    """Plan from ``node``'s view and publish its claim set if it changed. With a chain check, a
+    job is claimed only once the chain backs it: the plan names the jobs to read, and contested
+    job ids are read too."""
+    check, may_claim = node.chain_check, None
+    if check is not None:
+        check.want(k for named in _by_job(node).values() if len(named) > 1 for k in named)
+    known = placeable_jobs(node)
+    if check is not None:
+        def may_claim(job_id: int) -> bool | None:
+            return check.verdict(known[job_id])
+    result = plan(node.address, node.now_ms(), *view_of(node, memo, known), lease_ms=lease_ms, states=states,
+                  memo=memo, may_claim=may_claim)
+    if check is not None and result.unverified:
+        check.want(known[job_id] for job_id in result.unverified)
     if node.claims.get(node.address) != result.claims:
         node.set_claims(result.claims)
     return result

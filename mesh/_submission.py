@@ -131,6 +131,16 @@ def check_submission(sub: Submission, facts: ChainFacts, *, replicas: int | None
         raise Rejected("expired", f"expired at {sub.expiry}, now {now_s}")
     if sub.expiry > now_s + MAX_VALIDITY_S:
         raise Rejected("expiry-too-far", f"valid until {sub.expiry}, more than {MAX_VALIDITY_S} s ahead")
+    check_chain_facts(sub, signer, facts, replicas=replicas, now_s=now_s)
+    if last_nonce is not None and sub.nonce <= last_nonce:
+        raise Rejected("replayed", f"nonce {sub.nonce} <= {last_nonce}, already seen for job {sub.job_id}")
+    return signer
+
+
+def check_chain_facts(sub: Submission, signer: str, facts: ChainFacts, *, replicas: int | None, now_s: int) -> None:
+    """The checks against the escrow alone (module docstring), for a submission ``signer`` signed:
+    what the accepting node checks, and what a node that would run a relayed job checks again
+    (``_job_check``), since a relay proves the CSP's signature but not the chain."""
     job = facts.job
     if job is None or job.status is JobStatus.NONE:
         raise Rejected("unknown-job", f"job {sub.job_id} does not exist on chain {facts.chain_id}")
@@ -148,9 +158,6 @@ def check_submission(sub: Submission, facts: ChainFacts, *, replicas: int | None
             raise Rejected("replicas-mismatch", f"the spec asks for {replicas} replicas, {job.replicas} are funded")
     if facts.csp_admitted_until < now_s or facts.csp_status is not CspStatus.ACTIVE:
         raise Rejected("csp-not-admitted", f"{signer} is not an admitted CSP in good standing")
-    if last_nonce is not None and sub.nonce <= last_nonce:
-        raise Rejected("replayed", f"nonce {sub.nonce} <= {last_nonce}, already seen for job {sub.job_id}")
-    return signer
 
 
 def sign_submission(private_key: bytes, chain_id: int, escrow: str, job_id: int, spec_hash: bytes, nonce: int,

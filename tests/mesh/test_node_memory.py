@@ -303,12 +303,14 @@ async def test_a_beat_counts_from_when_its_frame_arrived_not_from_when_it_was_re
     async with mesh(MemoryNetwork(auto_connect=False), IDS[:2]) as nodes:
         sender = IDS[1]
         interval = NodeConfig().liveness.heartbeat_interval_ms
-        beat = seal(sender.private_key, HEARTBEAT, wall_now(), wall_now(), Heartbeat(interval_ms=interval, capacity_version=0, uptime_s=1))
+        beat = seal(sender.private_key, HEARTBEAT, wall_now(), wall_now(),
+                    Heartbeat(interval_ms=interval, capacity_version=0, uptime_s=1))
         arrived = trio.current_time()
         await trio.sleep(2.0)  # the frame waits in node 0's queue (a node short of CPU)
         nodes[0]._on_frame(Message(DIRECT, beat.encode(), sender.address, received_at=arrived))
         assert nodes[0].view()[0].beat_lag_ms == 0  # not the 2,000 ms it sat in the queue
-        late = seal(sender.private_key, HEARTBEAT, wall_now(), wall_now(), Heartbeat(interval_ms=interval, capacity_version=0, uptime_s=1))
+        late = seal(sender.private_key, HEARTBEAT, wall_now(), wall_now(),
+                    Heartbeat(interval_ms=interval, capacity_version=0, uptime_s=1))
         await trio.sleep(2.0)
         nodes[0]._on_frame(Message(DIRECT, late.encode(), sender.address))  # no arrival time: read now
         assert nodes[0].view()[0].beat_lag_ms == 2000
