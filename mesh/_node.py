@@ -56,6 +56,7 @@ MISBEHAVIOUR = frozenset({"oversized", "malformed", "wrong-topic", "bad-signatur
 # records checked apart from their frame (Node._backlog_loop): the costly ones, that liveness must not wait for
 DEFERRED = frozenset({JOBS_TOPIC, CLAIMS_TOPIC})
 BACKLOG_SLICE_S = 0.01  # the backlog loop yields to the others after this much work
+TRIM_SLACK = 2  # connections a node keeps above max_peers before it trims: each cut costs a resync elsewhere
 MAX_WAITING = 4  # distinct records of one key the backlog keeps (the newest), see Node._on_frame
 PEER = "peer"  # counters about connections rather than records
 SYNC = "sync"  # counters about frames
@@ -477,11 +478,11 @@ class Node:
                 self._forget(origin)
 
     def _trim(self, now: float) -> None:
-        """Above ``max_peers`` connections, close one random connection older than two discovery
+        """Above ``max_peers`` (+ ``TRIM_SLACK``) connections, close one random connection older than two discovery
         rounds (one per tick, so that peers trimming at once do not strip one node bare): a node
         that many peers dialed (the bootstrap node) would otherwise receive every record from each
         of them. The peers cut dial others if they fall below ``target_peers``."""
-        if len(self._neighbours) - len(self._closing) <= self.config.max_peers:
+        if len(self._neighbours) - len(self._closing) <= self.config.max_peers + TRIM_SLACK:
             return
         settled = [p for p, since in sorted(self._neighbours.items())
                    if now - since > 2 * self.config.discovery_s and p not in self._closing]
@@ -623,7 +624,10 @@ class Node:
             return picks
         far_ms = self.config.liveness.heartbeat_interval_ms * 3 / 4
         far = [addrs for lag, _, addrs in alive[:3] if lag > far_ms]  # among the three farthest
-        if far and len(connected) < self.config.max_peers:
+        # a node that is itself behind (a host short of CPU) sees every beat late: more connections
+        # would bring it more to do, and each new one a full resync
+        behind = self.loop_lag_s * 1000 > self.config.liveness.heartbeat_interval_ms / 8
+        if far and not behind and len(connected) < self.config.max_peers:
             return [self._rng.choice(far)]
         return []
 

@@ -3,8 +3,11 @@ publishes the replicas it claims as one signed claim set (``_wire_claim``).
 
 What goes in, identically on every node with the same view:
 - the jobs: the newest action of each (job, CSP) the mesh relayed; a stopped job places nothing.
-  A job id named by two CSPs (one record must be forged: only one owns the job on chain) is not
-  placed until the chain check that settles it is added (see the issue notes);
+  A job id named by two CSPs (one record must be forged: only one owns the job on chain) is
+  placed with the record the chain backs, once read (``_job_check``), and never by a node that
+  cannot read the chain. A node with a chain check claims a job only once the chain backs it
+  (``plan``'s ``may_claim``); every honest candidate reads the same chain, so an unbacked job is
+  claimed by none;
 - the nodes: every node with a capacity record, itself included; eligible = the license view,
   alive = membership says alive or suspect (a replica moves when its holder is dead, not when
   its beats are merely late; a node is alive to itself); total resources and tags from its capacity;

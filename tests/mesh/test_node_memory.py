@@ -15,7 +15,7 @@ import trio.testing
 from mesh._envelope import seal
 from mesh._identity import NodeIdentity
 from mesh._membership import LivenessConfig, PeerState
-from mesh._node import Node, NodeConfig, open_node
+from mesh._node import TRIM_SLACK, Node, NodeConfig, open_node
 from mesh._sync import MAX_FRAME_BYTES, encode_frames
 from mesh._transport import DIRECT, MemoryNetwork, Message
 from mesh._wire_capacity import TOPIC as CAPACITY
@@ -290,10 +290,11 @@ async def test_a_node_measures_how_late_its_loop_runs_and_its_peers_beats_arrive
 
 async def test_a_node_with_too_many_connections_closes_the_surplus_and_the_mesh_stays_whole(
         autojump_clock: trio.testing.MockClock) -> None:
-    # the memory network starts as a full mesh: 7 connections each, above max_peers
+    # the memory network starts as a full mesh: 7 connections each, above max_peers + TRIM_SLACK
     config = NodeConfig(target_peers=2, max_peers=3)
+    cap = config.max_peers + TRIM_SLACK
     async with mesh(MemoryNetwork(), IDS[:8], config=config) as nodes:
-        await until(lambda: all(len(n.transport.peers()) <= 3 for n in nodes) and all_alive(nodes))
+        await until(lambda: all(len(n.transport.peers()) <= cap for n in nodes) and all_alive(nodes))
         assert all(n.gossip.counters[("peer", "IGNORE", "surplus")] >= 1 for n in nodes)
         assert all(len(n.transport.peers()) >= 1 for n in nodes)
 
@@ -314,3 +315,18 @@ async def test_a_beat_counts_from_when_its_frame_arrived_not_from_when_it_was_re
         await trio.sleep(2.0)
         nodes[0]._on_frame(Message(DIRECT, late.encode(), sender.address))  # no arrival time: read now
         assert nodes[0].view()[0].beat_lag_ms == 2000
+
+
+async def test_a_node_that_is_itself_behind_dials_no_far_peer(autojump_clock: trio.testing.MockClock) -> None:
+    network = MemoryNetwork(auto_connect=False)
+    ids = IDS[:3]
+    for a, b in itertools.pairwise(ids):
+        network.link(a.address, b.address)
+    config = NodeConfig(target_peers=1, max_peers=2, discovery_s=3600)  # discovery by hand below
+    async with mesh(network, ids, config=config) as nodes:
+        await until(lambda: all_alive(nodes))
+        far = ids[2].address
+        nodes[0]._lag_ms[far] = 2 * NodeConfig().liveness.heartbeat_interval_ms  # its beats come late
+        assert nodes[0]._discovery_picks() == [nodes[0].capacities[far].addrs]
+        nodes[0]._loop_lags.append(1.0)  # ... but so do everyone's: this node is a second behind
+        assert nodes[0]._discovery_picks() == []
