@@ -38,7 +38,7 @@ log = logging.getLogger("deedmesh.jobs")
 
 REFUSAL_TTL_S = 10.0
 RETRY_S = 2.0
-BATCH = 64  # reads per trip to the chain worker
+BATCH = 8  # reads per trip to the chain worker: a submission's read waits behind one batch at most
 
 Key = tuple[int, str, int]  # (job id, CSP lower-case, nonce)
 ReadFacts = Callable[[list[tuple[int, str]]], Awaitable[list[ChainFacts]]]  # (job, csp) pairs -> facts, in order
