@@ -200,7 +200,7 @@ def plan(me: str, now_ms: int, jobs: Mapping[int, JobSpec | None], claims: Seque
         # re-planned on each copy)
         entries = [e.model_copy(update={"lease_until_ms": now_ms + lease_ms}) for e in entries]
     specs = {job_id: spec for job_id in holding if (spec := jobs[job_id]) is not None}
-    return Plan(Claims(claims=tuple(entries)), holding, specs, tuple(unverified))
+    return Plan(Claims.of(tuple(entries)), holding, specs, tuple(unverified))
 
 
 def view_of(node: Node, memo: PlanMemo | None = None, placeable: Mapping[int, KnownJob] | None = None,

@@ -5,11 +5,19 @@ it changes and when a lease passes half-time, so the mesh carries one signature 
 change however many replicas it runs (the claimant is the envelope's origin); each entry also says
 how the replica is doing there (state, restarts), re-signed when that changes. Rules for who may
 claim what are ``_placement``'s; a release is the claim with its lease ended (or its absence).
+
+On the wire the set is compact: one lease for the whole set (a node renews every entry whenever
+it re-signs, ``_scheduler.plan``) and each entry as ``[job id, replica, generation, state,
+restarts]``. Every node checks every version of every node's set, and objects with named fields
+cost about twice as much to encode, hash and validate (a 100-entry set: 11.4 KiB and 0.7 ms to
+check as objects). ``claims`` gives the entries as ``ClaimEntry`` objects, built when first read.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Iterable
+from functools import cached_property
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -17,34 +25,74 @@ from ._envelope import Payload
 from ._placement import Claim
 
 TOPIC = "deedmesh/claims/1"
-MAX_CLAIMS = 128  # a record stays well under the 16 KiB envelope limit (~90 bytes a claim)
+# entries per set: ~35 bytes each for escrow job ids (counters), so a full set stays well under
+# the 16 KiB envelope; it also caps the replicas one node holds (a placement rule, _scheduler)
+MAX_CLAIMS = 256
 
 
 # "oom-killed": the container exited, killed for going over its memory limit (a sizing problem the
 # CSP must see, where "exited" would look like the workload's own fault)
 ReplicaState = Literal["claimed", "starting", "running", "healthy", "unhealthy", "exited", "oom-killed"]
 
+JobId = Annotated[int, Field(ge=1, lt=2**256)]
+Replica = Annotated[int, Field(ge=0, lt=64)]
+Generation = Annotated[int, Field(ge=1, lt=2**63)]
+Restarts = Annotated[int, Field(ge=0, lt=2**31)]
+Entry = tuple[JobId, Replica, Generation, ReplicaState, Restarts]
+
 
 class ClaimEntry(Payload):
-    job_id: int = Field(ge=1, lt=2**256)
-    replica: int = Field(ge=0, lt=64)
-    generation: int = Field(ge=1, lt=2**63)
+    job_id: JobId
+    replica: Replica
+    generation: Generation
     lease_until_ms: int = Field(ge=0, lt=2**63)
     # how the replica is doing on its node, so ``job status`` from any node shows it
     state: ReplicaState = "claimed"
-    restarts: int = Field(default=0, ge=0, lt=2**31)
+    restarts: Restarts = 0
 
 
 class Claims(Payload):
-    claims: tuple[ClaimEntry, ...] = Field(max_length=MAX_CLAIMS)
+    """A node's claim set. Build it from entries with ``Claims.of`` (they must share one lease);
+    it travels as ``lease_until_ms`` and compact ``entries``."""
+
+    lease_until_ms: int = Field(default=0, ge=0, lt=2**63)
+    entries: tuple[Entry, ...] = Field(default=(), max_length=MAX_CLAIMS)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_entries(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        if isinstance(data.get("entries"), list):  # from JSON (this validator makes pydantic read it as Python)
+            return data | {"entries": tuple(tuple(e) if isinstance(e, list) else e for e in data["entries"])}
+        if "claims" not in data:
+            return data
+        rest = {k: v for k, v in data.items() if k != "claims"}
+        entries = tuple(data["claims"])
+        leases = {e.lease_until_ms for e in entries}
+        if len(leases) > 1:
+            raise ValueError("the entries of one claim set share one lease")
+        return rest | {"lease_until_ms": leases.pop() if leases else 0,
+                       "entries": tuple((e.job_id, e.replica, e.generation, e.state, e.restarts) for e in entries)}
 
     @model_validator(mode="after")
     def _one_entry_per_replica(self) -> Claims:
-        keys = [(c.job_id, c.replica) for c in self.claims]
-        if len(set(keys)) != len(keys):
+        keys = {(e[0], e[1]) for e in self.entries}
+        if len(keys) != len(self.entries):
             raise ValueError("two entries for one replica")
         return self
 
+    @classmethod
+    def of(cls, entries: Iterable[ClaimEntry]) -> Claims:
+        """The set of these entries (which share one lease)."""
+        return cls.model_validate({"claims": tuple(entries)})
+
+    @cached_property
+    def claims(self) -> tuple[ClaimEntry, ...]:
+        """The entries, each with the set's lease (validated already: built without a second pass)."""
+        return tuple(ClaimEntry.model_construct(job_id=j, replica=r, generation=g, lease_until_ms=self.lease_until_ms,
+                                                state=s, restarts=n) for j, r, g, s, n in self.entries)
+
     def as_claims(self, node: str) -> list[Claim]:
         """The entries as placement claims by ``node`` (the record's origin)."""
-        return [Claim(c.job_id, c.replica, node, c.generation, c.lease_until_ms) for c in self.claims]
+        return [Claim(j, r, node, g, self.lease_until_ms) for j, r, g, _, _ in self.entries]

@@ -42,7 +42,7 @@ async def test_an_oom_killed_replica_is_reported_once(
 ) -> None:
     changes: list[tuple[str, int]] = []
     reconciler = Reconciler(runner, check_s=0.2, on_change=lambda: changes.append(reconciler.state_of(31, 0)))
-    reconciler.offer(Plan(Claims(claims=()), {31: 0}, {31: hog("never")}))
+    reconciler.offer(Plan(Claims.of(()), {31: 0}, {31: hog("never")}))
     async with trio.open_nursery() as nursery:
         await nursery.start(reconciler.run)
         await until(lambda: reconciler.state_of(31, 0) == ("oom-killed", 0), 30, "the hog OOM-killed")
@@ -68,7 +68,7 @@ async def test_each_kill_of_a_restarted_replica_is_reported(
     runner: CarRunner, caplog: pytest.LogCaptureFixture
 ) -> None:
     reconciler = Reconciler(runner, check_s=0.2)
-    reconciler.offer(Plan(Claims(claims=()), {32: 0}, {32: hog("always")}))
+    reconciler.offer(Plan(Claims.of(()), {32: 0}, {32: hog("always")}))
     async with trio.open_nursery() as nursery:
         await nursery.start(reconciler.run)
         await until(lambda: len(oom_warnings(caplog)) >= 2, 30, "two kills")

@@ -113,7 +113,7 @@ car: {{image: "{image}", command: [sh, -c, "cat /marker 2>/dev/null; echo up; ex
 
 
 def holding(job_id: int, spec: CarJob) -> Plan:
-    return Plan(Claims(claims=()), {job_id: 0}, {job_id: spec})
+    return Plan(Claims.of(()), {job_id: 0}, {job_id: spec})
 
 
 async def test_the_reconciler_runs_a_job_whose_image_only_the_registry_has(

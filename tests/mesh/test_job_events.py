@@ -12,7 +12,7 @@ A, B = (NodeIdentity(bytes([0x70 + i]) * 32).address for i in range(2))
 
 
 def claims(node: str, state: str, restarts: int = 0, generation: int = 1) -> Claims:
-    return Claims(claims=(ClaimEntry(job_id=7, replica=0, generation=generation, lease_until_ms=10**6,
+    return Claims.of((ClaimEntry(job_id=7, replica=0, generation=generation, lease_until_ms=10**6,
                                      state=state, restarts=restarts),))  # type: ignore[arg-type]
 
 

@@ -5,6 +5,7 @@ refused and counted, and a node that cannot verify jobs does not relay them."""
 from __future__ import annotations
 
 import itertools
+import json
 from pathlib import Path
 
 import pytest
@@ -13,14 +14,15 @@ import trio.testing
 from eth_account import Account
 
 from contracts import escrow_domain, job_submission, sign
-from mesh._envelope import seal
+from mesh._envelope import MAX_ENVELOPE_BYTES, canonical, seal
 from mesh._jobspec import spec_hash
 from mesh._jobspec_load import load_spec
 from mesh._node import Node, NodeConfig
 from mesh._submission import STOP, Rejected, Submission
 from mesh._sync import encode_frames
 from mesh._transport import MemoryNetwork
-from mesh._wire_claim import ClaimEntry, Claims
+from mesh._wire_claim import MAX_CLAIMS, ClaimEntry, Claims
+from mesh._wire_claim import TOPIC as CLAIMS
 from mesh._wire_heartbeat import TOPIC as HEARTBEAT
 from mesh._wire_job import MAX_NONCE, JobRecord, job_seq, job_subject
 from mesh._wire_job import TOPIC as JOBS
@@ -124,7 +126,7 @@ async def test_a_node_without_the_escrow_neither_keeps_nor_relays_jobs(
 async def test_claim_sets_reach_every_node(autojump_clock: trio.testing.MockClock) -> None:
     async with mesh(MemoryNetwork(), IDS[:3], escrow=ESCROW) as nodes:
         await until(lambda: all_alive(nodes))
-        claims = Claims(claims=(ClaimEntry(job_id=7, replica=0, generation=1, lease_until_ms=wall_now() + 30_000),))
+        claims = Claims.of((ClaimEntry(job_id=7, replica=0, generation=1, lease_until_ms=wall_now() + 30_000),))
         nodes[1].set_claims(claims)
         await until(lambda: all(n.claims.get(IDS[1].address) == claims for n in nodes))
         assert nodes[0].claims[IDS[1].address].as_claims(IDS[1].address)[0].node == IDS[1].address
@@ -133,9 +135,22 @@ async def test_claim_sets_reach_every_node(autojump_clock: trio.testing.MockCloc
 def test_a_claim_set_names_each_replica_once_and_stays_small() -> None:
     entry = ClaimEntry(job_id=7, replica=0, generation=1, lease_until_ms=1)
     with pytest.raises(ValueError, match="two entries for one replica"):
-        Claims(claims=(entry, entry.model_copy(update={"generation": 2})))
-    with pytest.raises(ValueError, match="at most 128"):
-        Claims(claims=tuple(ClaimEntry(job_id=j, replica=0, generation=1, lease_until_ms=1) for j in range(1, 130)))
+        Claims.of((entry, entry.model_copy(update={"generation": 2})))
+    with pytest.raises(ValueError, match=f"at most {MAX_CLAIMS}"):
+        Claims.of(ClaimEntry(job_id=j, replica=0, generation=1, lease_until_ms=1) for j in range(1, MAX_CLAIMS + 2))
+    with pytest.raises(ValueError, match="share one lease"):
+        Claims.of((entry, entry.model_copy(update={"replica": 1, "lease_until_ms": 2})))
+    # a full set of a busy node (job ids an escrow counts up to, late generations, restarts) is one
+    # record: compact entries, one lease
+    full = Claims.of(ClaimEntry(job_id=10**9 + j, replica=j % 64, generation=999, lease_until_ms=2**62,
+                                state="oom-killed", restarts=99_999) for j in range(MAX_CLAIMS))
+    raw = seal(IDS[0].private_key, CLAIMS, 1, 1, full).encode()
+    assert len(raw) < MAX_ENVELOPE_BYTES
+    assert json.loads(raw)["payload"]["entries"][0] == [10**9, 0, 999, "oom-killed", 99_999]
+    again = Claims.model_validate_json(canonical(json.loads(raw)["payload"]))
+    assert again == full
+    assert again.claims[5] == full.claims[5] == ClaimEntry(job_id=10**9 + 5, replica=5, generation=999,
+                                                           lease_until_ms=2**62, state="oom-killed", restarts=99_999)
 
 
 async def test_a_nonce_beyond_what_a_record_can_order_is_malformed() -> None:

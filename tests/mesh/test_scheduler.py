@@ -159,12 +159,12 @@ def test_a_node_without_the_runner_for_a_kind_never_claims_it() -> None:
 
 
 def test_a_node_claims_no_more_replicas_than_one_claim_set_carries() -> None:
-    # 150 small one-replica jobs on one roomy node: it takes MAX_CLAIMS of them (one claim set
+    # MAX_CLAIMS + 22 small one-replica jobs on one roomy node: it takes MAX_CLAIMS of them (one claim set
     # carries no more); a second node joins and, seeing the first full, takes the rest
     total = Resources(cpu_millis=10**6, memory_mb=10**6, gpus=0, disk_mb=0)
     caps = {i.address: Capacity(version=1, total=total, free=total, tags=("runner:car",)) for i in IDS[:2]}
     small = SPEC.model_copy(update={"replicas": 1, "placement": SPEC.placement.model_copy(update={"include": ()})})
-    jobs = {j: small for j in range(1, 151)}
+    jobs = {j: small for j in range(1, MAX_CLAIMS + 23)}
     yes = {a: True for a in caps}
     alone = {IDS[0].address: caps[IDS[0].address]}
     first = plan(IDS[0].address, 1_000, jobs, [], alone, yes, yes)
