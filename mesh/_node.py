@@ -478,10 +478,11 @@ class Node:
                 self._forget(origin)
 
     def _trim(self, now: float) -> None:
-        """Above ``max_peers`` (+ ``TRIM_SLACK``) connections, close one random connection older than two discovery
-        rounds (one per tick, so that peers trimming at once do not strip one node bare): a node
-        that many peers dialed (the bootstrap node) would otherwise receive every record from each
-        of them. The peers cut dial others if they fall below ``target_peers``."""
+        """Above ``max_peers`` + ``TRIM_SLACK`` connections, close one random connection older
+        than two discovery rounds (one per tick, so that peers trimming at once do not strip one
+        node bare): a node that many peers dialed (the bootstrap node) would otherwise receive
+        every record from each of them. The peers cut dial others if they fall below
+        ``target_peers``."""
         if len(self._neighbours) - len(self._closing) <= self.config.max_peers + TRIM_SLACK:
             return
         settled = [p for p, since in sorted(self._neighbours.items())

@@ -167,7 +167,7 @@ async def serve_node(identity: NodeIdentity, settings: NodeSettings, token_file:
     # jobs need the escrow: only a node started with a deployment record accepts and relays them
     escrow = None if settings.deployment is None else Deployment.load(settings.deployment).escrow(chain)
     token = operator_token(token_file)
-    listen = Libp2pConfig(listen=settings.listen)
+    listen = Libp2pConfig(listen=settings.listen, pubsub=False)  # the node gossips by neighbour sync alone
     runner = None if escrow is None else await car_runner(identity, settings.engine)
     tags = settings.tags + (() if runner is None else (runner_tag("car"),))
     async with open_libp2p_transport(identity, listen, settings.bootstrap) as transport, trio.open_nursery() as nursery:

@@ -1,7 +1,9 @@
 """The libp2p transport: the only module of deedmesh that imports libp2p.
 
 One host factory with safe settings (shared/notes/libp2p.md §6-7): Noise only (py-libp2p's
-default also offers plaintext), Yamux, explicit gossipsub degrees, a 1 s gossipsub heartbeat,
+default also offers plaintext), Yamux, and, when gossipsub is on (``Libp2pConfig.pubsub``; ``node
+run`` turns it off, the node sends everything by sync frames), explicit gossipsub degrees, a 1 s
+gossipsub heartbeat,
 adaptive gossip off (it stretches the heartbeat to a minute), the per-topic spam limiter sized
 well above real traffic (it silently stops forwarding otherwise), strict message signing,
 subscriptions drained into our own buffers at once (py-libp2p's hold 32), and synchronous
@@ -98,6 +100,9 @@ class Libp2pConfig:
     heartbeat_interval_s: int = 1  # py-libp2p defaults to 120 s; go-libp2p uses 1 s
     max_messages_per_topic_per_second: float = 1000.0  # real traffic is ~N/s; the default 10 drops forwards
     max_inbound_rpc_bytes: int = 1 << 20
+    # gossipsub: the node itself sends everything by neighbour sync, so ``node run`` turns it off
+    # (it cost each connection a stream, and each node a heartbeat a second, for nothing)
+    pubsub: bool = True
     send_timeout_s: float = 10.0  # milliseconds when healthy, seconds on a saturated host; frozen: never
     dial_timeout_s: float = 5.0
     max_frame_bytes: int = MAX_FRAME_BYTES
@@ -200,7 +205,7 @@ async def _exchange(host: object, peer: ID, protocol: str, data: bytes, timeout_
 class Libp2pTransport:
     """A running libp2p host with gossipsub; conforms to ``Transport``."""
 
-    def __init__(self, host: object, pubsub: Pubsub, nursery: trio.Nursery, config: Libp2pConfig) -> None:
+    def __init__(self, host: object, pubsub: Pubsub | None, nursery: trio.Nursery, config: Libp2pConfig) -> None:
         self._host = host
         self._pubsub = pubsub
         self._nursery = nursery
@@ -333,11 +338,16 @@ class Libp2pTransport:
             buf += chunk
         return True
 
+    def _gossip(self) -> Pubsub:
+        if self._pubsub is None:
+            raise RuntimeError("this transport runs without gossipsub (Libp2pConfig.pubsub is off)")
+        return self._pubsub
+
     async def publish(self, topic: str, data: bytes) -> None:
-        await self._pubsub.publish(topic, data)
+        await self._gossip().publish(topic, data)
 
     async def subscribe(self, topic: str) -> trio.MemoryReceiveChannel[Message]:
-        sub = await self._pubsub.subscribe(topic)
+        sub = await self._gossip().subscribe(topic)
         send, receive = trio.open_memory_channel[Message](SUBSCRIPTION_BUFFER)
         self._nursery.start_soon(self._drain, sub, topic, send)
         return receive
@@ -362,7 +372,7 @@ class Libp2pTransport:
         def check(forwarder: object, msg: object) -> bool:
             return validator(Message(topic, bytes(msg.data), str(forwarder)))  # type: ignore[attr-defined]
 
-        self._pubsub.set_topic_validator(topic, check, is_async_validator=False)
+        self._gossip().set_topic_validator(topic, check, is_async_validator=False)
 
     def peers(self) -> set[str]:
         return {str(p) for p in self._host.get_network().connections if is_node_id(p)}  # type: ignore[attr-defined]
@@ -467,19 +477,21 @@ async def open_libp2p_transport(identity: NodeIdentity, config: Libp2pConfig = L
         muxer_preference="YAMUX",
         sec_opt={NOISE_ID: NoiseTransport(key_pair, noise_privkey=x25519_key_pair().private_key)},
     )
-    router = GossipSub(
-        protocols=[PROTOCOL_ID_V12, PROTOCOL_ID_V11],
-        degree=config.degree, degree_low=config.degree_low, degree_high=config.degree_high,
-        heartbeat_interval=config.heartbeat_interval_s,
-        adaptive_gossip_enabled=False,
-        max_messages_per_topic_per_second=config.max_messages_per_topic_per_second,
-    )
-    pubsub = _MeshPubsub(host, router, strict_signing=True, max_inbound_rpc_size=config.max_inbound_rpc_bytes)
     async with AsyncExitStack() as stack:
         await stack.enter_async_context(host.run([multiaddr.Multiaddr(config.listen)]))
-        await stack.enter_async_context(background_trio_service(pubsub))
-        await stack.enter_async_context(background_trio_service(router))
-        await pubsub.wait_until_ready()
+        pubsub = None
+        if config.pubsub:
+            router = GossipSub(
+                protocols=[PROTOCOL_ID_V12, PROTOCOL_ID_V11],
+                degree=config.degree, degree_low=config.degree_low, degree_high=config.degree_high,
+                heartbeat_interval=config.heartbeat_interval_s,
+                adaptive_gossip_enabled=False,
+                max_messages_per_topic_per_second=config.max_messages_per_topic_per_second,
+            )
+            pubsub = _MeshPubsub(host, router, strict_signing=True, max_inbound_rpc_size=config.max_inbound_rpc_bytes)
+            await stack.enter_async_context(background_trio_service(pubsub))
+            await stack.enter_async_context(background_trio_service(router))
+            await pubsub.wait_until_ready()
         async with trio.open_nursery() as nursery:
             transport = Libp2pTransport(host, pubsub, nursery, config)
             for addr in bootstrap:

@@ -197,6 +197,26 @@ async def test_sync_frames_flow_with_window_credit_granted_in_batches(monkeypatc
             assert len(updates) > 2  # 4 MiB through a 256 KiB window: credit did come back
 
 
+
+async def test_a_host_without_gossipsub_still_syncs_and_refuses_to_publish() -> None:
+    # ``node run`` turns gossipsub off: the node sends everything by sync frames
+    with trio.CancelScope() as everything:
+        async with AsyncExitStack() as stack:
+            stack.callback(everything.cancel)
+            config = Libp2pConfig(pubsub=False)
+            a, b = [await stack.enter_async_context(open_libp2p_transport(i, config)) for i in IDS[:2]]
+            await a.connect(b.addrs()[0])
+            inbox = await b.direct()
+            with trio.fail_after(30):
+                await a.send(b.local_id, b"frame")
+                received = await inbox.receive()
+            assert (received.data, received.received_at is not None) == (b"frame", True)
+            with pytest.raises(RuntimeError, match="without gossipsub"):
+                await a.publish("deedmesh/heartbeat/1", b"x")
+            with pytest.raises(RuntimeError, match="without gossipsub"):
+                await a.subscribe("deedmesh/heartbeat/1")
+
+
 ECHO = "/deedmesh/test-echo/1"
 
 
