@@ -8,7 +8,9 @@ every route.
 The same app answers CLI clients over libp2p (``/deedmesh/api/1``: one JSON request
 ``{"method", "path", "body"}``, one answer ``{"status", "body"}``): ``answer`` replays the request
 through the ASGI app, so both paths share every route and check. Over libp2p the operator routes
-are not served (nor is there a way to send a token), and the body is capped as over HTTP.
+are not served (nor is there a way to send a token), the body is capped as over HTTP, and job
+submissions share one budget of ``REMOTE_SUBMISSIONS_PER_S`` (429 above it): each costs a chain
+read, and a libp2p listen address may be public where the HTTP API is local.
 """
 
 from __future__ import annotations
@@ -20,11 +22,14 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qsl
 
+import trio
+
 from ._job_desk import JobDesk
 from ._job_events import JobEvents
 from ._logs import LogDesk
 from ._node import Node
 from ._submission import LogRequest, Submission
+from ._sync import FramePacer
 from ._transport import Message
 from ._wire_capacity import Capacity
 
@@ -36,6 +41,8 @@ API_PROTOCOL = "/deedmesh/api/1"
 MAX_API_REQUEST_BYTES = MAX_BODY_BYTES + 4096  # the body, plus the method and path around it
 MAX_API_ANSWER_BYTES = 4 << 20  # the largest answer: a job's logs (256 KiB, JSON-escaped) or a big /jobs
 API_TIMEOUT_S = 20.0  # above a logs request's 10 s wait on a replica's holder
+REMOTE_SUBMISSIONS_PER_S = 50.0  # POST /jobs over libp2p, all clients together (bursts of twice that)
+REMOTE = "libp2p"  # the one key of that budget
 LOGS_PATH = re.compile(r"/jobs/([1-9][0-9]{0,77})/logs")
 _LOG_RESPONSES = {"200": {"description": "each replica's log, or why it is missing (some were read)"},
                   "401": {"description": "bad signature"},
@@ -78,6 +85,8 @@ OPENAPI: dict[str, Any] = {
                                    "409": {"description": "replayed nonce, spec or replicas not as funded"},
                                    "410": {"description": "expired"}, "413": {"description": "too large"},
                                    "422": {"description": "malformed"},
+                                   "429": {"description": "too many submissions over libp2p (all clients share "
+                                                          "one budget)"},
                                    "503": {"description": "this node has no escrow, the chain is unreachable, "
                                                           "or its nonce book cannot be written"}}}},
         "/jobs/{job_id}/logs": {
@@ -112,7 +121,8 @@ class NodeApi:
     """ASGI application over a running ``Node``."""
 
     def __init__(self, node: Node, *, peer_id: str, addrs: Callable[[], list[str]], operator_token: str,
-                 desk: JobDesk | None = None, logs: LogDesk | None = None, events: JobEvents | None = None) -> None:
+                 desk: JobDesk | None = None, logs: LogDesk | None = None, events: JobEvents | None = None,
+                 remote_submissions_per_s: float = REMOTE_SUBMISSIONS_PER_S) -> None:
         self.node = node
         self.events = events
         self.desk = desk
@@ -120,6 +130,7 @@ class NodeApi:
         self.peer_id = peer_id
         self.addrs = addrs
         self._token = operator_token.encode()
+        self._remote_submissions = FramePacer(remote_submissions_per_s, 2 * remote_submissions_per_s)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -238,6 +249,14 @@ class NodeApi:
         path, _, query = target.partition("?")
         if path.split("/")[1] == "admin":
             return 403, {"error": "operator-only", "message": "operator routes are served over HTTP only"}
+        if (method.upper(), path) == ("POST", "/jobs"):
+            # each submission costs a chain read, and the libp2p listen address may be public (the
+            # HTTP API is local by default): all remote submissions share one budget
+            now = trio.current_time()
+            if (wait := self._remote_submissions.wait_s(REMOTE, now)) > 0:
+                return 429, {"error": "rate-limited", "message": f"too many submissions over libp2p; retry in "
+                                                                  f"{wait:.2f} s"}
+            self._remote_submissions.spend(REMOTE, now)
         scope = {"type": "http", "method": method.upper(), "path": path, "query_string": query.encode(),
                  "headers": []}
         chunks = [{"type": "http.request", "body": b"" if body is None else json.dumps(body).encode(),

@@ -11,7 +11,7 @@ from urllib.parse import urlencode
 import trio
 import trio.testing
 
-from mesh._api import API_PROTOCOL, API_TIMEOUT_S, MAX_API_REQUEST_BYTES, NodeApi
+from mesh._api import API_PROTOCOL, API_TIMEOUT_S, MAX_API_REQUEST_BYTES, REMOTE_SUBMISSIONS_PER_S, NodeApi
 from mesh._identity import NodeIdentity
 from mesh._node import NodeConfig, open_node
 from mesh._transport import MemoryNetwork
@@ -116,6 +116,16 @@ async def test_the_api_answers_clients_over_the_transport(autojump_clock: trio.t
         assert (await ask({"method": "POST", "path": "/admin/capacity", "body": body}))[0] == 403
         assert bystander.advertised_capacity().version == 1
         assert (await ask({"method": "POST", "path": "/jobs", "body": {"x": "y" * MAX_API_REQUEST_BYTES}}))[0] == 413
+        # submissions over libp2p share one budget: a burst of twice the rate, then 429
+        statuses = [(await ask({"method": "POST", "path": "/jobs", "body": {}}))[0]
+                    for _ in range(int(2 * REMOTE_SUBMISSIONS_PER_S) + 5)]
+        assert 429 not in statuses[:int(2 * REMOTE_SUBMISSIONS_PER_S)]
+        assert statuses[-1] == 429
+        status, answer = await ask({"method": "POST", "path": "/jobs", "body": {}})
+        assert (status, answer["error"]) == (429, "rate-limited")
+        await trio.sleep(1.0)  # the budget refills: REMOTE_SUBMISSIONS_PER_S more
+        assert (await ask({"method": "POST", "path": "/jobs", "body": {}}))[0] != 429
+        assert (await ask({"method": "GET", "path": "/health"}))[0] == 200  # reads are not limited
         assert (await ask(b"{nope"))[0] == 400
         assert (await ask({"method": "GET"}))[0] == 400
         assert (await ask({"method": "GET", "path": "health"}))[0] == 400
