@@ -18,27 +18,23 @@ from __future__ import annotations
 import json
 import sys
 import time
-import urllib.error
-import urllib.request
-from functools import partial
 from pathlib import Path
 from typing import Any
 
 import click
-import trio
 from eth_account import Account
 from rich.console import Console
 from rich.table import Table
 
 from contracts import Chain, Deployment, Epoch, JobParams, SettlementPolicy, TokenUnits
 
-from ._errors import MeshError, RequestRefused, SubmissionRefused, TransportError
+from ._cli_client import call_node, via_option
+from ._errors import MeshError, RequestRefused, SubmissionRefused
 from ._identity import NodeIdentity, read_keystore, resolve_password
 from ._jobspec import JobSpec, spec_hash
 from ._jobspec_load import load_spec
 from ._submission import MAX_TAIL, MAX_VALIDITY_S, STOP, sign_log_request, sign_submission
 
-REQUEST_TIMEOUT_S = 30.0  # above the node's own deadlines (a logs request waits 10 s on a replica's holder)
 LOG_REQUEST_VALID_S = 120  # used at once; the slack covers a clock behind the node's
 
 
@@ -138,50 +134,7 @@ def submit(via: str, body: dict[str, Any]) -> dict[str, Any]:
     return answer
 
 
-def call_node(via: str, method: str, path: str, body: Any = None) -> tuple[int, Any]:
-    """One request to the node at ``via`` (module docstring): the status and the JSON answer.
-    ``MeshError`` if the node cannot be reached or does not answer JSON."""
-    if via.startswith("/"):
-        return _call_libp2p(via, method, path, body)
-    url = via.rstrip("/") + path
-    data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(url, data=data, method=method, headers={"content-type": "application/json"})
-    try:
-        try:
-            with urllib.request.urlopen(request, timeout=REQUEST_TIMEOUT_S) as response:
-                return response.status, json.loads(response.read())
-        except urllib.error.HTTPError as exc:
-            raw = exc.read()
-            try:
-                return exc.code, json.loads(raw)
-            except ValueError:
-                return exc.code, {"error": "http", "message": f"{exc.reason}: {raw[:200]!r}"}
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        raise MeshError(f"node API {url} is unreachable: {exc}") from exc
-
-
-def _call_libp2p(via: str, method: str, path: str, body: Any) -> tuple[int, Any]:
-    # imported here: loading libp2p takes about a second, which only a multiaddr --via should pay
-    from ._api import API_PROTOCOL, MAX_API_ANSWER_BYTES
-    from ._transport_libp2p import request_once
-
-    payload = json.dumps({"method": method, "path": path, "body": body}).encode()
-    try:
-        raw = trio.run(partial(request_once, via, API_PROTOCOL, payload, timeout_s=REQUEST_TIMEOUT_S,
-                               max_response_bytes=MAX_API_ANSWER_BYTES))
-    except TransportError as exc:
-        raise MeshError(f"node {via} is unreachable over libp2p: {exc.reason}") from exc
-    try:
-        answer = json.loads(raw)
-        return int(answer["status"]), answer["body"]
-    except (ValueError, KeyError, TypeError) as exc:
-        raise MeshError(f"node {via} answered nonsense over libp2p: {exc}") from exc
-
-
 EVENTS_SHOWN = 10  # per job, in the table view (--json gives all the node keeps)
-_via = click.option("--via", required=True,
-                    help="Any node: its API URL (http://127.0.0.1:8700) or its libp2p multiaddr "
-                         "(/ip4/127.0.0.1/tcp/4001/p2p/16Uiu2...).")
 _csp_options = [
     click.option("--key", "keystore", required=True, type=click.Path(dir_okay=False, exists=True, path_type=Path),
                  help="The CSP's keystore file."),
@@ -203,7 +156,7 @@ def _with_csp_options(fn: Any) -> Any:
 @click.command()
 @click.argument("spec_file", type=click.Path(dir_okay=False, exists=True, path_type=Path))
 @click.option("--job", "job_id", type=click.IntRange(1), required=True, help="The funded job's id (job fund).")
-@_via
+@via_option
 @_with_csp_options
 @click.pass_context
 def deploy(ctx: click.Context, spec_file: Path, job_id: int, via: str, keystore: Path, password_file: Path | None,
@@ -215,7 +168,7 @@ def deploy(ctx: click.Context, spec_file: Path, job_id: int, via: str, keystore:
 
 @job.command("stop")
 @click.argument("job_id", type=click.IntRange(1))
-@_via
+@via_option
 @_with_csp_options
 @click.pass_context
 def stop(ctx: click.Context, job_id: int, via: str, keystore: Path, password_file: Path | None, deployment: Path,
@@ -226,7 +179,7 @@ def stop(ctx: click.Context, job_id: int, via: str, keystore: Path, password_fil
 
 @job.command("status")
 @click.argument("job_id", type=click.IntRange(1), required=False)
-@_via
+@via_option
 @click.pass_context
 def status(ctx: click.Context, job_id: int | None, via: str) -> None:
     """Jobs as the node at --via sees them (all, or JOB_ID): the CSP's newest action and the claims."""
@@ -264,7 +217,7 @@ def status(ctx: click.Context, job_id: int | None, via: str) -> None:
 
 @job.command("logs")
 @click.argument("job_id", type=click.IntRange(1))
-@_via
+@via_option
 @click.option("--key", "keystore", required=True, type=click.Path(dir_okay=False, exists=True, path_type=Path),
               help="The CSP's keystore file: only the job's CSP may read its logs.")
 @click.option("--password-file", type=click.Path(dir_okay=False, path_type=Path),

@@ -1,10 +1,9 @@
-"""``deedmesh node run`` (one node process) and ``deedmesh status --via URL`` (the mesh as a node sees it)."""
+"""``deedmesh node run`` (one node process) and ``deedmesh status --via NODE`` (the mesh as a node
+sees it; NODE is an API URL or a libp2p multiaddr, ``_cli_client``)."""
 
 from __future__ import annotations
 
 import json
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +11,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from ._cli_client import get_json, via_option
 from ._config import load_config
 from ._errors import MeshError
 from ._identity import read_keystore, resolve_password
@@ -91,27 +91,17 @@ def run_command(config_file: Path | None, keystore: Path | None, password_file: 
         Path(keystore_path).with_suffix(".nonces.log"))  # the job nonces this node has seen, for restarts
 
 
-def fetch(url: str, timeout_s: float = 5.0) -> object:
-    """GET a node API URL as JSON; an unreachable node is a ``MeshError``."""
-    try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as response:
-            return json.loads(response.read())
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        raise MeshError(f"node API {url} is unreachable: {exc}") from exc
-
-
 @click.command()
-@click.option("--via", required=True, help="Any node's API URL, e.g. http://127.0.0.1:8700.")
+@via_option
 @click.pass_context
 def status(ctx: click.Context, via: str) -> None:
     """Show the mesh as one node sees it: peers, their state and capacity."""
-    base = via.rstrip("/")
-    identity, peers = fetch(f"{base}/identity"), fetch(f"{base}/peers")
+    identity, peers = get_json(via, "/identity"), get_json(via, "/peers")
     if ctx.find_root().params.get("json_output"):
         click.echo(json.dumps({"node": identity, "peers": peers}, indent=2))
         return
     if not isinstance(identity, dict) or not isinstance(peers, list):
-        raise MeshError(f"{base} does not look like a deedmesh node API")
+        raise MeshError(f"{via} does not look like a deedmesh node API")
     table = Table("peer", "state", "last seen", "cpu free/total", "memory MB free/total", "tags",
                   title=f"mesh seen by {identity['address']}")
     for p in peers:

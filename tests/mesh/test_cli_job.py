@@ -17,7 +17,8 @@ from eth_account import Account
 
 from contracts import Chain, DeployConfig, Deployment, csp_admission, deploy, sign
 from mesh._cli import cli
-from mesh._cli_job import call_node, submit
+from mesh._cli_client import call_node
+from mesh._cli_job import submit
 from mesh._errors import SubmissionRefused
 from mesh._identity import NodeIdentity, write_keystore
 from mesh._jobspec import spec_hash

@@ -150,6 +150,11 @@ def run_scenario(tmp: Path, nodes: list[NodeProcess], idents: list[NodeIdentity]
     table = subprocess.run([DEEDMESH, "status", "--via", nodes[1].api], capture_output=True, text=True, timeout=60,
                            check=False)
     assert "alive" in table.stdout
+    # the same through the node's libp2p address: no HTTP port needed
+    over_libp2p = subprocess.run([DEEDMESH, "--json", "status", "--via", nodes[1].ready["addrs"][0]],
+                                 capture_output=True, text=True, timeout=60, check=False)
+    assert over_libp2p.returncode == 0, over_libp2p.stderr
+    assert json.loads(over_libp2p.stdout)["node"]["address"] == nodes[1].address
 
     # node 3's license is blacklisted on chain: within a refresh it leaves every view
     licenses.set_status(license_ids[3], LicenseStatus.BLACKLISTED, sender=admin)
