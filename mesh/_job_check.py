@@ -21,6 +21,7 @@ that action: ending a running job on chain (completion, cancellation) is settlem
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
@@ -76,7 +77,7 @@ class JobCheck:
             found = self.verdicts.get(key)
             if found is not None and (found.ok or now - found.at < REFUSAL_TTL_S):
                 continue
-            if now - self._failed_at.get(key, -RETRY_S) < RETRY_S:
+            if now - self._failed_at.get(key, -math.inf) < RETRY_S:
                 continue
             self._wanted[key] = known
         if self._wanted:
