@@ -11,8 +11,10 @@ rewrites of the whole book (a rewrite per submission made a burst of 1,000 quadr
 node's loop ~25 ms each, BENCHMARKS.md "Placement").
 
 A crash mid-append leaves a last line without its newline: it was never flushed, so nothing was
-relayed on it, and it is ignored. The log is compacted (temporary file, fsync, rename) on load
-when it holds more than twice as many lines as jobs.
+relayed on it, and it is ignored (and dropped by a compaction on load, so that the next append
+starts a line of its own; a write that failed halfway at run time gets its newline before the
+next one). The log is compacted (temporary file, fsync, rename) on load when it holds more than
+twice as many lines as jobs.
 """
 
 from __future__ import annotations
@@ -33,20 +35,21 @@ class NonceBook:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._highest, lines = self._load()
-        if lines > 2 * len(self._highest) + COMPACT_SLACK:
-            self._compact()
+        self._highest, lines, torn = self._load()
+        if torn or lines > 2 * len(self._highest) + COMPACT_SLACK:
+            self._compact()  # a torn last line must not run into the next append
         self._queued: list[str] = []
         self._recorded = 0  # lines recorded since load ...
         self._durable = 0  # ... and how many of them are on disk
         self._writing = False
         self._written = trio.Event()  # set (and replaced) after each write attempt
 
-    def _load(self) -> tuple[dict[int, int], int]:
+    def _load(self) -> tuple[dict[int, int], int, bool]:
+        """The highest nonce per job, the number of whole lines, and whether a torn one ends the file."""
         try:
             text = self.path.read_text()
         except FileNotFoundError:
-            return {}, 0
+            return {}, 0, False
         except (OSError, ValueError) as exc:
             raise ConfigError(str(self.path), f"unreadable nonce book: {exc}") from exc
         lines = text.split("\n")
@@ -59,7 +62,7 @@ class NonceBook:
             if job_id < 0 or nonce < 0:
                 raise ConfigError(str(self.path), f"line {number} has a negative number: {line[:80]!r}")
             highest[job_id] = max(nonce, highest.get(job_id, -1))
-        return highest, len(lines) - 1
+        return highest, len(lines) - 1, lines[-1] != ""
 
     def _compact(self) -> None:
         fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.")
@@ -110,7 +113,11 @@ class NonceBook:
 
     def _append(self, lines: list[str]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("a") as f:
-            f.write("".join(lines))
+        with self.path.open("a+b") as f:
+            if f.seek(0, os.SEEK_END) > 0:
+                f.seek(-1, os.SEEK_END)
+                if f.read(1) != b"\n":  # an earlier write failed halfway: end its torn line first
+                    lines = ["\n", *lines]
+            f.write("".join(lines).encode())
             f.flush()
             os.fsync(f.fileno())

@@ -125,7 +125,16 @@ def test_the_nonce_book_survives_a_restart_and_only_moves_up(tmp_path: Path) -> 
     assert reason(submission(nonce=3), last=again.last(7)) == "replayed"
     with path.open("a") as f:
         f.write("7 9")  # a crash in the middle of an append: never flushed, so never relayed
-    assert NonceBook(path).last(7) == 3
+    after_crash = NonceBook(path)
+    assert after_crash.last(7) == 3
+    assert after_crash.record(8, 5)
+    trio.run(after_crash.flush)  # the next append starts a line of its own
+    assert (NonceBook(path).last(7), NonceBook(path).last(8)) == (3, 5)
+    with path.open("a") as f:
+        f.write("9 1")  # a write that failed halfway while the node kept running
+    assert after_crash.record(8, 6)
+    trio.run(after_crash.flush)
+    assert (NonceBook(path).last(8), NonceBook(path).last(9)) == (6, 1)
     path.write_text("7 three\n")
     with pytest.raises(ConfigError, match="line 1 is not"):
         NonceBook(path)
