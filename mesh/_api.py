@@ -29,7 +29,7 @@ from ._job_events import JobEvents
 from ._logs import LogDesk
 from ._node import Node
 from ._submission import LogRequest, Submission
-from ._sync import FramePacer
+from ._sync import TokenBucket
 from ._transport import Message
 from ._wire_capacity import Capacity
 
@@ -130,7 +130,7 @@ class NodeApi:
         self.peer_id = peer_id
         self.addrs = addrs
         self._token = operator_token.encode()
-        self._remote_submissions = FramePacer(remote_submissions_per_s, 2 * remote_submissions_per_s)
+        self._remote_submissions = TokenBucket(remote_submissions_per_s, 2 * remote_submissions_per_s)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":

@@ -34,7 +34,7 @@ from ._identity import NodeIdentity
 from ._jobspec import JobSpec
 from ._membership import LivenessConfig, Membership, PeerState, Transition
 from ._submission import Rejected, Submission
-from ._sync import MAX_FRAME_BYTES, FramePacer, Peek, RecordStore, decode_frame, encode_frames, peek
+from ._sync import MAX_FRAME_BYTES, RecordStore, TokenBucket, decode_frame, encode_frames, peek
 from ._transport import Message, Transport
 from ._trio_types import TaskStatus
 from ._validate import GossipState, GossipVerdict, Reject, check, record
@@ -72,7 +72,7 @@ class NodeConfig:
     # a hop waits this long so one wave's records leave in one frame; it also caps the frames per
     # neighbour at 8 an interval when records trickle in (a loaded host); None: interval / 8
     sync_delay_s: float | None = None
-    # frames to one neighbour: up to frame_burst at once, then frame_rate a second (_sync.FramePacer)
+    # frames to one neighbour: up to frame_burst at once, then frame_rate a second (_sync.TokenBucket)
     frame_rate: float = 4.0
     frame_burst: float = 8.0
     # discovery dials until this many connections: records flood along them, so 4 keeps a random
@@ -162,7 +162,7 @@ class Node:
         self._urgent = trio.Event()  # ... and it is news (a capacity change): no batching delay
         self._sending: set[str] = set()  # neighbours a send is running to
         self._rush: set[str] = set()  # ... which then lack news: send again without the delay
-        self._pacer = FramePacer(config.frame_rate, config.frame_burst)
+        self._pacer = TokenBucket(config.frame_rate, config.frame_burst)
         self._dialing: set[str] = set()
         self._closing: set[str] = set()
         self._neighbours: dict[str, float] = {}  # connected peer -> trio time first seen connected
@@ -371,17 +371,17 @@ class Node:
                 self._backlog[key] = waiting[:MAX_WAITING]
                 self._backlog_ready.set()
                 continue
-            misbehaved |= not self._take(raw, head, peer, queued_ms)
+            misbehaved |= not self._take(raw, head.topic, peer, queued_ms)
         if misbehaved:
             self._cut(peer, "relayed-invalid")
         elif not self._backlog:
             self.synced.set()
 
-    def _take(self, raw: bytes, head: Peek, peer: str, queued_ms: int = 0) -> bool:
+    def _take(self, raw: bytes, topic: str, peer: str, queued_ms: int = 0) -> bool:
         """Check one record relayed by ``peer`` and keep it if it holds; False if ``peer``
         misbehaved by relaying it."""
         try:
-            env, payload = check(self.gossip, head.topic, raw, MODELS[head.topic], stale_ok=True)
+            env, payload = check(self.gossip, topic, raw, MODELS[topic], stale_ok=True)
         except Reject as verdict:
             return verdict.reason not in MISBEHAVIOUR
         except GossipVerdict:
@@ -417,8 +417,7 @@ class Node:
                     if seq <= self.store.seq_of(*key):  # a newer one of these was good
                         self.gossip.counters[(key[0], "IGNORE", "superseded")] += 1
                         continue
-                    head = Peek(key[0], "", seq, "")  # checked against the record itself in _take
-                    if not self._take(raw, head, peer):
+                    if not self._take(raw, key[0], peer):
                         self._cut(peer, "relayed-invalid")
                     if time.perf_counter() - began > BACKLOG_SLICE_S:
                         await trio.lowlevel.checkpoint()

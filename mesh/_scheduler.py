@@ -268,10 +268,10 @@ def step(node: Node, lease_ms: int = LEASE_MS, states: ReplicaStates = _claimed,
     """Plan from ``node``'s view and publish its claim set if it changed. With a chain check, a
     job is claimed only once the chain backs it: the plan names the jobs to read, and contested
     job ids are read too."""
-    check, may_claim = node.chain_check, None
+    check, may_claim, by_job = node.chain_check, None, _by_job(node)
     if check is not None:
-        check.want(k for named in _by_job(node).values() if len(named) > 1 for k in named)
-    known = placeable_jobs(node)
+        check.want(k for named in by_job.values() if len(named) > 1 for k in named)
+    known = _placeable(by_job, check)
     if check is not None:
         def may_claim(job_id: int) -> bool | None:
             return check.verdict(known[job_id])

@@ -171,31 +171,33 @@ class RecordStore:
 
 
 @dataclass
-class FramePacer:
-    """A token bucket per neighbour: up to ``burst`` frames at once, then ``rate`` a second.
+class TokenBucket:
+    """A token bucket per key: up to ``burst`` at once, then ``rate`` a second. Times are the
+    caller's clock, in seconds.
 
-    News (a job, a claim, a capacity change) goes out at once on a quiet link, so a hop costs no
-    batching delay; when news pours in (a burst of submissions), frames to one neighbour come at
-    most ``rate`` a second and each carries everything that piled up meanwhile. Without it, each of
-    1,000 jobs left every node as a frame of its own to each neighbour, and the frames' CPU
-    starved the heartbeats (BENCHMARKS.md "Placement"). Times are the caller's clock, in seconds.
+    It paces sync frames per neighbour (``Node``): news goes out at once on a quiet link, so a hop
+    costs no batching delay; when news pours in (a burst of submissions), frames to one neighbour
+    come at most ``rate`` a second and each carries everything that piled up meanwhile. Without
+    it, each of 1,000 jobs left every node as a frame of its own to each neighbour, and the
+    frames' CPU starved the heartbeats (BENCHMARKS.md "Placement"). It also bounds the job
+    submissions a node takes over libp2p (``_api``).
     """
 
     rate: float
     burst: float
-    _tokens: dict[str, tuple[float, float]] = field(default_factory=dict)  # neighbour -> (tokens, at)
+    _tokens: dict[str, tuple[float, float]] = field(default_factory=dict)  # key -> (tokens, at)
 
-    def _now_tokens(self, neighbour: str, now: float) -> float:
-        tokens, at = self._tokens.get(neighbour, (self.burst, now))
+    def _now_tokens(self, key: str, now: float) -> float:
+        tokens, at = self._tokens.get(key, (self.burst, now))
         return min(self.burst, tokens + (now - at) * self.rate)
 
-    def wait_s(self, neighbour: str, now: float) -> float:
-        """How long until a frame may go to ``neighbour``."""
-        return max(0.0, (1 - self._now_tokens(neighbour, now)) / self.rate)
+    def wait_s(self, key: str, now: float) -> float:
+        """How long until ``key`` may spend a token."""
+        return max(0.0, (1 - self._now_tokens(key, now)) / self.rate)
 
-    def spend(self, neighbour: str, now: float) -> None:
-        """A frame went to ``neighbour`` at ``now``."""
-        self._tokens[neighbour] = (self._now_tokens(neighbour, now) - 1, now)
+    def spend(self, key: str, now: float) -> None:
+        """``key`` spent a token at ``now`` (a frame went out, a submission was taken)."""
+        self._tokens[key] = (self._now_tokens(key, now) - 1, now)
 
-    def drop(self, neighbour: str) -> None:
-        self._tokens.pop(neighbour, None)
+    def drop(self, key: str) -> None:
+        self._tokens.pop(key, None)

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from mesh._envelope import canonical, seal
 from mesh._identity import NodeIdentity
-from mesh._sync import FramePacer, Peek, RecordStore, decode_frame, encode_frames, peek
+from mesh._sync import Peek, RecordStore, TokenBucket, decode_frame, encode_frames, peek
 from mesh._wire_heartbeat import TOPIC as HEARTBEAT
 from mesh._wire_heartbeat import Heartbeat
 
@@ -73,7 +73,7 @@ def test_peek_reads_routing_fields_or_refuses() -> None:
 
 
 def test_the_pacer_lets_a_burst_through_then_paces_and_refills() -> None:
-    pacer = FramePacer(rate=10.0, burst=3.0)
+    pacer = TokenBucket(rate=10.0, burst=3.0)
     for _ in range(3):  # a quiet link: news goes at once
         assert pacer.wait_s("a", 0.0) == 0.0
         pacer.spend("a", 0.0)
