@@ -29,6 +29,7 @@ from ._errors import (
     DeploymentError,
     TransactionFailed,
 )
+from ._keccak import keccak, to_checksum_address
 from ._revert import revert_class
 from ._types import (
     AVAILABILITY_MAX,
@@ -49,6 +50,8 @@ from ._types import (
 )
 
 __all__ = [
+    "keccak",
+    "to_checksum_address",
     "AVAILABILITY_MAX",
     "BPS_DENOMINATOR",
     "BURN_ADDRESS",

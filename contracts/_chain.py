@@ -13,6 +13,7 @@ are asyncio-only).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +35,17 @@ EMBEDDED_GAS_LIMIT = 15_000_000
 # can move between estimate and inclusion).
 GAS_MARGIN = 1.25
 RECEIPT_TIMEOUT_S = 120.0
+
+
+@dataclass(frozen=True)
+class ViewCall:
+    """One prepared read of a contract view: its name, the contract, the calldata, and how to
+    decode the returned bytes (``_clients`` prepares these)."""
+
+    name: str
+    address: str
+    data: bytes
+    decode: Callable[[bytes], Any]
 
 
 @dataclass
@@ -109,6 +121,41 @@ class Chain:
         if address is None:
             raise ChainError(f"deploying {name} produced no contract address")
         return self.contract(name, address), receipt
+
+    def read_many(self, calls: Sequence[ViewCall]) -> list[Any]:
+        """Several views at the latest block, decoded, in order: on a URL one JSON-RPC batch of raw
+        ``eth_call``s, past web3's per-call pipeline. Measured against anvil: a view through web3
+        costs ~5 ms of CPU, a raw ``eth_call`` ~1 ms, one in a batch of 8 ~0.15 ms; nodes read
+        the escrow for every job they accept or would run. The embedded chain reads one at a time.
+        ``ChainUnreachable`` if the URL does not answer, ``ChainError`` if a call fails."""
+        if not calls:
+            return []
+        if self.kind == EMBEDDED:
+            return [_decoded(call, self._embedded_call(call)) for call in calls]
+        batch = [(RPCEndpoint("eth_call"), [{"to": call.address, "data": "0x" + call.data.hex()}, "latest"])
+                 for call in calls]
+        try:
+            answers = self.w3.provider.make_batch_request(batch)  # type: ignore[attr-defined]
+        except Exception as exc:
+            translated = self._translate(exc)
+            raise (translated if isinstance(translated, ChainError)
+                   else ChainError(f"batch of {len(calls)} calls to {self.url}: {type(exc).__name__}: {exc}")) from exc
+        if not isinstance(answers, list) or len(answers) != len(calls):
+            raise ChainError(f"{self.url} answered a batch of {len(calls)} calls with {str(answers)[:200]}")
+        out = []
+        for call, answer in zip(calls, answers, strict=True):
+            result = answer.get("result")
+            if "error" in answer or not isinstance(result, str):
+                error = str(answer.get("error", answer))[:200]
+                raise ChainError(f"eth_call {call.name} to {call.address} failed: {error}")
+            out.append(_decoded(call, bytes.fromhex(result.removeprefix("0x"))))
+        return out
+
+    def _embedded_call(self, call: ViewCall) -> bytes:
+        try:
+            return bytes(self.w3.eth.call({"to": call.address, "data": call.data}))  # type: ignore[typeddict-item]
+        except Exception as exc:
+            raise ChainError(f"eth_call {call.name} to {call.address} failed: {type(exc).__name__}: {exc}") from exc
 
     # ------------------------------------------------------------------ transactions
 
@@ -214,3 +261,10 @@ class Chain:
             self.w3.provider.ethereum_tester.revert_to_snapshot(snapshot)  # type: ignore[attr-defined]
         else:
             self.w3.provider.make_request("evm_revert", [snapshot])  # type: ignore[arg-type]
+
+
+def _decoded(call: ViewCall, raw: bytes) -> Any:
+    try:
+        return call.decode(raw)
+    except Exception as exc:  # eth_abi's decoding errors: no contract there, or another one
+        raise ChainError(f"{call.name} at {call.address} answered {len(raw)} bytes that do not decode: {exc}") from exc

@@ -4,15 +4,18 @@ and out (units and enums from ``_types``), reverts raised by name through ``Chai
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from eth_utils import to_checksum_address
+from eth_abi import decode as abi_decode
+from eth_abi import encode as abi_encode
+from eth_utils import function_abi_to_4byte_selector, to_checksum_address
+from eth_utils.abi import get_abi_input_types, get_abi_output_types
 from web3.types import TxReceipt
 
 from . import _eip712
-from ._chain import Chain
+from ._chain import Chain, ViewCall
 from ._types import (
     Claim,
     CspStatus,
@@ -45,12 +48,33 @@ class _Client:
         self.chain = chain
         self.address = to_checksum_address(address)
         self.contract = chain.contract(self.artifact, self.address)
+        self._abis: dict[str, tuple[bytes, list[str], list[str]]] = {}
 
     def _tx(self, fn_name: str, *args: Any, sender: str) -> TxReceipt:
         return self.chain.transact(getattr(self.contract.functions, fn_name)(*args), sender)
 
     def _view(self, fn_name: str, *args: Any) -> Any:
         return self.chain.call(getattr(self.contract.functions, fn_name)(*args))
+
+    def _prepare(self, fn_name: str, *args: Any, then: Callable[[Any], Any] = lambda value: value) -> ViewCall:
+        """A view call for ``Chain.read_many``: its one return value (a struct as a tuple), then
+        ``then`` applied. Addresses come back lower-case (eth_abi), not checksummed as from web3."""
+        selector, inputs, outputs = self._abi_of(fn_name)
+        if len(outputs) != 1:
+            raise ValueError(f"{fn_name} returns {len(outputs)} values; prepared views return one")
+        return ViewCall(fn_name, self.address, selector + abi_encode(inputs, args),
+                        lambda raw: then(abi_decode(outputs, raw)[0]))
+
+    def _abi_of(self, fn_name: str) -> tuple[bytes, list[str], list[str]]:
+        found = self._abis.get(fn_name)
+        if found is None:
+            entries = [e for e in self.contract.abi if e.get("type") == "function" and e.get("name") == fn_name]
+            if len(entries) != 1:
+                raise ValueError(f"{self.artifact} has {len(entries)} functions named {fn_name}")
+            entry = entries[0]
+            found = self._abis[fn_name] = (function_abi_to_4byte_selector(entry), get_abi_input_types(entry),
+                                           get_abi_output_types(entry))
+        return found
 
     def events(self, receipt: TxReceipt) -> list[Event]:
         """Every log of ``receipt`` emitted by this contract, decoded, in order."""
@@ -261,18 +285,17 @@ class JobEscrowClient(_Client):
         return int(self._view("lastJobId"))
 
     def get_job(self, job_id: int) -> Job:
-        raw = self._view("getJob", job_id)
-        (csp, start, replicas, token, epochs, status, threshold, floor, bps, spec, price, deposited,
-         alloc_release, release_spent, alloc_refund, refunded, alloc_burn, burned, reclaimed, forfeited) = raw
-        return Job(
-            job_id=JobId(job_id), csp=str(csp), start_epoch=Epoch(start), replicas=replicas, token=str(token),
-            epochs=epochs, status=JobStatus(status),
-            policy=SettlementPolicy(release_threshold=threshold, burn_floor=floor, protocol_burn_bps=bps),
-            spec_hash=bytes(spec), price_per_node_epoch=TokenUnits(price), deposited=TokenUnits(deposited),
-            alloc_release=TokenUnits(alloc_release), release_spent=TokenUnits(release_spent),
-            alloc_refund=TokenUnits(alloc_refund), refunded=TokenUnits(refunded), alloc_burn=TokenUnits(alloc_burn),
-            burned=TokenUnits(burned), reclaimed=TokenUnits(reclaimed), forfeited=TokenUnits(forfeited),
-        )
+        return self.chain.read_many([self.job_call(job_id)])[0]  # type: ignore[no-any-return]
+
+    def job_call(self, job_id: int) -> ViewCall:
+        """``get_job`` prepared for ``Chain.read_many`` (many jobs and CSPs in one trip)."""
+        return self._prepare("getJob", job_id, then=lambda raw: _job_of(job_id, raw))
+
+    def admitted_until_call(self, csp: str) -> ViewCall:
+        return self._prepare("admittedUntil", to_checksum_address(csp), then=int)
+
+    def csp_status_call(self, csp: str) -> ViewCall:
+        return self._prepare("cspStatus", to_checksum_address(csp), then=CspStatus)
 
     def claimed_of(self, job_id: int, license_id: int) -> TokenUnits:
         return TokenUnits(self._view("claimedOf", job_id, license_id))
@@ -281,10 +304,10 @@ class JobEscrowClient(_Client):
         return bool(self._view("isCspAdmitted", to_checksum_address(csp)))
 
     def admitted_until(self, csp: str) -> int:
-        return int(self._view("admittedUntil", to_checksum_address(csp)))
+        return self.chain.read_many([self.admitted_until_call(csp)])[0]  # type: ignore[no-any-return]
 
     def csp_status(self, csp: str) -> CspStatus:
-        return CspStatus(self._view("cspStatus", to_checksum_address(csp)))
+        return self.chain.read_many([self.csp_status_call(csp)])[0]  # type: ignore[no-any-return]
 
     def is_token_allowed(self, token: str) -> bool:
         return bool(self._view("isTokenAllowed", to_checksum_address(token)))
@@ -314,3 +337,17 @@ class JobEscrowClient(_Client):
 
     def job_submission_digest(self, job_id: int, spec_hash: bytes, nonce: int, expiry: int) -> bytes:
         return bytes(self._view("jobSubmissionDigest", job_id, spec_hash, nonce, expiry))
+
+
+def _job_of(job_id: int, raw: tuple[Any, ...]) -> Job:
+    (csp, start, replicas, token, epochs, status, threshold, floor, bps, spec, price, deposited,
+     alloc_release, release_spent, alloc_refund, refunded, alloc_burn, burned, reclaimed, forfeited) = raw
+    return Job(
+        job_id=JobId(job_id), csp=to_checksum_address(csp), start_epoch=Epoch(start), replicas=replicas,
+        token=to_checksum_address(token), epochs=epochs, status=JobStatus(status),
+        policy=SettlementPolicy(release_threshold=threshold, burn_floor=floor, protocol_burn_bps=bps),
+        spec_hash=bytes(spec), price_per_node_epoch=TokenUnits(price), deposited=TokenUnits(deposited),
+        alloc_release=TokenUnits(alloc_release), release_spent=TokenUnits(release_spent),
+        alloc_refund=TokenUnits(alloc_refund), refunded=TokenUnits(refunded), alloc_burn=TokenUnits(alloc_burn),
+        burned=TokenUnits(burned), reclaimed=TokenUnits(reclaimed), forfeited=TokenUnits(forfeited),
+    )

@@ -12,8 +12,8 @@ from typing import Any
 from eth_abi import encode as abi_encode
 from eth_account import Account
 from eth_account.messages import encode_typed_data
-from eth_utils import keccak, to_checksum_address
 
+from ._keccak import keccak, to_checksum_address
 from ._types import JobTotals
 
 ESCROW_DOMAIN_NAME = "deedmesh JobEscrow"
@@ -100,7 +100,7 @@ def _hash_struct(name: str, fields: tuple[tuple[str, str], ...], values: tuple[A
 def _encode_atomic(kind: str, value: Any) -> bytes:
     """One field's 32-byte encoding (EIP-712 ``encodeData`` for the field types used here)."""
     if kind == "string":
-        return keccak(text=value)
+        return keccak(value.encode())
     if kind == "bytes32":
         raw = value if isinstance(value, bytes) else bytes.fromhex(value.removeprefix("0x"))
         if len(raw) != 32:

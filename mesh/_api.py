@@ -287,6 +287,12 @@ class NodeApi:
             lines.append(f'deedmesh_peers{{state="{state}"}} {states.count(state)}')
         lines += ["# HELP deedmesh_loop_lag_seconds The most this node's event loop ran late in the last 10 s.",
                   "# TYPE deedmesh_loop_lag_seconds gauge", f"deedmesh_loop_lag_seconds {self.node.loop_lag_s:.3f}"]
+        lines += ["# HELP deedmesh_sync_frames_total Neighbour sync frames, by direction.",
+                  "# TYPE deedmesh_sync_frames_total counter"]
+        lines += [f'deedmesh_sync_frames_total{{dir="{d}"}} {n}' for d, (n, _) in self.node.frames.items()]
+        lines += ["# HELP deedmesh_sync_bytes_total Bytes of neighbour sync frames, by direction.",
+                  "# TYPE deedmesh_sync_bytes_total counter"]
+        lines += [f'deedmesh_sync_bytes_total{{dir="{d}"}} {b}' for d, (_, b) in self.node.frames.items()]
         frames, records = self.node.backlog
         lines += ["# HELP deedmesh_backlog Frames received and not yet read; job and claim records waiting for "
                   "their check.", "# TYPE deedmesh_backlog gauge",

@@ -13,20 +13,16 @@ then the shape, then the signature. Pure apart from the signing primitives.
 
 from __future__ import annotations
 
-import functools
 import json
 from typing import Any
 
 import coincurve
 from eth_keys import keys
-from eth_utils import keccak
-from eth_utils import to_checksum_address as _to_checksum_address
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from contracts import keccak, to_checksum_address
+
 DOMAIN = b"deedmesh/gossip/1\x00"
-# the checksum costs two keccaks in Python and every record names its origin: there are only
-# N origins, so remember them (measured: 1.8 s of 15 s of CPU in a 50-node mesh without this)
-to_checksum_address = functools.lru_cache(maxsize=8192)(_to_checksum_address)
 
 SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
 MAX_ENVELOPE_BYTES = 16 * 1024  # heartbeats and capacity are < 1 KiB; job specs stay well under

@@ -50,7 +50,7 @@ class JobDesk:
             seen = [n for n in (self._book.last(sub.job_id), None if known is None else known.nonce) if n is not None]
             last = max(seen, default=None)
             check_submission(sub, facts, replicas=None if spec is None else spec.replicas, now_s=self._now_s(),
-                             last_nonce=last)
+                             last_nonce=last, signer=csp)
             if not self._book.record(sub.job_id, sub.nonce):  # the same nonce came in at once, on another request
                 raise Rejected("replayed", f"nonce {sub.nonce} is already being accepted for job {sub.job_id}")
             try:

@@ -14,11 +14,13 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 
 from ._placement import Claim
 from ._wire_claim import Claims
 
 MAX_EVENTS = 20  # per job
+_NO_WINNERS: Mapping[int, Claim] = MappingProxyType({})
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,11 @@ class JobEvents:
         self._replicas: dict[int, dict[int, _Seen]] = {}
         self._last_holder: dict[int, dict[int, str]] = {}  # job -> replica -> its last holder, placed or not
         self._actions: dict[int, tuple[int, bool]] = {}  # job -> (newest nonce, stopped)
+        # what the last call saw, to skip the jobs nothing touched since: each job's winners (the
+        # plan memo hands back the same mapping while they hold) and each node's claim set, with
+        # its entries as (job, replica) -> (state, restarts)
+        self._winners: dict[int, Mapping[int, Claim]] = {}
+        self._reports: dict[str, tuple[Claims, dict[tuple[int, int], tuple[str, int]]]] = {}
 
     def of(self, job_id: int) -> list[JobEvent]:
         return list(self._events.get(job_id, ()))
@@ -57,21 +64,32 @@ class JobEvents:
         """Record what changed since the last call. ``actions``: job -> (newest nonce, stopped);
         ``winners``: job -> replica -> winning claim; ``claim_sets``: node -> its claim set (for the
         state and restarts it reports)."""
-        reported = {(c.job_id, c.replica, node): (c.state, c.restarts)
-                    for node, held in claim_sets.items() for c in held.claims}
+        changed = {node for node, held in claim_sets.items() if self._reports.get(node, (None,))[0] is not held}
+        for node in changed:
+            held = claim_sets[node]
+            self._reports[node] = (held, {(c.job_id, c.replica): (c.state, c.restarts) for c in held.claims})
+        for node in set(self._reports) - set(claim_sets):
+            del self._reports[node]
         for job_id in set(self._actions) - set(actions):
             self._events.pop(job_id, None)
             self._replicas.pop(job_id, None)
             self._last_holder.pop(job_id, None)
             self._actions.pop(job_id, None)
+            self._winners.pop(job_id, None)
         for job_id, (nonce, stopped) in sorted(actions.items()):
+            won = winners.get(job_id, _NO_WINNERS)
+            if (self._actions.get(job_id) == (nonce, stopped) and self._winners.get(job_id) is won
+                    and not any(c.node in changed or c.node not in self._reports for c in won.values())):
+                continue  # the same action, winners and holders' reports as last time: nothing new
+            self._winners[job_id] = won
             if self._actions.get(job_id) != (nonce, stopped):
                 self._actions[job_id] = (nonce, stopped)
                 self._add(JobEvent(now_ms, job_id, "stopped" if stopped else "submitted", detail=f"nonce {nonce}"))
             seen = self._replicas.setdefault(job_id, {})
             now: dict[int, _Seen] = {}
-            for r, c in winners.get(job_id, {}).items():
-                state, restarts = reported.get((job_id, r, c.node), ("claimed", 0))
+            for r, c in won.items():
+                report = self._reports.get(c.node)
+                state, restarts = ("claimed", 0) if report is None else report[1].get((job_id, r), ("claimed", 0))
                 now[r] = (c.node, c.generation, state, restarts)
             for replica in sorted(set(seen) | set(now)):
                 self._compare(now_ms, job_id, replica, seen.get(replica), now.get(replica))

@@ -30,7 +30,6 @@ import json
 import re
 from typing import Annotated, Any, Literal, TypeVar
 
-from eth_utils import keccak
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -42,6 +41,8 @@ from pydantic import (
     model_validator,
 )
 from pydantic_core import PydanticCustomError
+
+from contracts import keccak
 
 from ._jobspec_expr import evaluate_expression, parse_expression, render_expression
 from ._wire_capacity import Resources

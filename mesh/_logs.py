@@ -6,8 +6,10 @@ Container logs can hold secrets, so only the job's CSP may read them. The CSP si
 with the first failure (a ``Rejected``: reason and HTTP status):
 
 - the signature recovers to some address (low s), and the request is within its validity window;
-- this node knows the job (``unknown-job``), the signer is a CSP that named it (``wrong-owner``),
-  and no other CSP names it too (``job-contested``: only the chain could tell which owns it);
+- this node knows the job (``unknown-job``), the signer is a CSP that named it (``wrong-owner``);
+  if another CSP names it too (one record is forged by a licensed node), the signer must be the
+  one whose record the chain backs and placement runs (``wrong-owner``), and while this node has
+  not read the chain on it, nobody can tell (``job-contested``);
 - the job is running and the replica asked for is placed (``no-replica``).
 
 Then it finds each replica's holder (``assignment``, as ``job status`` shows it), reads the
@@ -34,7 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ._errors import MeshError, TransportError, TransportTimeout
 from ._node import Node
-from ._scheduler import assignment
+from ._scheduler import assignment, placeable_jobs
 from ._submission import LogRequest, Rejected, log_requester
 from ._transport import Message
 
@@ -112,7 +114,11 @@ class LogDesk:
             # a forged signature recovers to some random address: it lands here too
             raise Rejected("wrong-owner", f"job {req.job_id} was not submitted by {signer}")
         if len(csps) > 1:
-            raise Rejected("job-contested", f"job {req.job_id} is named by {len(csps)} CSPs")
+            placed = placeable_jobs(self.node).get(req.job_id)
+            if placed is None:
+                raise Rejected("job-contested", f"job {req.job_id} is named by {len(csps)} CSPs; chain not read yet")
+            if placed.record.csp != signer:
+                raise Rejected("wrong-owner", f"job {req.job_id} belongs to {placed.record.csp} on chain, not {signer}")
         return signer
 
     # ---------------------------------------------------------------- the node a CSP asks

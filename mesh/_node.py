@@ -72,8 +72,12 @@ class NodeConfig:
     # a hop waits this long so one wave's records leave in one frame; it also caps the frames per
     # neighbour at 8 an interval when records trickle in (a loaded host); None: interval / 8
     sync_delay_s: float | None = None
-    # frames to one neighbour: up to frame_burst at once, then frame_rate a second (_sync.TokenBucket)
-    frame_rate: float = 4.0
+    # frames to one neighbour: up to frame_burst at once, then frames_per_interval a heartbeat
+    # interval (_sync.TokenBucket). A frame costs ~0.5 ms of CPU whatever it carries, and under a
+    # stream of jobs every link runs at this pace: at 1,000 jobs on 20 nodes (2 s beats), 4 a
+    # second took 73-87 ms of node CPU a job, 2 a second 63 (BENCHMARKS.md "Placement"). A beat
+    # waits at most a quarter interval a hop for its frame
+    frames_per_interval: float = 4.0
     frame_burst: float = 8.0
     # discovery dials until this many connections: records flood along them, so 4 keeps a random
     # mesh connected (diameter ~4 at N = 50), and each more neighbour costs a frame per hop per wave
@@ -162,11 +166,15 @@ class Node:
         self._urgent = trio.Event()  # ... and it is news (a capacity change): no batching delay
         self._sending: set[str] = set()  # neighbours a send is running to
         self._rush: set[str] = set()  # ... which then lack news: send again without the delay
-        self._pacer = TokenBucket(config.frame_rate, config.frame_burst)
+        self._pacer = TokenBucket(config.frames_per_interval * 1000 / config.liveness.heartbeat_interval_ms,
+                                  config.frame_burst)
         self._dialing: set[str] = set()
         self._closing: set[str] = set()
         self._neighbours: dict[str, float] = {}  # connected peer -> trio time first seen connected
         self._heard: dict[str, float] = {}  # neighbour -> trio time of its last frame
+        # sync frames and their bytes, by direction ("sent", "received"): a frame's libp2p cost is
+        # most of a loaded node's CPU, whatever it carries (``/metrics``)
+        self.frames: dict[str, list[int]] = {"sent": [0, 0], "received": [0, 0]}
         self._rng = random.Random(identity.address)
         interval_s = config.liveness.heartbeat_interval_ms / 1000
         self._sync_delay_s = config.sync_delay_s if config.sync_delay_s is not None else max(0.02, interval_s / 8)
@@ -331,6 +339,8 @@ class Node:
         job and claim records go to the backlog (``_backlog_loop``), newest per key only."""
         peer = msg.forwarder
         self._heard[peer] = trio.current_time()
+        self.frames["received"][0] += 1
+        self.frames["received"][1] += len(msg.data)
         address = self.transport.address_of(peer)
         if address is None or not self._is_eligible(address):
             # [REJECT] frames from a peer that is not a licensed node: close the connection
@@ -566,6 +576,8 @@ class Node:
                 try:
                     for frame in encode_frames([raw for _, _, raw in sent]):
                         await self.transport.send(peer, frame)
+                        self.frames["sent"][0] += 1
+                        self.frames["sent"][1] += len(frame)
                 except TransportError as exc:
                     # only what this send carried goes again; the connection stays: a slow peer (a
                     # loaded machine) is not a dead one, and if it is frozen, its silence closes it

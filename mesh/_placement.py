@@ -44,7 +44,9 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 
-from eth_utils import is_checksum_address, keccak
+from eth_utils import is_checksum_address
+
+from contracts import keccak
 
 from ._wire_capacity import Resources
 

@@ -15,7 +15,7 @@ import secrets
 import shutil
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -116,11 +116,12 @@ MAX_CACHED_CSPS = 1024  # above this, expired admissions are dropped from the de
 
 
 class EscrowFacts:
-    """What the escrow says about a job and a CSP (blocking: call it in the chain worker).
+    """What the escrow says about jobs and their CSPs (blocking: call it in the chain worker).
 
-    The job is read on every submission; the CSP's admission is kept ``csp_ttl_s`` (a suspension or
-    an expired admission takes effect within that, as a license ban does within the license
-    refresh), which saves two of three chain calls when a CSP submits many jobs at once.
+    Jobs are read on every call; a CSP's admission is kept ``csp_ttl_s`` (a suspension or an
+    expired admission takes effect within that, as a license ban does within the license
+    refresh), which saves two of three chain calls when a CSP submits many jobs at once. A call
+    for many jobs is one trip to the chain (``Chain.read_many``).
     """
 
     def __init__(self, escrow: JobEscrowClient, csp_ttl_s: float = 5.0,
@@ -131,17 +132,26 @@ class EscrowFacts:
         self._csps: dict[str, tuple[float, int, CspStatus]] = {}  # csp -> (read at, admitted until, status)
 
     def __call__(self, job_id: int, csp: str) -> ChainFacts:
-        job = self.escrow.get_job(job_id)
+        return self.many([(job_id, csp)])[0]
+
+    def many(self, pairs: Sequence[tuple[int, str]]) -> list[ChainFacts]:
+        """The facts of each (job id, CSP), in order, read in one trip."""
         now = self._clock()
-        read_at, until, status = self._csps.get(csp, (-math.inf, 0, CspStatus.ACTIVE))
-        if now - read_at >= self.csp_ttl_s:
-            until, status = self.escrow.admitted_until(csp), self.escrow.csp_status(csp)
-            if len(self._csps) >= MAX_CACHED_CSPS:  # signers of many keys: keep only fresh entries
-                self._csps = {k: v for k, v in self._csps.items() if now - v[0] < self.csp_ttl_s}
-            self._csps[csp] = (now, until, status)
-        return ChainFacts(chain_id=self.escrow.chain.chain_id, escrow=self.escrow.address,
-                          job=None if job.status is JobStatus.NONE else job, csp_admitted_until=until,
-                          csp_status=status)
+        stale = sorted({csp for _, csp in pairs if now - self._csps.get(csp, (-math.inf,))[0] >= self.csp_ttl_s})
+        calls = [self.escrow.job_call(job_id) for job_id, _ in pairs]
+        for csp in stale:
+            calls += [self.escrow.admitted_until_call(csp), self.escrow.csp_status_call(csp)]
+        read = self.escrow.chain.read_many(calls)
+        jobs, standing = read[:len(pairs)], read[len(pairs):]
+        if stale and len(self._csps) + len(stale) > MAX_CACHED_CSPS:  # signers of many keys: keep fresh entries
+            self._csps = {k: v for k, v in self._csps.items() if now - v[0] < self.csp_ttl_s}
+        for i, csp in enumerate(stale):
+            self._csps[csp] = (now, standing[2 * i], standing[2 * i + 1])
+        chain_id = self.escrow.chain.chain_id
+        return [ChainFacts(chain_id=chain_id, escrow=self.escrow.address,
+                           job=None if job.status is JobStatus.NONE else job,
+                           csp_admitted_until=self._csps[csp][1], csp_status=self._csps[csp][2])
+                for (_, csp), job in zip(pairs, jobs, strict=True)]
 
 
 async def car_runner(identity: NodeIdentity, engine: str) -> CarRunner | None:
@@ -188,7 +198,7 @@ async def serve_node(identity: NodeIdentity, settings: NodeSettings, token_file:
                                now_s=lambda: int(time.time()))
 
                 async def read_many(pairs: list[tuple[int, str]]) -> list[ChainFacts]:
-                    return await worker.run(lambda: [facts(job_id, csp) for job_id, csp in pairs])
+                    return await worker.run(partial(facts.many, pairs))
                 check = JobCheck(node, read_many)
                 await nursery.start(check.run)
                 node.chain_check = check  # relayed jobs are read on chain before this node claims them

@@ -123,10 +123,11 @@ def signer_of(sub: Submission, chain_id: int, escrow: str) -> str:
 
 
 def check_submission(sub: Submission, facts: ChainFacts, *, replicas: int | None, now_s: int,
-                     last_nonce: int | None) -> str:
+                     last_nonce: int | None, signer: str | None = None) -> str:
     """Run every check (module docstring); return the CSP's address. ``replicas`` is the spec's
-    replica count (None for a stop); ``last_nonce`` the highest nonce seen for this job."""
-    signer = signer_of(sub, facts.chain_id, facts.escrow)
+    replica count (None for a stop); ``last_nonce`` the highest nonce seen for this job;
+    ``signer``: ``signer_of(sub, ...)`` if the caller recovered it already under this domain."""
+    signer = signer_of(sub, facts.chain_id, facts.escrow) if signer is None else signer
     if sub.expiry <= now_s:
         raise Rejected("expired", f"expired at {sub.expiry}, now {now_s}")
     if sub.expiry > now_s + MAX_VALIDITY_S:

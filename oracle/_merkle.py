@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from eth_utils import keccak
+from contracts import keccak
 
 
 def hash_pair(a: bytes, b: bytes) -> bytes:

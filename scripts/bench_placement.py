@@ -90,16 +90,24 @@ def health_of(api: str) -> dict[str, Any]:
     _, peers = http(f"{api}/peers", timeout=60)
     _, counters = http(f"{api}/counters", timeout=60)
     _, jobs = http(f"{api}/jobs", timeout=60)
+    with urllib.request.urlopen(f"{api}/metrics", timeout=60) as r:
+        metrics = r.read().decode().splitlines()
+    frames = {line.split(" ")[0].split('"')[1]: int(line.split(" ")[1]) for line in metrics
+              if line.startswith("deedmesh_sync_frames_total")}
+    connections = next(int(line.split(" ")[1]) for line in metrics if line.startswith("deedmesh_connections "))
     holders: dict[tuple[int, int], int] = {}
     for job in jobs:
         for c in job["claims"]:
             holders[(job["job_id"], c["replica"])] = holders.get((job["job_id"], c["replica"]), 0) + 1
     return {"peers": {state: sum(p["state"] == state for p in peers) for state in ("alive", "suspect", "dead")},
+            "sync_frames": frames, "connections": connections,
             "connections_cut_as_dead": counters.get("peer", {}).get("REJECT", {}).get("dead", 0),
             "replicas_claimed_twice": sum(n > 1 for n in holders.values()),
             "max_generation": max((c["generation"] for job in jobs for c in job["claims"]), default=0),
             "duplicate_records": {topic.split("/")[1]: v.get("IGNORE", {}).get("duplicate", 0)
-                                  for topic, v in counters.items() if topic.startswith("deedmesh/")}}
+                                  for topic, v in counters.items() if topic.startswith("deedmesh/")},
+            "accepted_records": {topic.split("/")[1]: v.get("ACCEPT", {}).get("ok", 0)
+                                 for topic, v in counters.items() if topic.startswith("deedmesh/")}}
 
 
 def main() -> None:

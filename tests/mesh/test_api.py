@@ -106,6 +106,13 @@ async def test_the_api_answers_clients_over_the_transport(autojump_clock: trio.t
         status, text = await ask({"method": "GET", "path": "/metrics"})
         assert status == 200
         assert "deedmesh_connections" in text
+        counted = {line.split(" ")[0]: int(line.split(" ")[1]) for line in text.splitlines()
+                   if line.startswith("deedmesh_sync_")}
+        # the bystander took part in placing a job: frames went both ways, each with some bytes
+        assert 0 < counted['deedmesh_sync_frames_total{dir="received"}'] <= bystander.frames["received"][0]
+        assert counted['deedmesh_sync_frames_total{dir="sent"}'] > 0
+        received = counted['deedmesh_sync_frames_total{dir="received"}']
+        assert counted['deedmesh_sync_bytes_total{dir="received"}'] > received
         status, answer = await ask({"method": "POST", "path": "/jobs/7/logs", "body": signed(replica=0)})
         assert (status, answer["replicas"][0]["logs"]) == (200, expected(where[0], 0))
         query = urlencode({k: v for k, v in signed(replica=0).items() if k != "job_id"})

@@ -116,15 +116,19 @@ async def _append(answers: list[tuple[int, dict[str, object]]], answer: Awaitabl
 
 def test_escrow_facts_read_the_job_each_time_and_the_csps_admission_at_most_once_per_ttl() -> None:
     from contracts import Chain, CspStatus
+    from contracts._chain import ViewCall
 
     from ..contracts.world import build_world
 
     world = build_world(Chain.embedded())
-    job_id = world.new_job()
-    calls: list[str] = []
-    for name in ("get_job", "admitted_until", "csp_status"):  # count the chain reads, then make them
-        real = getattr(world.escrow, name)
-        setattr(world.escrow, name, lambda *a, _n=name, _f=real: (calls.append(_n), _f(*a))[1])
+    job_id, other = world.new_job(), world.new_job()
+    trips: list[list[str]] = []
+    real = world.escrow.chain.read_many
+
+    def counted(views: list[ViewCall]) -> list[object]:  # count the chain reads, then make them
+        trips.append([v.name for v in views])
+        return real(views)
+    world.escrow.chain.read_many = counted  # type: ignore[method-assign]
     clock = [100.0]
     facts = EscrowFacts(world.escrow, csp_ttl_s=5.0, clock=lambda: clock[0])
     first = facts(job_id, world.csp)
@@ -137,5 +141,11 @@ def test_escrow_facts_read_the_job_each_time_and_the_csps_admission_at_most_once
     assert facts(job_id, world.csp).csp_status is CspStatus.ACTIVE  # within the TTL: the cached admission
     clock[0] += 0.1
     assert facts(job_id, world.csp).csp_status is CspStatus.SUSPENDED  # read again: the suspension bites
-    assert calls == ["get_job", "admitted_until", "csp_status", "get_job", "get_job",
-                     "get_job", "admitted_until", "csp_status"]
+    assert trips == [["getJob", "admittedUntil", "cspStatus"], ["getJob"], ["getJob"],
+                     ["getJob", "admittedUntil", "cspStatus"]]
+    # many jobs in one trip, the stale CSP read once for all of them
+    clock[0] += 5.0
+    many = facts.many([(job_id, world.csp), (999, world.csp), (other, world.csp)])
+    assert trips[-1] == ["getJob", "getJob", "getJob", "admittedUntil", "cspStatus"]
+    assert [f.job and f.job.job_id for f in many] == [job_id, None, other]
+    assert {f.csp_status for f in many} == {CspStatus.SUSPENDED}

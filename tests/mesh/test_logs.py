@@ -27,6 +27,7 @@ from mesh._node import Node
 from mesh._submission import MAX_LOG_VALIDITY_S, Submission, log_request_message, sign_log_request
 from mesh._transport import MemoryNetwork
 
+from .test_job_check import ChainSays
 from .test_jobs_gossip import CSP, CSP_KEY, ESCROW
 from .test_node_memory import until, wall_now
 from .test_scheduler import SPEC, announce, placed, scheduled
@@ -150,6 +151,18 @@ async def test_requests_are_refused_with_their_status_by_the_node_asked(
         await until(lambda: len([k for k in bystander.jobs if k[0] == 7]) == 2)
         got = await desk.read(7, signed())
         assert (got[0], got[1]["error"]) == (409, "job-contested")
+        assert READS == []
+        # once the nodes' chain checks have read both records, the owner reads and the forger does not
+        for node in nodes:
+            node.chain_check = check = ChainSays({(7, CSP.lower()): True, (7, other.lower()): False})
+            check.want(k for k in node.jobs.values() if k.job_id == 7)
+        got = await desk.read(7, signed(key=OTHER_KEY))
+        assert (got[0], got[1]["error"]) == (403, "wrong-owner")
+        assert "on chain" in got[1]["message"]
+        assert READS == []
+        got = await desk.read(7, signed())
+        assert got[0] == 200, got
+        assert READS != []  # the owner's request was read
 
 
 async def test_a_stopped_job_has_no_logs(autojump_clock: trio.testing.MockClock) -> None:
