@@ -19,6 +19,7 @@ from typing import Any
 
 import coincurve
 from eth_keys import keys
+from eth_keys.datatypes import PrivateKey
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from contracts import keccak, to_checksum_address
@@ -55,17 +56,18 @@ class Envelope(BaseModel):
     def _checksummed(cls, v: str) -> str:
         return to_checksum_address(v)
 
-    def signing_digest(self) -> bytes:
-        return signing_digest(self.topic, self.origin, self.seq, self.ts_ms, self.payload, self.subject)
+    def signing_digest(self, payload_json: bytes | None = None) -> bytes:
+        return signing_digest(self.topic, self.origin, self.seq, self.ts_ms, self.payload, self.subject, payload_json)
 
     @property
     def key(self) -> tuple[str, str]:
         """The record's identity: its topic and what it is about (the lower-case origin by default)."""
         return (self.topic, self.subject or self.origin.lower())
 
-    def recover_origin(self) -> str | None:
-        """The address that signed this envelope, or None if the signature is unusable."""
-        return recover_address(self.signing_digest(), bytes.fromhex(self.sig[2:]))
+    def recover_origin(self, payload_json: bytes | None = None) -> str | None:
+        """The address that signed this envelope, or None if the signature is unusable
+        (``payload_json``: see ``signing_digest``)."""
+        return recover_address(self.signing_digest(payload_json), bytes.fromhex(self.sig[2:]))
 
     def encode(self) -> bytes:
         return canonical(self.model_dump(exclude_defaults=True))  # no subject: the origin's own record
@@ -76,9 +78,16 @@ def canonical(value: Any) -> bytes:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
 
 
-def signing_digest(topic: str, origin: str, seq: int, ts_ms: int, payload: dict[str, Any], subject: str = "") -> bytes:
-    fields: list[Any] = [topic, to_checksum_address(origin), seq, ts_ms, payload]
-    return keccak(DOMAIN + canonical([*fields, subject] if subject else fields))
+def signing_digest(topic: str, origin: str, seq: int, ts_ms: int, payload: dict[str, Any], subject: str = "",
+                   payload_json: bytes | None = None) -> bytes:
+    """``keccak(DOMAIN || canonical([topic, origin, seq, ts_ms, payload(, subject)]))``;
+    ``payload_json``: ``canonical(payload)`` if the caller has it (a receiver encodes the payload
+    once for this and for its model: canonical JSON was ~10 % of a loaded node's samples). The
+    list is assembled from its items' encodings, which is what ``json.dumps`` writes (tested)."""
+    head = canonical([topic, to_checksum_address(origin), seq, ts_ms])
+    body = canonical(payload) if payload_json is None else payload_json
+    tail = b"," + canonical(subject) if subject else b""
+    return keccak(DOMAIN + head[:-1] + b"," + body + tail + b"]")
 
 
 def seal(private_key: bytes, topic: str, seq: int, ts_ms: int, payload: Payload, subject: str = "") -> Envelope:
@@ -91,7 +100,7 @@ def seal(private_key: bytes, topic: str, seq: int, ts_ms: int, payload: Payload,
 
 
 @functools.lru_cache(maxsize=16)
-def _signing_key(private_key: bytes) -> tuple[keys.PrivateKey, str]:
+def _signing_key(private_key: bytes) -> tuple[PrivateKey, str]:
     """A node's key object and address, made once: deriving them took ~40 % of a seal."""
     key = keys.PrivateKey(private_key)
     return key, key.public_key.to_checksum_address()

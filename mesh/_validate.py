@@ -63,14 +63,15 @@ def decode_envelope(raw: bytes) -> Envelope:
         raise Reject("malformed", exc.errors()[0]["msg"]) from exc
 
 
-def validate_envelope(state: GossipState, topic: str, env: Envelope, *, stale_ok: bool = False) -> None:
+def validate_envelope(state: GossipState, topic: str, env: Envelope, *, stale_ok: bool = False,
+                      payload_json: bytes | None = None) -> None:
     """Check an envelope received on ``topic``; raise ``Reject`` or ``Ignore``. ``stale_ok``: the
     message is a state record (the latest of its origin, relayed by sync), not an event."""
     # [REJECT] the envelope names another topic than the one it arrived on
     if env.topic != topic:
         raise Reject("wrong-topic", f"{env.topic} on {topic}")
     # [REJECT] the signature does not recover to the claimed origin
-    if env.recover_origin() != env.origin:
+    if env.recover_origin(payload_json) != env.origin:
         raise Reject("bad-signature", env.origin)
     # [REJECT] the origin is not a licensed, linked, unbanned node
     if not state.is_eligible(env.origin):
@@ -86,11 +87,12 @@ def validate_envelope(state: GossipState, topic: str, env: Envelope, *, stale_ok
         raise Ignore("replay", f"seq {env.seq} <= {state.last_seq[key]}")
 
 
-def decode_payload(model: type[M], env: Envelope) -> M:
+def decode_payload(model: type[M], env: Envelope, payload_json: bytes | None = None) -> M:
     """The envelope's payload as the topic's model; a mismatch is a ``Reject``."""
     # [REJECT] the payload does not fit the topic's schema
     try:
-        return model.model_validate_json(canonical(env.payload))  # JSON mode: arrays may become tuples
+        # JSON mode: arrays may become tuples
+        return model.model_validate_json(canonical(env.payload) if payload_json is None else payload_json)
     except ValidationError as exc:
         raise Reject("malformed-payload", exc.errors()[0]["msg"]) from exc
 
@@ -101,8 +103,9 @@ def check(state: GossipState, topic: str, raw: bytes, model: type[M], *, stale_o
     before a message is forwarded. Rejections and ignores are counted."""
     try:
         env = decode_envelope(raw)
-        validate_envelope(state, topic, env, stale_ok=stale_ok)
-        payload = decode_payload(model, env)
+        payload_json = canonical(env.payload)  # once, for the signature and the model
+        validate_envelope(state, topic, env, stale_ok=stale_ok, payload_json=payload_json)
+        payload = decode_payload(model, env, payload_json)
     except GossipVerdict as verdict:
         state.counters[(topic, verdict.verdict, verdict.reason)] += 1
         raise

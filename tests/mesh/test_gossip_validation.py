@@ -2,9 +2,23 @@
 
 from __future__ import annotations
 
-import pytest
+from typing import Any
 
-from mesh._envelope import MAX_ENVELOPE_BYTES, SECP256K1_N, Envelope, recover_address, seal
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from contracts import keccak
+from mesh._envelope import (
+    DOMAIN,
+    MAX_ENVELOPE_BYTES,
+    SECP256K1_N,
+    Envelope,
+    canonical,
+    recover_address,
+    seal,
+    signing_digest,
+)
 from mesh._identity import NodeIdentity
 from mesh._validate import GossipState, Ignore, Reject, accept, check
 from mesh._wire_capacity import TOPIC as CAPACITY
@@ -132,3 +146,22 @@ def test_records_about_a_subject_are_ordered_by_seq_whoever_signed_them() -> Non
     assert verdict(st, moved.encode()) == ("REJECT", "bad-signature")
     with pytest.raises(ValueError, match="subject"):
         Envelope.model_validate_json(first.encode().replace(b"job:7", b"Job 7"))
+
+
+_JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+                     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner,
+                                                                                 max_size=4),
+                     max_leaves=12)
+
+
+@given(topic=st.text(min_size=1, max_size=20), seq=st.integers(1, 2**63 - 1), ts_ms=st.integers(0, 2**63 - 1),
+       payload=st.dictionaries(st.text(max_size=8), _JSON, max_size=5),
+       subject=st.sampled_from(["", "job:7", "job:12:0x" + "ab" * 20]))
+def test_the_signing_digest_is_keccak_of_the_canonical_field_list(topic: str, seq: int, ts_ms: int,
+                                                                  payload: dict[str, Any], subject: str) -> None:
+    # assembled from the items' encodings (a receiver encodes the payload once): the same bytes
+    # as the whole list encoded, which is what every node signed before
+    fields: list[Any] = [topic, ALICE.address, seq, ts_ms, payload]
+    expected = keccak(DOMAIN + canonical([*fields, subject] if subject else fields))
+    assert signing_digest(topic, ALICE.address.lower(), seq, ts_ms, payload, subject) == expected
+    assert signing_digest(topic, ALICE.address, seq, ts_ms, payload, subject, canonical(payload)) == expected
