@@ -40,7 +40,7 @@ claim re-published with its lease ending now (``release_claim``), which replaces
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -234,18 +234,29 @@ def compute_next_generation(job_id: int, replica: int, claims: Iterable[Claim]) 
 
 
 def compute_claimants(
-    job_id: int, demand: Demand, nodes: Iterable[NodeInfo], winners: Mapping[int, Claim]
+    job_id: int, demand: Demand, nodes: Iterable[NodeInfo], winners: Mapping[int, Claim],
+    ranked: Sequence[str] | None = None,
 ) -> dict[int, str]:
     """``unheld replica -> node that should claim it``: the i-th unheld replica goes to the i-th
-    best-ranked candidate, so a consistent view yields exactly one claimant per replica."""
-    view = _index_view(nodes)
+    best-ranked candidate, so a consistent view yields exactly one claimant per replica.
+    ``ranked``: ``placeable_ranked`` of the same job, demand and nodes, if the caller has it."""
     unheld = [r for r in range(demand.replicas) if r not in winners]
     if not unheld:
         return {}
+    view = _index_view(nodes)
     holders = {c.node for c in winners.values()}
-    candidates = (a for a in rank(job_id, view.values())
-                  if a not in holders and is_placeable(view[a], demand) and has_room(view[a], demand))
+    if ranked is None:
+        ranked = placeable_ranked(job_id, demand, view.values())
+    candidates = (a for a in ranked if a not in holders and has_room(view[a], demand))
     return dict(zip(unheld, candidates, strict=False))
+
+
+def placeable_ranked(job_id: int, demand: Demand, nodes: Iterable[NodeInfo]) -> tuple[str, ...]:
+    """The nodes that may hold a replica of the job (``is_placeable``), heaviest first. It reads
+    no free resources, so a caller may keep it while the nodes' eligibility, liveness, totals and
+    tags stay the same (``_scheduler.PlanMemo``)."""
+    view = _index_view(nodes)
+    return tuple(a for a in rank(job_id, view.values()) if is_placeable(view[a], demand))
 
 
 def release_claim(claim: Claim, now_ms: int) -> Claim:
@@ -275,13 +286,15 @@ def decide(
     now_ms: int,
     lease_ms: int,
     winners: Mapping[int, Claim] | None = None,
+    ranked: Sequence[str] | None = None,
 ) -> Decision:
     """What ``me`` should do for ``job_id`` given its view at ``now_ms`` (rules in the module docstring).
 
     ``lease_ms`` is the length of a fresh lease; a winner renews once half of it is left, so a
     caller that runs this more often than every ``lease_ms / 2`` never lets a live lease lapse.
     ``winners``: ``resolve_claims`` of the same inputs, if the caller has it already (its leases
-    may be older: only which claims win is read from it).
+    may be older: only which claims win is read from it). ``ranked``: ``placeable_ranked`` of the
+    same inputs, if the caller has it.
     """
     if lease_ms <= 0:
         raise ValueError(f"lease_ms must be > 0, got {lease_ms}")
@@ -297,7 +310,8 @@ def decide(
         if 2 * (mine.lease_until_ms - now_ms) <= lease_ms:
             renew = (Claim(job_id, mine.replica, me, mine.generation, now_ms + lease_ms),)
         return Decision(mine.replica, renew=renew, release=_losing_claims(job_id, me, claims, mine.replica, now_ms))
-    target = next((r for r, node in compute_claimants(job_id, demand, nodes, winners).items() if node == me), None)
+    claimants = compute_claimants(job_id, demand, nodes, winners, ranked)
+    target = next((r for r, node in claimants.items() if node == me), None)
     release = _losing_claims(job_id, me, claims, target, now_ms)
     if target is None:
         return Decision(None, release=release)

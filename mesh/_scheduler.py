@@ -33,7 +33,7 @@ from ._job_events import JobEvents
 from ._jobspec import JobSpec
 from ._membership import PeerState
 from ._node import ChainCheck, KnownJob, Node
-from ._placement import Claim, Demand, NodeInfo, compute_assignment, decide, resolve_claims
+from ._placement import Claim, Demand, NodeInfo, compute_assignment, decide, placeable_ranked, resolve_claims
 from ._trio_types import TaskStatus
 from ._wire_capacity import Capacity, Resources
 from ._wire_claim import MAX_CLAIMS, ClaimEntry, Claims, ReplicaState
@@ -98,12 +98,16 @@ class PlanMemo:
     - ``demands``: per job, the spec (by identity) and its demand;
     - ``winners``: per job, the winning claims, for the same spec, node view (``nodes_epoch``) and
       claims of the job, until the first of those claims' leases runs out;
-    - ``claim_lists``: per claimant, its claim set record (by identity) as placement claims.
+    - ``claim_lists``: per claimant, its claim set record (by identity) as placement claims;
+    - ``ranked``: per job, its placeable nodes heaviest first, for the same spec and node view (a
+      job with a replica to place was ranked at every plan until placed: ~14 % of a loaded
+      node's samples at 1,000 jobs on 20 nodes).
     """
 
     demands: dict[int, tuple[JobSpec | None, Demand]] = field(default_factory=dict)
     winners: dict[int, tuple[tuple[object, ...], int, dict[int, Claim]]] = field(default_factory=dict)
     claim_lists: dict[str, tuple[Claims, list[Claim]]] = field(default_factory=dict)
+    ranked: dict[int, tuple[JobSpec | None, int, tuple[str, ...]]] = field(default_factory=dict)
     nodes_key: tuple[object, ...] = ()
     nodes_epoch: int = 0
 
@@ -133,12 +137,18 @@ class PlanMemo:
         self.winners[job_id] = (key, expires, winners)
         return winners
 
+    def ranked_of(self, job_id: int, spec: JobSpec | None, demand: Demand, nodes: list[NodeInfo]) -> tuple[str, ...]:
+        hit = self.ranked.get(job_id)
+        if hit is None or hit[0] is not spec or hit[1] != self.nodes_epoch:
+            hit = self.ranked[job_id] = (spec, self.nodes_epoch, placeable_ranked(job_id, demand, nodes))
+        return hit[2]
+
     def last_winners(self) -> dict[int, dict[int, Claim]]:
         """Each job's winning claims as the last plan resolved them."""
         return {job_id: winners for job_id, (_, _, winners) in self.winners.items()}
 
     def forget_except(self, jobs: Mapping[int, object]) -> None:
-        for table in (self.demands, self.winners):
+        for table in (self.demands, self.winners, self.ranked):
             for gone in set(table) - set(jobs):
                 del table[gone]
 
@@ -176,7 +186,8 @@ def plan(me: str, now_ms: int, jobs: Mapping[int, JobSpec | None], claims: Seque
         winners = won[job_id]
         if len(winners) >= demand.replicas and all(c.node != me for c in winners.values()):
             continue  # held in full by others: ``decide`` would say "hold nothing" (nothing to claim)
-        decision = decide(job_id, demand, nodes, of_job[job_id], me, now_ms, lease_ms, winners=winners)
+        decision = decide(job_id, demand, nodes, of_job[job_id], me, now_ms, lease_ms, winners=winners,
+                          ranked=memo.ranked_of(job_id, jobs[job_id], demand, base))
         if decision.holding is None:
             continue
         if decision.claim and may_claim is not None and (backed := may_claim(job_id)) is not True:
