@@ -13,7 +13,7 @@ import trio
 import trio.testing
 from eth_account import Account
 
-from contracts import escrow_domain, job_submission, sign
+from contracts import escrow_domain, job_submission, keccak, sign
 from mesh._envelope import MAX_ENVELOPE_BYTES, canonical, seal
 from mesh._jobspec import spec_hash
 from mesh._jobspec_load import load_spec
@@ -96,10 +96,16 @@ async def test_forged_job_records_are_rejected_counted_and_their_relay_cut(
             # a forged record claiming to be newer does not push out the real one it races
             forged(submission(9, key="0x" + "d6" * 32, job_id=13), good, job_subject(13, CSP)),
             forged(submission(8, job_id=13), good, job_subject(13, CSP)),
+            # the signed spec, but not as the CSP hashed it: a default left out parses to the same
+            # spec, yet the relayed bytes must be the hashed ones
+            forged(submission(1, job_id=15), {k: v for k, v in good.items() if k != "env"}, job_subject(15, CSP)),
+            # bytes the CSP did sign (and fund), which are no spec
+            forged(submission(1, spec=keccak(canonical(good | {"replicas": "two"})), job_id=17),
+                   good | {"replicas": "two"}, job_subject(17, CSP)),
         ]
         await relay.send(IDS[0].address, encode_frames(records)[0])
         await until(lambda: counters[(JOBS, "REJECT", "wrong-owner")] == 2
-                    and counters[(JOBS, "REJECT", "spec-mismatch")] == 1
+                    and counters[(JOBS, "REJECT", "spec-mismatch")] == 3
                     and counters[(JOBS, "REJECT", "record-mismatch")] == 1)
         await until(lambda: IDS[5].address not in node.transport.peers())
         assert counters[("peer", "REJECT", "relayed-invalid")] == 1
