@@ -354,6 +354,13 @@ class Node:
         misbehaved = False
         queued_ms = 0 if msg.received_at is None else max(0, int((trio.current_time() - msg.received_at) * 1000))
         for raw in decode_frame(msg.data):
+            copy = self.store.held(raw)
+            if copy is not None:
+                # [IGNORE] a record we hold, these very bytes (normal: several neighbours relay it)
+                (topic, owner), seq = copy
+                self.store.holds(peer, topic, owner, seq)
+                self.gossip.counters[(topic, "IGNORE", "duplicate")] += 1
+                continue
             head = peek(raw)
             if head is None or head.topic not in MODELS:
                 # [REJECT] not a record of a synced kind

@@ -101,6 +101,10 @@ class RecordStore:
     latest: dict[Key, tuple[int, bytes]] = field(default_factory=dict)
     known: dict[str, dict[Key, int]] = field(default_factory=dict)  # neighbour -> key -> seq it holds
     pending: dict[str, set[Key]] = field(default_factory=dict)  # neighbour -> keys it lacks
+    # the records held, by their bytes: most copies a neighbour relays are of records held already
+    # (each job record reaches a node ~7 times), and a dict lookup of the bytes (~1 µs) tells so
+    # without reading their routing fields (``peek``: ~9 µs, 3-4x that on a loaded host)
+    by_raw: dict[bytes, tuple[Key, int]] = field(default_factory=dict)
 
     def seq_of(self, topic: str, origin: str) -> int:
         held = self.latest.get((topic, origin.lower()))
@@ -111,11 +115,19 @@ class RecordStore:
         key = (topic, origin.lower())
         if seq <= self.seq_of(*key):
             return False
+        replaced = self.latest.get(key)
+        if replaced is not None:
+            self.by_raw.pop(replaced[1], None)
         self.latest[key] = (seq, raw)
+        self.by_raw[raw] = (key, seq)
         for neighbour, held in self.known.items():
             if held.get(key, 0) < seq:
                 self.pending[neighbour].add(key)
         return True
+
+    def held(self, raw: bytes) -> tuple[Key, int] | None:
+        """The key and seq of ``raw`` if these very bytes are a record held now."""
+        return self.by_raw.get(raw)
 
     def add_neighbour(self, neighbour: str) -> None:
         """A new (or reconnected) neighbour: it lacks everything until it says otherwise."""
@@ -165,7 +177,7 @@ class RecordStore:
     def drop_origin(self, origin: str) -> None:
         """Stop holding and relaying an origin's records (it was banned, or is long dead)."""
         for key in [k for k in self.latest if k[1] == origin.lower()]:
-            del self.latest[key]
+            self.by_raw.pop(self.latest.pop(key)[1], None)
             for lacking in self.pending.values():
                 lacking.discard(key)
 

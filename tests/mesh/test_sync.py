@@ -54,6 +54,23 @@ def test_a_neighbour_gets_only_what_it_lacks() -> None:
     assert not store.lacks("n3")
 
 
+
+def test_the_store_knows_its_records_by_their_bytes_and_forgets_replaced_ones() -> None:
+    store = RecordStore()
+    store.put(HEARTBEAT, A.address, 5, beat(A, 5))
+    store.put(HEARTBEAT, B.address, 7, beat(B, 7))
+    assert store.held(beat(A, 5)) == ((HEARTBEAT, A.address.lower()), 5)  # equal bytes, another object
+    assert store.held(beat(A, 4)) is None  # never held
+    store.put(HEARTBEAT, A.address, 6, beat(A, 6))
+    assert store.held(beat(A, 5)) is None  # replaced: a copy of it is a replay now, not a duplicate
+    assert store.held(beat(A, 6)) == ((HEARTBEAT, A.address.lower()), 6)
+    assert not store.put(HEARTBEAT, A.address, 6, beat(A, 5))  # not fresher: nothing changes
+    assert store.held(beat(A, 6)) is not None
+    store.drop_origin(A.address)
+    assert store.held(beat(A, 6)) is None
+    assert set(store.by_raw) == {beat(B, 7)}
+
+
 def test_frames_split_at_the_limit_and_round_trip() -> None:
     records = [beat(A, n) for n in range(1, 40)]
     frames = encode_frames(records, limit=2000)
