@@ -143,6 +143,7 @@ class Node:
         self.transitions: list[Transition] = []
         self.state_since_ms: dict[str, int] = {}  # peer -> our clock at its last state change
         self._lag_ms: dict[str, int] = {}  # peer -> how late its freshest beat reached us (its hops)
+        self._uptime_s: dict[str, int] = {}  # peer -> the uptime its freshest beat reported
         # job and claim records waiting for their check, newest per key: (seq, raw, from)
         self._backlog: dict[tuple[str, str], list[tuple[int, bytes, str]]] = {}
         self._backlog_ready = trio.Event()
@@ -313,6 +314,9 @@ class Node:
             # the beat counts from when it reached this node, not from when this node got to it
             arrived_ms = self._wall_ms() - queued_ms
             self._lag_ms[env.origin] = arrived_ms - env.ts_ms
+            if payload.uptime_s < self._uptime_s.get(env.origin, 0):
+                self._restarted(env.origin)
+            self._uptime_s[env.origin] = payload.uptime_s
             transition = self.membership.observe(env.origin, env.ts_ms, payload.interval_ms, arrived_ms)
         else:
             known = self.capacities.get(env.origin)
@@ -326,6 +330,17 @@ class Node:
             self._record([transition])
         if transition is not None or isinstance(payload, Capacity):
             self._notify()
+
+    def _restarted(self, address: str) -> None:
+        """``address`` started again (its uptime went back): it holds none of our records, even if
+        its connection came back between two ticks and was never seen gone, so it gets them all."""
+        for peer in list(self._neighbours):
+            if (self.transport.address_of(peer) or "").lower() == address.lower():
+                self.store.drop_neighbour(peer)
+                self.store.add_neighbour(peer)
+                self.gossip.counters[("peer", "RESYNC", "restarted")] += 1
+                self._dirty.set()
+                log.info("neighbour restarted: every record goes to it again", extra={"peer": address})
 
     def _record(self, changes: list[Transition]) -> None:
         self.transitions.extend(changes)

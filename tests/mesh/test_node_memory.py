@@ -330,3 +330,21 @@ async def test_a_node_that_is_itself_behind_dials_no_far_peer(autojump_clock: tr
         assert nodes[0]._discovery_picks() == [nodes[0].capacities[far].addrs]
         nodes[0]._loop_lags.append(1.0)  # ... but so do everyone's: this node is a second behind
         assert nodes[0]._discovery_picks() == []
+
+
+async def test_a_node_restarted_between_two_ticks_gets_every_record_again(
+        autojump_clock: trio.testing.MockClock) -> None:
+    # its neighbours never see the connection gone (no tick runs between the close and the
+    # reconnect), so their record of what it holds is stale: its beats show it started again
+    network = MemoryNetwork()
+    async with mesh(network, IDS[:2], eligible={i.address for i in IDS[:4]}) as nodes:
+        async with open_node(NodeConfig(), IDS[3], network.endpoint(IDS[3].address), capacity(),
+                             lambda _: True, wall()) as first:
+            await until(lambda: all_alive([*nodes, first]))
+            await until(lambda: len(first.capacities) == 2)
+            await trio.sleep(5)  # a few seconds of uptime to lose
+        async with open_node(NodeConfig(), IDS[3], network.endpoint(IDS[3].address), capacity(),
+                             lambda _: True, wall()) as again:
+            # the others' capacity records go out once (and again after capacity_refresh_s)
+            await until(lambda: len(again.capacities) == 2, deadline_s=10)
+            assert nodes[0].gossip.counters[("peer", "RESYNC", "restarted")] == 1
