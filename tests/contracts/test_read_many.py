@@ -10,7 +10,7 @@ from contracts import Chain, ChainError, ChainUnreachable, CspStatus, JobStatus
 from contracts._anvil import free_port
 from contracts._chain import ViewCall
 
-from .world import World
+from .world import World, build_world
 
 
 def test_prepared_views_answer_what_web3_answers(world: World) -> None:
@@ -49,3 +49,22 @@ def test_an_unreachable_url_is_a_named_error(world: World) -> None:
     dead = Chain(w3=Web3(Web3.HTTPProvider(url, request_kwargs={"timeout": 2})), kind="rpc", url=url)
     with pytest.raises(ChainUnreachable):
         dead.read_many([world.escrow.job_call(1)])
+
+
+@pytest.mark.anvil
+def test_an_endpoint_that_refuses_batches_is_read_one_call_at_a_time(anvil_url: str) -> None:
+    world = build_world(Chain.connect(anvil_url))
+    job = world.new_job(replicas=2)
+    provider = world.chain.w3.provider
+    batches: list[int] = []
+
+    def refuse(requests: list[object]) -> dict[str, object]:  # what such endpoints answer a batch with
+        batches.append(len(requests))
+        return {"jsonrpc": "2.0", "id": None, "error": {"code": -32600, "message": "batch requests not supported"}}
+    provider.make_batch_request = refuse  # type: ignore[method-assign]
+    read_job, until = world.chain.read_many([world.escrow.job_call(job), world.escrow.admitted_until_call(world.csp)])
+    assert batches == [2]  # asked once as a batch, then one call at a time
+    assert (read_job.job_id, read_job.replicas, read_job.csp) == (job, 2, world.csp)
+    assert until == world.escrow.contract.functions.admittedUntil(world.csp).call()
+    assert world.escrow.get_job(job) == read_job  # a single read is never a batch
+    assert batches == [2]
