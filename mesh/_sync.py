@@ -12,7 +12,9 @@ neighbour lacks. Per node and interval: a few frames per neighbour, plus one sig
 origin; no per-origin messages.
 
 What a neighbour is known to hold is tracked per neighbour: what we sent it and what it sent us.
-A new (or reconnected) neighbour knows nothing, so it gets the full state in its first frame.
+A new (or reconnected) neighbour knows nothing, so it gets the full state in its first frame; so
+does a neighbour whose beats show it restarted (``Node``: its connection may come back before a
+tick sees it gone).
 Frames are records (canonical JSON envelopes, which contain no newline) joined by newlines.
 Pure: no I/O, no clock.
 """
