@@ -192,8 +192,10 @@ def run_once(k: int, args: argparse.Namespace, idents: list[NodeIdentity], rpc: 
         print(f"run {k}: {len(bodies)} submissions accepted in {submitted:.2f} s", file=sys.stderr, flush=True)
         deadline = started + args.deadline_s
         count, complete, loop_lag = 0, False, 0.0
+        timeline: list[tuple[float, int]] = []  # (s since the first submission, jobs placed at node 0)
         while time.monotonic() < deadline:
             count, lag = placed_jobs(apis[0])
+            timeline.append((round(time.monotonic() - started, 2), count))
             loop_lag = max(loop_lag, lag)
             complete = count == len(bodies)
             if complete:
@@ -216,7 +218,14 @@ def run_once(k: int, args: argparse.Namespace, idents: list[NodeIdentity], rpc: 
             "submissions_per_s": round(len(bodies) / submitted, 1),
             "node_cpu_s": round(cpu, 1), "node_cpu_cores": round(cpu / elapsed, 2),
             "idle_node_cpu_cores": round(idle_cores, 2), "node0_at_end": node0,
-            "node0_loop_lag_max_s": round(loop_lag, 2)}
+            "node0_loop_lag_max_s": round(loop_lag, 2),
+            "node0_placed_over_time": _thinned(timeline, 40)}
+
+
+def _thinned(points: list[tuple[float, int]], most: int) -> list[tuple[float, int]]:
+    """About ``most`` of ``points``, evenly spread, the last one always kept."""
+    kept = points[::max(1, len(points) // most)]
+    return kept if not points or kept[-1] == points[-1] else [*kept, points[-1]]
 
 
 def main() -> None:
