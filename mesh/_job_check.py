@@ -34,6 +34,7 @@ from ._envelope import to_checksum_address
 from ._node import KnownJob, Node
 from ._submission import ChainFacts, Rejected, check_chain_facts
 from ._trio_types import TaskStatus
+from ._wire_job import TOPIC as JOBS_TOPIC
 
 log = logging.getLogger("deedmesh.jobs")
 
@@ -113,7 +114,7 @@ class JobCheck:
                                   now_s=now_s)
             except Rejected as bad:
                 self.verdicts[key] = Verdict(False, bad.reason, now)
-                self.node.gossip.counters[("deedmesh/jobs/1", "REJECT", f"chain-{bad.reason}")] += 1
+                self.node.gossip.counters[(JOBS_TOPIC, "REJECT", f"chain-{bad.reason}")] += 1
                 log.warning("a relayed job is not backed by the chain: not run here",
                             extra={"job": sub.job_id, "csp": known.record.csp, "reason": bad.reason})
             else:

@@ -26,7 +26,6 @@ Pure: no trio, libp2p, web3 or clock imports.
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -44,6 +43,7 @@ from pydantic_core import PydanticCustomError
 
 from contracts import keccak
 
+from ._envelope import canonical
 from ._jobspec_expr import evaluate_expression, parse_expression, render_expression
 from ._wire_capacity import Resources
 
@@ -380,12 +380,12 @@ def spec_hash(spec: JobSpec) -> bytes:
     Normalized means defaults filled in, so formatting, comments and defaults written out or left
     implicit never change it; any real change does.
     """
-    return keccak(canonical_spec_json(spec))
+    return normalized_spec_hash(spec.model_dump(mode="json"))
 
 
-def canonical_spec_json(spec: JobSpec) -> bytes:
-    """Sorted keys, no spaces, ASCII only: one byte string per spec, whoever serializes it."""
-    text = json.dumps(spec.model_dump(mode="json"), sort_keys=True, separators=(",", ":"), ensure_ascii=True)
-    return text.encode("ascii")
+def normalized_spec_hash(normalized: dict[str, Any]) -> bytes:
+    """``spec_hash`` of a spec given in its normalized JSON form (``spec.model_dump(mode="json")``,
+    as job records relay it), hashed as it is: sorted keys, no spaces, ASCII only."""
+    return keccak(canonical(normalized))
 
 

@@ -338,7 +338,7 @@ class Node:
             if (self.transport.address_of(peer) or "").lower() == address.lower():
                 self.store.drop_neighbour(peer)
                 self.store.add_neighbour(peer)
-                self.gossip.counters[("peer", "RESYNC", "restarted")] += 1
+                self.gossip.counters[(PEER, "RESYNC", "restarted")] += 1
                 self._dirty.set()
                 log.info("neighbour restarted: every record goes to it again", extra={"peer": address})
 
@@ -472,10 +472,14 @@ class Node:
             await self.transport.disconnect(peer)
         finally:
             self._closing.discard(peer)
-            self._neighbours.pop(peer, None)
-            self._heard.pop(peer, None)
-            self.store.drop_neighbour(peer)
-            self._pacer.drop(peer)
+            self._drop_neighbour(peer)
+
+    def _drop_neighbour(self, peer: str) -> None:
+        """Forget what was kept about a neighbour whose connection is gone."""
+        self._neighbours.pop(peer, None)
+        self._heard.pop(peer, None)
+        self.store.drop_neighbour(peer)
+        self._pacer.drop(peer)
 
     def _sweep(self) -> None:
         """Keep the neighbour table, close connections to ineligible or long-dead peers, and forget
@@ -483,10 +487,7 @@ class Node:
         now = trio.current_time()
         peers = self.transport.peers()
         for gone in set(self._neighbours) - peers:
-            del self._neighbours[gone]
-            self.store.drop_neighbour(gone)
-            self._pacer.drop(gone)
-            self._heard.pop(gone, None)
+            self._drop_neighbour(gone)
         for peer in peers:
             if peer not in self._neighbours:
                 self._neighbours[peer] = now

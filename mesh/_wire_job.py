@@ -18,10 +18,8 @@ from typing import Any
 
 from pydantic import Field, ValidationError
 
-from contracts import keccak
-
-from ._envelope import Envelope, Payload, canonical
-from ._jobspec import JobSpec, parse_spec_json
+from ._envelope import Envelope, Payload
+from ._jobspec import JobSpec, normalized_spec_hash, parse_spec_json
 from ._submission import Rejected, Submission, signer_of
 
 TOPIC = "deedmesh/jobs/1"
@@ -62,7 +60,7 @@ def check_job_record(env: Envelope, rec: JobRecord, chain_id: int, escrow: str) 
     # the relayed spec is the normalized JSON the CSP hashed: hashed as it came, it must give the
     # signed hash byte for byte (a spec re-normalized first would cost a pydantic dump per record:
     # ~12 % of a loaded node's record checks), then parsed
-    if keccak(canonical(rec.spec)) != sub.spec_hash_bytes:
+    if normalized_spec_hash(rec.spec) != sub.spec_hash_bytes:
         raise Rejected("spec-mismatch", f"job {sub.job_id}: the spec does not hash to the signed {sub.spec_hash}")
     try:
         return parse_spec_json(rec.spec)
