@@ -24,6 +24,7 @@ from urllib.parse import parse_qsl
 
 import trio
 
+from ._gc import GC_CLOCK
 from ._job_desk import JobDesk
 from ._job_events import JobEvents
 from ._logs import LogDesk
@@ -293,6 +294,12 @@ class NodeApi:
         lines += ["# HELP deedmesh_sync_bytes_total Bytes of neighbour sync frames, by direction.",
                   "# TYPE deedmesh_sync_bytes_total counter"]
         lines += [f'deedmesh_sync_bytes_total{{dir="{d}"}} {b}' for d, (_, b) in self.node.frames.items()]
+        lines += ["# HELP deedmesh_gc_seconds_total Time this process spent collecting garbage, by generation.",
+                  "# TYPE deedmesh_gc_seconds_total counter"]
+        lines += [f'deedmesh_gc_seconds_total{{generation="{g}"}} {s:.4f}' for g, s in enumerate(GC_CLOCK.seconds)]
+        lines += ["# HELP deedmesh_gc_collections_total Garbage collections this process ran, by generation.",
+                  "# TYPE deedmesh_gc_collections_total counter"]
+        lines += [f'deedmesh_gc_collections_total{{generation="{g}"}} {n}' for g, n in enumerate(GC_CLOCK.collections)]
         frames, records = self.node.backlog
         lines += ["# HELP deedmesh_backlog Frames received and not yet read; job and claim records waiting for "
                   "their check.", "# TYPE deedmesh_backlog gauge",

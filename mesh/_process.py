@@ -37,6 +37,7 @@ from contracts import (
 
 from ._api import API_PROTOCOL, API_TIMEOUT_S, MAX_API_REQUEST_BYTES, NodeApi
 from ._engine import EngineUnavailable, connect_engine
+from ._gc import settle, tune_for_service
 from ._identity import NodeIdentity
 from ._job_check import JobCheck
 from ._job_desk import JobDesk
@@ -226,10 +227,12 @@ async def serve_node(identity: NodeIdentity, settings: NodeSettings, token_file:
                      "api": f"http://{settings.api_host}:{settings.api_port}", "addrs": transport.addrs(),
                      "operator_token_file": str(token_file)}
             print(json.dumps(ready), flush=True)
+            settle()
             await trio.sleep_forever()
 
 
 def run(identity: NodeIdentity, settings: NodeSettings, token_file: Path, nonce_file: Path) -> None:
+    tune_for_service()
     try:
         trio.run(serve_node, identity, settings, token_file, nonce_file)
     except KeyboardInterrupt:

@@ -102,6 +102,13 @@ def placed_jobs(api: str) -> tuple[int, float]:
     return int(values['deedmesh_jobs{state="placed"}']), values["deedmesh_loop_lag_seconds"]
 
 
+def gc_s(api: str) -> float:
+    """The CPU time ``api``'s node process has spent collecting garbage (its ``/metrics``)."""
+    with urllib.request.urlopen(f"{api}/metrics", timeout=60) as r:
+        return sum(float(line.split(" ")[1]) for line in r.read().decode().splitlines()
+                   if line.startswith("deedmesh_gc_seconds_total"))
+
+
 def health_of(api: str) -> dict[str, Any]:
     """What one node saw by the end: peers by state, connections it cut as dead, replicas claimed
     twice and the highest claim generation (1: no replica was ever taken over)."""
@@ -177,7 +184,7 @@ def run_once(k: int, args: argparse.Namespace, idents: list[NodeIdentity], rpc: 
         time.sleep(IDLE_S)  # the mesh's own cost before any job: measured over a fixed window
         idle_cores = (sum(cpu_s(p.pid) for p in procs) - idle_cpu) / (time.monotonic() - idle_from)
         print(f"run {k}: mesh formed, idle at {idle_cores:.2f} cores; submitting", file=sys.stderr, flush=True)
-        cpu_before = sum(cpu_s(p.pid) for p in procs)
+        cpu_before, gc_before = sum(cpu_s(p.pid) for p in procs), sum(gc_s(api) for api in apis)
         started = time.monotonic()
 
         def submit(n: int) -> int:
@@ -204,6 +211,7 @@ def run_once(k: int, args: argparse.Namespace, idents: list[NodeIdentity], rpc: 
             time.sleep(0.2)  # polling node 0's API with a deadline
         elapsed = time.monotonic() - started
         cpu = sum(cpu_s(p.pid) for p in procs) - cpu_before
+        gc_cpu = sum(gc_s(api) for api in apis) - gc_before
         node0 = health_of(apis[0])
         if not complete:  # what node 0 saw, for the post-mortem; the figures below say it did not finish
             (work / "jobs-seen-by-node0.json").write_text(json.dumps(http(f"{apis[0]}/jobs")[1]))
@@ -216,7 +224,7 @@ def run_once(k: int, args: argparse.Namespace, idents: list[NodeIdentity], rpc: 
             "completed": complete, "jobs_fully_claimed": count,
             "elapsed_s": round(elapsed, 2), "submissions_accepted_s": round(submitted, 2),
             "submissions_per_s": round(len(bodies) / submitted, 1),
-            "node_cpu_s": round(cpu, 1), "node_cpu_cores": round(cpu / elapsed, 2),
+            "node_cpu_s": round(cpu, 1), "node_gc_cpu_s": round(gc_cpu, 1), "node_cpu_cores": round(cpu / elapsed, 2),
             "idle_node_cpu_cores": round(idle_cores, 2), "node0_at_end": node0,
             "node0_loop_lag_max_s": round(loop_lag, 2),
             "node0_placed_over_time": _thinned(timeline, 40)}

@@ -113,6 +113,10 @@ async def test_the_api_answers_clients_over_the_transport(autojump_clock: trio.t
         assert counted['deedmesh_sync_frames_total{dir="sent"}'] > 0
         received = counted['deedmesh_sync_frames_total{dir="received"}']
         assert counted['deedmesh_sync_bytes_total{dir="received"}'] > received
+        gc_lines = [line.split(" ") for line in text.splitlines() if line.startswith("deedmesh_gc_")]
+        assert {name for name, _ in gc_lines} == {f'deedmesh_gc_{what}_total{{generation="{g}"}}'
+                                                 for what in ("seconds", "collections") for g in range(3)}
+        assert all(float(value) >= 0 for _, value in gc_lines)
         status, answer = await ask({"method": "POST", "path": "/jobs/7/logs", "body": signed(replica=0)})
         assert (status, answer["replicas"][0]["logs"]) == (200, expected(where[0], 0))
         query = urlencode({k: v for k, v in signed(replica=0).items() if k != "job_id"})
