@@ -151,7 +151,13 @@ def fund(chain: Chain, escrow: JobEscrowClient, csp: LocalAccount, params: list[
         hashes.append(chain.w3.eth.send_raw_transaction(csp.sign_transaction(tx).raw_transaction))
         if i % 500 == 499:
             print(f"sent {i + 1} createJob transactions", file=sys.stderr, flush=True)
-    chain.w3.eth.wait_for_transaction_receipt(hashes[-1], timeout=120)
+    deadline, mined = time.monotonic() + 600, 0
+    while (mined := chain.w3.eth.get_transaction_count(csp.address, "latest") - nonce) < len(calls):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"only {mined} of {len(calls)} createJob transactions were mined in 600 s")
+        time.sleep(1)  # polling the chain with a deadline
+    if (receipt := chain.w3.eth.get_transaction_receipt(hashes[-1]))["status"] != 1:
+        raise RuntimeError(f"the last createJob reverted: {receipt}")
     job_ids = list(range(first, first + len(params)))
     for at in range(0, len(job_ids), 200):
         jobs = chain.read_many([escrow.job_call(j) for j in job_ids[at:at + 200]])
