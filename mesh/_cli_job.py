@@ -192,8 +192,8 @@ def status(ctx: click.Context, job_id: int | None, via: str) -> None:
     if ctx.find_root().params.get("json_output"):
         click.echo(json.dumps(jobs, indent=2))
         return
-    table = Table("job", "name", "kind", "job state", "replica", "node", "replica state", "restarts", "generation",
-                  "lease left")
+    table = Table("job", "name", "kind", "job state", "replica", "node", "replica state", "restarts", "version",
+                  "generation", "lease left")
     now_ms = time.time_ns() // 1_000_000
     for j in jobs:
         state = "stopped" if j["stopped"] else "submitted"
@@ -202,7 +202,7 @@ def status(ctx: click.Context, job_id: int | None, via: str) -> None:
         for c in rows:
             left = "-" if c["lease_until_ms"] is None else f"{(c['lease_until_ms'] - now_ms) / 1000:.0f} s"
             table.add_row(str(j["job_id"]), j["name"] or "-", j["kind"] or "-", state, str(c["replica"]),
-                          c["node"], c["state"], str(c["restarts"]), str(c["generation"]), left)
+                          c["node"], c["state"], str(c["restarts"]), _version(c), str(c["generation"]), left)
     console = Console()
     console.print(table)
     for j in jobs:  # the newest events, as the node asked saw them
@@ -267,3 +267,9 @@ def logs(ctx: click.Context, job_id: int, via: str, keystore: Path, password_fil
                 click.echo(f"(replica {r['replica']}: older lines cut to fit the answer)", err=True)
     if failed:
         ctx.exit(12)
+
+
+def _version(replica: dict[str, Any]) -> str:
+    """A WAR replica's serving commit, and one whose rollout failed ("-" for other kinds)."""
+    serving, failed = replica.get("version"), replica.get("failed_version")
+    return (serving or "-") + (f" ({failed} failed)" if failed else "")

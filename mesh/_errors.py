@@ -11,7 +11,8 @@
     ├── SubmissionRefused       a node refused a CSP's submission (its reason and HTTP status)
     ├── RequestRefused          a node refused or failed another request (job logs; reason and status)
     ├── EngineUnavailable       no container engine answers (_engine)
-    └── CarRunnerError          the container runner failed (_runner_car)
+    ├── CarRunnerError          the container runner failed (_runner_car)
+    └── GitError                a WAR replica's repository could not be read or fetched (_git)
 
 Errors carry their fields; the CLI maps them to exit codes.
 """

@@ -27,7 +27,7 @@ _NO_WINNERS: Mapping[int, Claim] = MappingProxyType({})
 class JobEvent:
     at_ms: int  # this node's wall clock
     job_id: int
-    what: str  # submitted, stopped, placed, moved (to ``node``), unplaced, state, restarted
+    what: str  # submitted, stopped, placed, moved (to ``node``), unplaced, state, restarted, version, rollout-failed
     replica: int | None = None
     node: str | None = None
     detail: str = ""
@@ -37,8 +37,10 @@ class JobEvent:
                 "detail": self.detail}
 
 
-# what one node last saw of one replica: holder, generation, state, restarts
-_Seen = tuple[str, int, str, int]
+# what one node last saw of one replica: holder, generation, state, restarts, and for a WAR
+# replica the version it serves and the last one whose rollout failed ("": none)
+_Seen = tuple[str, int, str, int, str, str]
+_Report = tuple[str, int, str, str]  # state, restarts, serving, failed
 
 
 class JobEvents:
@@ -54,7 +56,7 @@ class JobEvents:
         # plan memo hands back the same mapping while they hold) and each node's claim set, with
         # its entries as (job, replica) -> (state, restarts)
         self._winners: dict[int, Mapping[int, Claim]] = {}
-        self._reports: dict[str, tuple[Claims, dict[tuple[int, int], tuple[str, int]]]] = {}
+        self._reports: dict[str, tuple[Claims, dict[tuple[int, int], _Report]]] = {}
 
     def of(self, job_id: int) -> list[JobEvent]:
         return list(self._events.get(job_id, ()))
@@ -67,7 +69,10 @@ class JobEvents:
         changed = {node for node, held in claim_sets.items() if self._reports.get(node, (None,))[0] is not held}
         for node in changed:
             held = claim_sets[node]
-            self._reports[node] = (held, {(c.job_id, c.replica): (c.state, c.restarts) for c in held.claims})
+            versions = held.versions_of
+            self._reports[node] = (held, {(c.job_id, c.replica): (c.state, c.restarts,
+                                                                  *versions.get((c.job_id, c.replica), ("", "")))
+                                          for c in held.claims})
         for node in set(self._reports) - set(claim_sets):
             del self._reports[node]
         for job_id in set(self._actions) - set(actions):
@@ -89,8 +94,9 @@ class JobEvents:
             now: dict[int, _Seen] = {}
             for r, c in won.items():
                 report = self._reports.get(c.node)
-                state, restarts = ("claimed", 0) if report is None else report[1].get((job_id, r), ("claimed", 0))
-                now[r] = (c.node, c.generation, state, restarts)
+                seen_there = ("claimed", 0, "", "") if report is None else report[1].get((job_id, r),
+                                                                                        ("claimed", 0, "", ""))
+                now[r] = (c.node, c.generation, *seen_there)
             for replica in sorted(set(seen) | set(now)):
                 self._compare(now_ms, job_id, replica, seen.get(replica), now.get(replica))
             self._replicas[job_id] = now
@@ -100,7 +106,7 @@ class JobEvents:
             assert before is not None
             self._add(JobEvent(at, job_id, "unplaced", replica, before[0], f"was on {before[0]}"))
             return
-        node, generation, state, restarts = after
+        node, generation, state, restarts, serving, failed = after
         last = self._last_holder.setdefault(job_id, {}).get(replica)
         self._last_holder[job_id][replica] = node
         if last is None:
@@ -113,6 +119,12 @@ class JobEvents:
             self._add(JobEvent(at, job_id, "state", replica, node, state))
         if before is not None and before[0] == node and restarts > before[3]:
             self._add(JobEvent(at, job_id, "restarted", replica, node, f"{restarts} restarts"))
+        same_holder = before is not None and before[0] == node
+        if serving and not (same_holder and before is not None and before[4] == serving):
+            self._add(JobEvent(at, job_id, "version", replica, node, f"serving {serving}"))
+        if failed and not (same_holder and before is not None and before[5] == failed):
+            self._add(JobEvent(at, job_id, "rollout-failed", replica, node,
+                              f"{failed} failed; {serving or 'nothing'} keeps serving"))
 
     def _add(self, event: JobEvent) -> None:
         self._events.setdefault(event.job_id, deque(maxlen=self.max_events)).append(event)

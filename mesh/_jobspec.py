@@ -276,7 +276,11 @@ class CarSection(_Model):
 
 
 class WarSection(_Model):
-    """A git repository: clone ``ref``, run ``build`` then ``run``, follow new commits every ``poll_s``."""
+    """A git repository: check out ``ref``, run ``build`` then ``run`` in the toolchain ``image`` with
+    the checkout mounted at ``/app``, and follow new commits every ``poll_s``."""
+
+    image: ImageRef
+    pull: Literal["always", "if-missing", "never"] = "if-missing"
 
     repo: Annotated[
         str,
@@ -287,8 +291,9 @@ class WarSection(_Model):
         str, StringConstraints(pattern=r"^[A-Za-z0-9._/-]+$", max_length=255), AfterValidator(_no_leading_dash)
     ] = "main"
     build: Argv | None = None
+    build_timeout_s: int = Field(default=600, ge=1, le=86_400)
     run: Argv
-    poll_s: int = Field(default=60, ge=5, le=86_400)
+    poll_s: int = Field(default=60, ge=1, le=86_400)
 
 
 class Worker(_Model):
@@ -358,6 +363,13 @@ class CarJob(_JobBase):
 class WarJob(_JobBase):
     kind: Literal["war"]
     war: WarSection
+
+    @model_validator(mode="after")
+    def _tcp_ports(self) -> WarJob:
+        # the node holds each port and hands new connections to the new version once it is healthy
+        if any(p.protocol != "tcp" for p in self.ports):
+            raise _field_error("ports", "a war job's ports are tcp: a rollout moves connections to the new version")
+        return self
 
 
 class ChainDistJob(_JobBase):

@@ -50,10 +50,12 @@ from ._node import NodeConfig, open_node
 from ._nonces import NonceBook
 from ._reconciler import Reconciler
 from ._runner_car import CarRunner
-from ._scheduler import run_scheduler, runner_tag
+from ._runner_war import WarSupervisor
+from ._scheduler import Plan, run_scheduler, runner_tag
 from ._submission import ChainFacts
 from ._transport_libp2p import Libp2pConfig, open_libp2p_transport, peer_id_of
 from ._wire_capacity import Capacity, Resources
+from ._wire_claim import ReplicaState
 
 log = logging.getLogger("deedmesh.node")
 
@@ -170,7 +172,8 @@ async def car_runner(identity: NodeIdentity, engine: str) -> CarRunner | None:
     return CarRunner(client, identity.address)
 
 
-async def serve_node(identity: NodeIdentity, settings: NodeSettings, token_file: Path, nonce_file: Path) -> None:
+async def serve_node(identity: NodeIdentity, settings: NodeSettings, token_file: Path, nonce_file: Path,
+                     war_dir: Path) -> None:
     chain = await trio.to_thread.run_sync(Chain.connect, settings.rpc)
     licenses = await trio.to_thread.run_sync(license_registry, chain, settings)
     worker = ChainWorker()  # one thread at a time talks to the chain, for the license view and the job desk
@@ -180,7 +183,9 @@ async def serve_node(identity: NodeIdentity, settings: NodeSettings, token_file:
     token = operator_token(token_file)
     listen = Libp2pConfig(listen=settings.listen, pubsub=False)  # the node gossips by neighbour sync alone
     runner = None if escrow is None else await car_runner(identity, settings.engine)
-    tags = settings.tags + (() if runner is None else (runner_tag("car"),))
+    # with an engine, this node runs CAR replicas, and WAR ones if git is here too
+    kinds = () if runner is None else ("car", "war") if shutil.which("git") else ("car",)
+    tags = settings.tags + tuple(runner_tag(kind) for kind in kinds)
     async with open_libp2p_transport(identity, listen, settings.bootstrap) as transport, trio.open_nursery() as nursery:
         await nursery.start(view.run)
         gossip = NodeConfig(liveness=LivenessConfig(heartbeat_interval_ms=settings.heartbeat_interval_ms),
@@ -203,17 +208,32 @@ async def serve_node(identity: NodeIdentity, settings: NodeSettings, token_file:
                 check = JobCheck(node, read_many)
                 await nursery.start(check.run)
                 node.chain_check = check  # relayed jobs are read on chain before this node claims them
-                logs = LogDesk(node, chain.chain_id, escrow.address, None if runner is None else runner.logs,
+                war = None if runner is None else WarSupervisor(runner, war_dir, on_change=node.notify)
+                logs = LogDesk(node, chain.chain_id, escrow.address, None if war is None else war.logs,
                                now_s=lambda: int(time.time()))
                 transport.set_handler(LOGS_PROTOCOL, logs.serve, max_request_bytes=logs.config.max_request_bytes,
                                       timeout_s=logs.config.holder_timeout_s)
-                if runner is None:
+                if runner is None or war is None:
                     await nursery.start(partial(run_scheduler, node, events=events))
                 else:
                     reconciler = Reconciler(runner, on_change=node.notify)
                     await nursery.start(reconciler.run)
-                    await nursery.start(partial(run_scheduler, node, on_plan=reconciler.offer,
-                                                states=reconciler.state_of, events=events))
+                    await nursery.start(war.run)
+
+                    def on_plan(plan: Plan) -> None:
+                        reconciler.offer(plan)
+                        war.offer(plan)
+
+                    def state_of(job_id: int, replica: int) -> tuple[ReplicaState, int]:
+                        report = war.report(job_id, replica)
+                        return reconciler.state_of(job_id, replica) if report is None else (report.state,
+                                                                                            report.restarts)
+
+                    def versions(job_id: int, replica: int) -> tuple[str, str] | None:
+                        report = war.report(job_id, replica)
+                        return None if report is None else (report.serving or "", report.failed or "")
+                    await nursery.start(partial(run_scheduler, node, on_plan=on_plan, states=state_of,
+                                                versions=versions, events=events))
             api = NodeApi(node, peer_id=peer_id_of(identity), addrs=transport.addrs, operator_token=token, desk=desk,
                           logs=logs, events=events)
             # CLI clients dialling in over libp2p get the same app (``--via /ip4/.../p2p/...``)
@@ -231,9 +251,9 @@ async def serve_node(identity: NodeIdentity, settings: NodeSettings, token_file:
             await trio.sleep_forever()
 
 
-def run(identity: NodeIdentity, settings: NodeSettings, token_file: Path, nonce_file: Path) -> None:
+def run(identity: NodeIdentity, settings: NodeSettings, token_file: Path, nonce_file: Path, war_dir: Path) -> None:
     tune_for_service()
     try:
-        trio.run(serve_node, identity, settings, token_file, nonce_file)
+        trio.run(serve_node, identity, settings, token_file, nonce_file, war_dir)
     except KeyboardInterrupt:
         print(json.dumps({"event": "stopped"}), file=sys.stderr)

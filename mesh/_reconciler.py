@@ -18,8 +18,10 @@ against the engine, and re-checks every ``check_s`` to notice containers that ex
 - a container killed for exceeding its memory limit shows as ``oom-killed`` in the claim set (not
   ``exited``), with one structured warning per kill.
 
-Every engine call is blocking (docker SDK) and runs in a worker thread, one at a time. WAR and
-ChainDist replicas are not run yet (issue 5); they are claimed but left alone.
+Every engine call is blocking (docker SDK) and runs in a worker thread, one at a time. WAR
+replicas are run by ``_runner_war`` (several containers a replica during a rollout, each named by
+its version): this loop only removes them once their replica is not held. ChainDist replicas are
+not run yet (issue 5); they are claimed but left alone.
 """
 
 from __future__ import annotations
@@ -178,11 +180,11 @@ class Reconciler:
             if key in self._inherited:
                 continue
             log.info("stopping a replica this node no longer holds", extra={"job": key[0], "replica": key[1]})
-            await self._engine(self.runner.stop, status.job_id, status.replica)
+            await self._engine(self.runner.remove, status.container_id)
             self.statuses.pop(key, None)
             self._retry_at.pop(key, None)
             self._oom_reported.pop(key, None)
-        found = {(s.job_id, s.replica): s for s in managed}
+        found = {(s.job_id, s.replica): s for s in managed if s.version is None and s.role == "serve"}  # CAR's
         for job_id, replica in sorted(holding.items()):
             spec = specs.get(job_id)
             if isinstance(spec, CarJob):

@@ -43,6 +43,7 @@ from types import MappingProxyType
 from typing import Any, Literal, NamedTuple
 
 import docker
+import requests
 from docker.errors import APIError, NotFound
 from docker.models.containers import Container
 from docker.types import Healthcheck
@@ -55,7 +56,10 @@ LABEL_REPLICA = "deedmesh.replica"
 LABEL_NODE = "deedmesh.node"
 LABEL_SPEC = "deedmesh.spec"
 LABEL_RESTARTS = "deedmesh.restarts"
-_RESERVED_LABELS = frozenset({LABEL_JOB, LABEL_REPLICA, LABEL_NODE, LABEL_SPEC, LABEL_RESTARTS})
+LABEL_VERSION = "deedmesh.version"  # a WAR replica's commit: its old and new versions run side by side in a rollout
+LABEL_ROLE = "deedmesh.role"  # "serve" (the replica itself) or "build" (a one-off WAR build)
+_RESERVED_LABELS = frozenset({LABEL_JOB, LABEL_REPLICA, LABEL_NODE, LABEL_SPEC, LABEL_RESTARTS, LABEL_VERSION,
+                              LABEL_ROLE})
 _NS_PER_S = 1_000_000_000
 # Exit status of a SIGKILLed process: with a memory limit set it is most likely the OOM killer,
 # which matters on podman + runc + cgroup v1, where State.OOMKilled stays false (notes §1.5).
@@ -143,6 +147,14 @@ class HealthCheck:
         )
 
 
+class Mount(NamedTuple):
+    """A host directory bound into the container (a WAR checkout at /app)."""
+
+    source: str
+    target: str
+    read_only: bool = True
+
+
 @dataclass(frozen=True)
 class ContainerRequest:
     """Everything needed to run one replica of a CAR job on this node."""
@@ -161,6 +173,12 @@ class ContainerRequest:
     # Loopback by default: a workload is exposed beyond the node only on purpose.
     bind_address: str = "127.0.0.1"
     stop_timeout_s: int = 10
+    # WAR: the commit this container runs (part of its name, so two versions can run at once),
+    # the checkout it mounts, where the command runs, and whether it serves or builds
+    version: str | None = None
+    mounts: tuple[Mount, ...] = ()
+    workdir: str | None = None
+    role: Literal["serve", "build"] = "serve"
 
     def __post_init__(self) -> None:
         clash = _RESERVED_LABELS & set(self.labels)
@@ -171,6 +189,14 @@ class ContainerRequest:
         object.__setattr__(self, "env", MappingProxyType(dict(self.env)))
         object.__setattr__(self, "labels", MappingProxyType(dict(self.labels)))
         object.__setattr__(self, "ports", tuple(PortMapping(*p) for p in self.ports))
+        object.__setattr__(self, "mounts", tuple(Mount(*m) for m in self.mounts))
+        if self.version is not None and not (self.version.isalnum() and len(self.version) <= 40):
+            raise ValueError("a version is up to 40 letters and digits (a commit id)")
+
+    @property
+    def name_suffix(self) -> str:
+        """What sets this container's name apart from the replica's plain one."""
+        return "".join(f"-{part}" for part in (None if self.role == "serve" else self.role, self.version) if part)
 
     def spec_hash(self) -> str:
         """A digest of the request, stored as a label so ``start`` can tell "same" from "changed"."""
@@ -185,6 +211,10 @@ class ContainerRequest:
             "health": None if self.health is None else asdict(self.health),
             "labels": sorted(self.labels.items()),
             "bind_address": self.bind_address,
+            "version": self.version,
+            "mounts": [list(m) for m in self.mounts],
+            "workdir": self.workdir,
+            "role": self.role,
         }
         return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -208,6 +238,8 @@ class ContainerStatus:
     started_at: str
     finished_at: str
     ports: tuple[PortBinding, ...]
+    version: str | None = None  # LABEL_VERSION, for WAR containers
+    role: str = "serve"  # LABEL_ROLE
 
     @property
     def likely_oom(self) -> bool:
@@ -241,10 +273,11 @@ def next_backoff(attempt: int, initial_s: float, max_s: float, multiplier: float
     return min(float(max_s), initial_s * multiplier**attempt)
 
 
-def container_name(node_address: str, job_id: int, replica: int) -> str:
-    """Deterministic per (node, job, replica): engines sharing storage see one namespace (notes §4)."""
+def container_name(node_address: str, job_id: int, replica: int, suffix: str = "") -> str:
+    """Deterministic per (node, job, replica) and, for WAR, version and role (``suffix``): engines
+    sharing storage see one namespace (notes §4)."""
     node = "".join(c for c in node_address.lower() if c.isalnum()) or "node"
-    return f"deedmesh-{node}-{job_id}-{replica}"
+    return f"deedmesh-{node}-{job_id}-{replica}{suffix}"
 
 
 def parse_status(attrs: Mapping[str, Any]) -> ContainerStatus:
@@ -272,6 +305,8 @@ def parse_status(attrs: Mapping[str, Any]) -> ContainerStatus:
         started_at=str(state.get("StartedAt", "")),
         finished_at=str(state.get("FinishedAt", "")),
         ports=_parse_ports((attrs.get("NetworkSettings") or {}).get("Ports") or {}),
+        version=labels.get(LABEL_VERSION) or None,
+        role=str(labels.get(LABEL_ROLE, "serve")),
     )
 
 
@@ -332,7 +367,7 @@ class CarRunner:
         A stopped container, or one of another spec, is removed and created anew; a stopped one
         with the same spec counts as a restart (``deedmesh.restarts`` + 1).
         """
-        name = container_name(self._node, request.job_id, request.replica)
+        name = container_name(self._node, request.job_id, request.replica, request.name_suffix)
         restarts = 0
         existing = self._find(name)
         if existing is not None:
@@ -351,6 +386,53 @@ class CarRunner:
         self._remove(existing, timeout_s)
         return True
 
+    def remove(self, container_id: str, timeout_s: int = 10) -> bool:
+        """Stop and remove one container by id (any of this node's, of any version); False if gone."""
+        found = self._find(container_id)
+        if found is None:
+            return False
+        self._remove(found, timeout_s)
+        return True
+
+    def inspect(self, container_id: str) -> ContainerStatus | None:
+        """One container by id or name as the engine sees it now, or None."""
+        found = self._find(container_id)
+        return None if found is None else parse_status(found.attrs)
+
+    def exec_ok(self, container_id: str, test: tuple[str, ...], timeout_s: float) -> bool:
+        """A health check's test (``CMD`` argv or ``CMD-SHELL`` line) run inside the container exits 0;
+        the command runs under ``timeout`` so a stuck check ends."""
+        found = self._find(container_id)
+        if found is None:
+            return False
+        kind, *rest = test
+        argv = ["sh", "-c", rest[0]] if kind == "CMD-SHELL" else rest
+        try:
+            result = found.exec_run(["timeout", str(max(1, math.ceil(timeout_s))), *argv])
+        except APIError:
+            return False
+        return result.exit_code == 0
+
+    def run_to_end(self, request: ContainerRequest, timeout_s: float) -> tuple[int | None, str]:
+        """Run a one-off container (a WAR build) to its end: (exit code, its last 50 log lines); the
+        exit code is None if it ran out of ``timeout_s`` and was killed. The container is removed."""
+        name = container_name(self._node, request.job_id, request.replica, request.name_suffix)
+        existing = self._find(name)
+        if existing is not None:  # a build left from before a restart: start over
+            self._remove(existing, 1)
+        container = self._find(self._create_and_start(request, name, 0))
+        if container is None:
+            raise CarRunnerError(f"{name} vanished as it started")
+        try:
+            try:
+                code: int | None = int(container.wait(timeout=timeout_s)["StatusCode"])
+            except (requests.exceptions.ReadTimeout, requests.exceptions.ConnectionError):  # it took too long
+                code = None
+            raw = container.logs(stdout=True, stderr=True, tail=50)
+            return code, raw.decode("utf-8", errors="replace") if isinstance(raw, bytes) else str(raw)
+        finally:
+            self._remove(container, 1)
+
     def status(self, job_id: int, replica: int) -> ContainerStatus | None:
         """The replica's container as the engine sees it now, or None if there is none."""
         existing = self._find(container_name(self._node, job_id, replica))
@@ -363,9 +445,10 @@ class CarRunner:
                                                   ignore_removed=True)
         return sorted((parse_status(c.attrs) for c in containers), key=lambda s: (s.job_id, s.replica))
 
-    def logs(self, job_id: int, replica: int, tail: int = 100) -> str:
-        """The last ``tail`` lines of stdout and stderr ("" if there is no container)."""
-        existing = self._find(container_name(self._node, job_id, replica))
+    def logs(self, job_id: int, replica: int, tail: int = 100, container_id: str | None = None) -> str:
+        """The last ``tail`` lines of stdout and stderr ("" if there is no container); by default of
+        the replica's CAR container, or of the container ``container_id`` (a WAR version)."""
+        existing = self._find(container_id or container_name(self._node, job_id, replica))
         if existing is None:
             return ""
         raw = existing.logs(stdout=True, stderr=True, tail=tail)
@@ -442,6 +525,8 @@ class CarRunner:
             LABEL_NODE: self._node,
             LABEL_SPEC: request.spec_hash(),
             LABEL_RESTARTS: str(restarts),
+            LABEL_ROLE: request.role,
+            **({} if request.version is None else {LABEL_VERSION: request.version}),
         }
         kwargs: dict[str, Any] = {
             "image": request.image,
@@ -458,6 +543,11 @@ class CarRunner:
                 for p in request.ports
             },
         }
+        if request.mounts:
+            kwargs["volumes"] = {m.source: {"bind": m.target, "mode": "ro" if m.read_only else "rw"}
+                                 for m in request.mounts}
+        if request.workdir is not None:
+            kwargs["working_dir"] = request.workdir
         if request.cpu_millis is not None:
             kwargs["nano_cpus"] = request.cpu_millis * 1_000_000
         if request.memory_mb is not None:

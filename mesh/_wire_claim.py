@@ -39,6 +39,9 @@ Replica = Annotated[int, Field(ge=0, lt=64)]
 Generation = Annotated[int, Field(ge=1, lt=2**63)]
 Restarts = Annotated[int, Field(ge=0, lt=2**31)]
 Entry = tuple[JobId, Replica, Generation, ReplicaState, Restarts]
+# a WAR replica's versions: the commit prefix it serves and the last one whose rollout failed ("": none)
+Version = Annotated[str, Field(pattern=r"^[0-9a-f]{0,40}$")]
+VersionEntry = tuple[JobId, Replica, Version, Version]
 
 
 class ClaimEntry(Payload):
@@ -57,6 +60,8 @@ class Claims(Payload):
 
     lease_until_ms: int = Field(default=0, ge=0, lt=2**63)
     entries: tuple[Entry, ...] = Field(default=(), max_length=MAX_CLAIMS)
+    # [job id, replica, serving, failed] for the WAR replicas among the entries (absent: none)
+    versions: tuple[VersionEntry, ...] = Field(default=(), max_length=MAX_CLAIMS)
 
     @model_validator(mode="before")
     @classmethod
@@ -64,7 +69,10 @@ class Claims(Payload):
         if not isinstance(data, dict):
             return data
         if isinstance(data.get("entries"), list):  # from JSON (this validator makes pydantic read it as Python)
-            return data | {"entries": tuple(tuple(e) if isinstance(e, list) else e for e in data["entries"])}
+            data = data | {"entries": tuple(tuple(e) if isinstance(e, list) else e for e in data["entries"])}
+            if isinstance(data.get("versions"), list):
+                data["versions"] = tuple(tuple(v) if isinstance(v, list) else v for v in data["versions"])
+            return data
         if "claims" not in data:
             return data
         rest = {k: v for k, v in data.items() if k != "claims"}
@@ -80,12 +88,20 @@ class Claims(Payload):
         keys = {(e[0], e[1]) for e in self.entries}
         if len(keys) != len(self.entries):
             raise ValueError("two entries for one replica")
+        versioned = [(v[0], v[1]) for v in self.versions]
+        if len(set(versioned)) != len(versioned) or not keys.issuperset(versioned):
+            raise ValueError("versions name each claimed replica at most once, and only claimed ones")
         return self
 
+    @cached_property
+    def versions_of(self) -> dict[tuple[int, int], tuple[str, str]]:
+        """(job, replica) -> (version serving, version whose rollout failed) for WAR replicas."""
+        return {(j, r): (serving, failed) for j, r, serving, failed in self.versions}
+
     @classmethod
-    def of(cls, entries: Iterable[ClaimEntry]) -> Claims:
-        """The set of these entries (which share one lease)."""
-        return cls.model_validate({"claims": tuple(entries)})
+    def of(cls, entries: Iterable[ClaimEntry], versions: Iterable[tuple[int, int, str, str]] = ()) -> Claims:
+        """The set of these entries (which share one lease), with the WAR replicas' ``versions``."""
+        return cls.model_validate({"claims": tuple(entries), "versions": tuple(versions)})
 
     @cached_property
     def claims(self) -> tuple[ClaimEntry, ...]:

@@ -3,6 +3,9 @@ moves, states and restarts; bounded per job and forgotten with the job."""
 
 from __future__ import annotations
 
+import pytest
+from pydantic import ValidationError
+
 from mesh._identity import NodeIdentity
 from mesh._job_events import JobEvents
 from mesh._placement import Claim
@@ -54,3 +57,41 @@ def test_the_history_is_bounded_and_forgotten_with_the_job() -> None:
     assert [e.detail for e in events.of(7)] == ["nonce 3", "nonce 4", "nonce 5"]
     events.observe(9, {}, {}, {})
     assert events.of(7) == []
+
+
+def war_claims(serving: str, failed: str = "") -> Claims:
+    entry = ClaimEntry(job_id=7, replica=0, generation=1, lease_until_ms=10**6, state="healthy", restarts=0)
+    return Claims.of((entry,), [(7, 0, serving, failed)])
+
+
+def test_a_war_replicas_versions_and_failed_rollouts_read_as_events() -> None:
+    events = JobEvents()
+    events.observe(1, {7: (1, False)}, {}, {})
+    events.observe(2, {7: (1, False)}, on(A), {A: war_claims("aaaaaaaaaaaa")})
+    events.observe(3, {7: (1, False)}, on(A), {A: war_claims("aaaaaaaaaaaa")})  # nothing new
+    events.observe(4, {7: (1, False)}, on(A), {A: war_claims("aaaaaaaaaaaa", "bbbbbbbbbbbb")})
+    events.observe(5, {7: (1, False)}, on(A), {A: war_claims("cccccccccccc")})
+    got = [(e.at_ms, e.what, e.detail) for e in events.of(7)]
+    assert got == [
+        (1, "submitted", "nonce 1"),
+        (2, "placed", "generation 1"),
+        (2, "state", "healthy"),
+        (2, "version", "serving aaaaaaaaaaaa"),
+        (4, "rollout-failed", "bbbbbbbbbbbb failed; aaaaaaaaaaaa keeps serving"),
+        (5, "version", "serving cccccccccccc"),
+    ]
+
+
+def test_versions_name_only_claimed_replicas_once_and_travel_in_json() -> None:
+    entry = ClaimEntry(job_id=7, replica=0, generation=1, lease_until_ms=10**6, state="healthy", restarts=0)
+    with pytest.raises(ValidationError, match="only claimed ones"):
+        Claims.of((entry,), [(8, 0, "aa", "")])
+    with pytest.raises(ValidationError, match="at most once"):
+        Claims.of((entry,), [(7, 0, "aa", ""), (7, 0, "bb", "")])
+    with pytest.raises(ValidationError, match="pattern"):
+        Claims.of((entry,), [(7, 0, "not-hex", "")])
+    held = Claims.of((entry,), [(7, 0, "abc123", "")])
+    again = Claims.model_validate_json(held.model_dump_json())
+    assert again == held
+    assert again.versions_of == {(7, 0): ("abc123", "")}
+    assert Claims.of((entry,)).versions_of == {}

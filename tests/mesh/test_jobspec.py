@@ -71,7 +71,8 @@ def test_base_spec_is_valid_and_defaults_are_filled_in() -> None:
 
 
 @pytest.mark.parametrize(
-    ("name", "kind"), [("car-web.yaml", CarJob), ("war-worker.yaml", WarJob), ("chaindist-sum.yaml", ChainDistJob)]
+    ("name", "kind"), [("car-web.yaml", CarJob), ("war-worker.yaml", WarJob), ("war-site.yaml", WarJob),
+                     ("chaindist-sum.yaml", ChainDistJob)]
 )
 def test_every_example_loads(name: str, kind: type) -> None:
     spec = load_spec(EXAMPLES / name)
@@ -207,10 +208,16 @@ def test_common_section_rules(section: str, expected: str) -> None:
 
 
 def test_war_and_chaindist_rules() -> None:
-    war = "kind: war\nname: w\nresources: {cpu_millis: 1, memory_mb: 1}\nwar:\n  repo: {repo}\n  run: [x]\n"
+    war = ("kind: war\nname: w\nresources: {cpu_millis: 1, memory_mb: 1}\n"
+           "war:\n  image: t:1\n  repo: {repo}\n  run: [x]\n")
     assert parse_spec(war.replace("{repo}", "git@example.org:a/b.git"))
     assert "war.repo: " in str(error_of(war.replace("{repo}", "--upload-pack=touch")))
     assert "war.repo: " in str(error_of(war.replace("{repo}", "relative/path")))
+    assert "war.image: Field required" in str(error_of(war.replace("  image: t:1\n", "").replace("{repo}", "/r")))
+    assert "ports: a war job's ports are tcp" in str(
+        error_of(war.replace("{repo}", "/r") + "ports: [{container: 53, protocol: udp}]\n"))
+    assert "war.poll_s: Input should be greater than or equal to 1" in str(
+        error_of(war.replace("{repo}", "/r") + "  poll_s: 0\n"))
     chain = "kind: chaindist\nname: c\nresources: {cpu_millis: 1, memory_mb: 1}\nchaindist:\n"
     assert "chaindist.worker.image: a worker needs an image or a command" in str(
         error_of(chain + "  shards: 2\n  worker: {}\n  aggregate: [cat]\n")

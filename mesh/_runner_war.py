@@ -1,0 +1,464 @@
+"""The WAR runner: one job replica = a git checkout, built and run in the job's toolchain image.
+
+For each WAR replica this node holds, one ``WarReplica`` task (under ``WarSupervisor``'s nursery)
+owns everything of that replica here:
+
+- **fronts**: the replica's TCP ports are held by the node (``PortFront``), not by a container;
+  the serving container publishes on loopback ports the engine picks, and each front hands new
+  connections to the version that serves;
+- **rollout** of a commit (the first one, and each new one the poll finds): a shallow checkout
+  into ``<work>/<job>-<replica>/<commit>``, the ``build`` command as a one-off container with the
+  checkout mounted read-write at ``/app``, then the ``run`` command as a new container with the
+  checkout read-only, checked by the job's health check from the node (HTTP or TCP to the
+  container's published port, a command by ``exec``; with none, the first port accepting a
+  connection). Only once it is healthy do the fronts switch to it; the old version then gets up
+  to ``DRAIN_S`` for its open connections and is removed. A build that fails (non-zero exit or
+  over ``build_timeout_s``) or a version that never gets healthy is removed, the old version keeps
+  serving, and the commit is not tried again until the branch moves;
+- **restarts**: a serving container that exits is started again by the job's restart policy and
+  backoff, like a CAR replica;
+- **adoption**: after a node restart, a running container of this replica whose checkout is still
+  on disk serves again at once (the fronts point at it), and the poll carries on from its commit;
+- **release**: when the node stops holding the replica, its containers and checkouts are removed.
+
+Every engine call blocks (docker SDK) and runs in a worker thread, a few at a time: a build
+holds its thread for as long as it runs. Git calls run in worker threads too (``_git``).
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import trio
+from docker.errors import DockerException
+
+from ._git import GitError, fetch_checkout, remote_commit
+from ._jobspec import CommandHealth, HttpHealth, TcpHealth, WarJob
+from ._port_front import PortFront
+from ._runner_car import (
+    CarRunner,
+    CarRunnerError,
+    ContainerRequest,
+    ContainerStatus,
+    HealthCheck,
+    Mount,
+    PortMapping,
+)
+from ._runner_car import next_backoff as backoff_s
+from ._scheduler import Plan
+from ._trio_types import TaskStatus
+from ._wire_claim import ReplicaState
+
+log = logging.getLogger("deedmesh.runner")
+T = TypeVar("T")
+PIDS_LIMIT = 256
+APP_DIR = "/app"  # where the checkout is mounted in the build and run containers
+VERSION_LEN = 12  # a commit id's first 12 hex digits name a version (containers, checkouts, claim sets)
+DRAIN_S = 10.0  # the longest an old version keeps its open connections after the switch
+READY_WITHOUT_HEALTH_S = 30.0  # with no health check: how long the first port may take to accept
+RETRY_S = 5.0  # a replica that stopped on an engine or disk error starts over after this
+ENGINE_THREADS = 4  # WAR engine calls at once (a build holds one for its whole run)
+
+
+class RolloutFailed(Exception):
+    """A commit could not be brought to serve (its build failed, or it never got healthy)."""
+
+
+@dataclass(frozen=True)
+class WarReport:
+    """How one WAR replica is doing here, for the claim set and ``job status``."""
+
+    state: ReplicaState
+    restarts: int
+    serving: str | None  # the version (commit prefix) the fronts point at
+    failed: str | None  # the last version whose rollout failed ...
+    reason: str = ""  # ... and why
+
+
+def version_of(commit: str) -> str:
+    return commit[:VERSION_LEN]
+
+
+def serve_request(job_id: int, replica: int, spec: WarJob, version: str, checkout: Path) -> ContainerRequest:
+    """The container that runs one version of a WAR replica: every port on a loopback port the
+    engine picks (the node's fronts hold the job's own ports)."""
+    return ContainerRequest(
+        job_id=job_id, replica=replica, image=spec.war.image, command=tuple(spec.war.run), env=dict(spec.env),
+        ports=tuple(PortMapping(p.container, "tcp", None) for p in spec.ports),
+        cpu_millis=spec.resources.cpu_millis, memory_mb=spec.resources.memory_mb, pids_limit=PIDS_LIMIT,
+        labels={"deedmesh.name": spec.name}, version=version, mounts=(Mount(str(checkout), APP_DIR, True),),
+        workdir=APP_DIR)
+
+
+def build_request(job_id: int, replica: int, spec: WarJob, version: str, checkout: Path) -> ContainerRequest:
+    """The one-off container that builds one version in its checkout."""
+    assert spec.war.build is not None
+    return ContainerRequest(
+        job_id=job_id, replica=replica, image=spec.war.image, command=tuple(spec.war.build), env=dict(spec.env),
+        cpu_millis=spec.resources.cpu_millis, memory_mb=spec.resources.memory_mb, pids_limit=PIDS_LIMIT,
+        labels={"deedmesh.name": spec.name}, version=version, mounts=(Mount(str(checkout), APP_DIR, False),),
+        workdir=APP_DIR, role="build")
+
+
+async def http_ok(port: int, path: str, timeout_s: float) -> bool:
+    """``GET path`` on 127.0.0.1:port answers 2xx or 3xx within ``timeout_s``."""
+    with trio.move_on_after(timeout_s):
+        try:
+            stream = await trio.open_tcp_stream("127.0.0.1", port)
+            async with stream:
+                await stream.send_all(f"GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n".encode())
+                head = b""
+                while b"\r\n" not in head and len(head) < 4096:
+                    chunk = await stream.receive_some(4096)
+                    if not chunk:
+                        break
+                    head += chunk
+            parts = head.split(b" ", 2)
+            return len(parts) >= 2 and parts[0].startswith(b"HTTP/") and parts[1][:1] in (b"2", b"3")
+        except (OSError, trio.BrokenResourceError):  # refused, or reset by the engine's proxy before the app listens
+            return False
+    return False
+
+
+async def tcp_ok(port: int, timeout_s: float) -> bool:
+    with trio.move_on_after(timeout_s):
+        try:
+            stream = await trio.open_tcp_stream("127.0.0.1", port)
+        except OSError:
+            return False
+        await stream.aclose()
+        return True
+    return False
+
+
+class WarReplica:
+    """Everything of one held WAR replica on this node (module docstring); ``run`` lives while it is held."""
+
+    def __init__(self, runner: CarRunner, job_id: int, replica: int, spec: WarJob, work_dir: Path, *,
+                 limiter: trio.CapacityLimiter, on_change: Callable[[], None] = lambda: None,
+                 check_s: float = 2.0) -> None:
+        self.runner, self.job_id, self.replica, self.spec = runner, job_id, replica, spec
+        self.dir = work_dir / f"{job_id}-{replica}"
+        self.limiter, self.on_change, self.check_s = limiter, on_change, check_s
+        self.fronts: dict[int, PortFront] = {}  # container port -> the node's front for it
+        self.serving: ContainerStatus | None = None
+        self.failed: tuple[str, str] | None = None  # (version, reason) of the last failed rollout
+        self.healthy: bool | None = None  # the serving version's last health verdict
+        self._misses = 0  # health checks failed in a row
+        self._retry_at = 0.0  # trio time the serving container may be restarted
+        self._restarts = 0
+        self.last_rollout: dict[str, Any] = {}  # the newest successful rollout: version, seconds per phase
+
+    def report(self) -> WarReport:
+        failed, reason = self.failed or (None, "")
+        serving = self.serving
+        if serving is None:
+            state: ReplicaState = "starting"
+        elif not serving.running:
+            state = "oom-killed" if serving.likely_oom else "exited"
+        elif self.healthy is None:
+            state = "running"
+        else:
+            state = "healthy" if self.healthy else "unhealthy"
+        return WarReport(state, self._restarts, None if serving is None else serving.version, failed, reason)
+
+    def front_port(self, container_port: int) -> int | None:
+        """The node port serving ``container_port`` (the spec's host port, or one the OS picked)."""
+        front = self.fronts.get(container_port)
+        return None if front is None else front.port
+
+    async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        try:
+            async with trio.open_nursery() as nursery:
+                for port in self.spec.ports:
+                    front = PortFront("0.0.0.0" if port.expose else "127.0.0.1", port.host or 0)
+                    await nursery.start(front.run)
+                    self.fronts[port.container] = front
+                await self._adopt()
+                task_status.started()
+                await self._follow()
+        finally:
+            with trio.CancelScope(shield=True), trio.move_on_after(60):
+                await self._remove_all()
+
+    async def _follow(self) -> None:
+        """Poll the branch every ``poll_s``; check the serving container every ``check_s``."""
+        next_poll = trio.current_time()
+        while True:
+            if trio.current_time() >= next_poll:
+                next_poll = trio.current_time() + self.spec.war.poll_s
+                await self._poll()
+            await self._check()
+            await trio.sleep(min(self.check_s, max(0.0, next_poll - trio.current_time())))
+
+    async def _poll(self) -> None:
+        war = self.spec.war
+        try:
+            commit = await trio.to_thread.run_sync(remote_commit, war.repo, war.ref)
+        except GitError as exc:
+            log.warning("cannot read the replica's branch", extra=self._extra(error=str(exc)))
+            return
+        version = version_of(commit)
+        current = None if self.serving is None else self.serving.version
+        if version == current or (self.failed is not None and self.failed[0] == version):
+            return
+        try:
+            await self._roll_out(version)
+        except RolloutFailed as exc:  # this commit is not tried again until the branch moves
+            self.failed = (version, str(exc))
+            log.warning("rollout failed; the previous version keeps serving",
+                        extra=self._extra(version=version, serving=current, error=str(exc)))
+            self.on_change()
+        except (GitError, CarRunnerError, DockerException) as exc:  # the remote, registry or engine: next poll
+            log.warning("rollout interrupted; tried again at the next poll",
+                        extra=self._extra(version=version, serving=current, error=str(exc)[:500]))
+
+    async def _roll_out(self, version: str) -> None:
+        war, checkout = self.spec.war, self.dir / version
+        clock, phases = trio.current_time(), {}
+        if not checkout.exists():  # a checkout on disk was built (a failed build removes its own)
+            staging = self.dir / f".fetch-{version}"
+            shutil.rmtree(staging, ignore_errors=True)
+            # the branch may have moved since the poll: the version is what the fetch got
+            version = version_of(await trio.to_thread.run_sync(fetch_checkout, war.repo, war.ref, staging))
+            checkout = self.dir / version
+            shutil.rmtree(checkout, ignore_errors=True)
+            staging.rename(checkout)
+            phases["fetch_s"] = trio.current_time() - clock
+            if war.build is not None:
+                await self._engine(self._prepare_image)
+                code, tail = await self._engine(self.runner.run_to_end, build_request(
+                    self.job_id, self.replica, self.spec, version, checkout), war.build_timeout_s)
+                if code != 0:
+                    shutil.rmtree(checkout, ignore_errors=True)
+                    last = tail.strip().splitlines()[-1:] or [""]
+                    raise RolloutFailed(f"build of {version} exited {code}: {last[0][:300]}" if code is not None
+                                        else f"build of {version} ran over build_timeout_s={war.build_timeout_s}")
+                phases["build_s"] = trio.current_time() - clock - phases["fetch_s"]
+        await self._engine(self._prepare_image)
+        began = trio.current_time()
+        started = await self._start(version, checkout)
+        phases["start_s"] = trio.current_time() - began
+        if not await self._becomes_healthy(started):
+            await self._engine(self.runner.remove, started.container_id)
+            shutil.rmtree(checkout, ignore_errors=True)
+            raise RolloutFailed(f"{version} did not become healthy")
+        old = self.serving
+        self._serve(started)
+        phases["healthy_s"] = trio.current_time() - began - phases["start_s"]
+        phases["total_s"] = trio.current_time() - clock
+        self.last_rollout = {"version": version, **{k: round(v, 3) for k, v in phases.items()}}
+        log.info("version serving", extra=self._extra(previous=None if old is None else old.version,
+                                                      **self.last_rollout))
+        if old is not None and old.container_id != started.container_id:
+            await self._retire(old)
+
+    async def _start(self, version: str, checkout: Path) -> ContainerStatus:
+        request = serve_request(self.job_id, self.replica, self.spec, version, checkout)
+        container_id = await self._engine(self.runner.start, request)
+        status = await self._engine(self.runner.inspect, container_id)
+        if status is None:
+            raise CarRunnerError(f"{version}'s container vanished as it started")
+        return status
+
+    def _serve(self, status: ContainerStatus) -> None:
+        """Point every front at ``status``'s published ports."""
+        self.serving, self._misses, self.failed = status, 0, None
+        self.healthy = True if self.spec.health is not None else None  # it passed its check to get here
+        for port, front in self.fronts.items():
+            published = status.host_port(port)
+            front.switch(None if published is None else ("127.0.0.1", published))
+        self.on_change()
+
+    async def _retire(self, old: ContainerStatus) -> None:
+        """The old version gets ``DRAIN_S`` for the connections it still has, then goes."""
+        with trio.move_on_after(DRAIN_S):
+            for port, front in self.fronts.items():
+                published = old.host_port(port)
+                if published is not None:
+                    await front.drained(("127.0.0.1", published))
+        await self._engine(self.runner.remove, old.container_id)
+        if old.version is not None:
+            shutil.rmtree(self.dir / old.version, ignore_errors=True)
+
+    async def _becomes_healthy(self, status: ContainerStatus) -> bool:
+        health = self.spec.health
+        if health is None:
+            deadline = trio.current_time() + READY_WITHOUT_HEALTH_S
+            interval, needed = 0.2, 1
+        else:
+            deadline = trio.current_time() + health.start_period_s + (health.retries + 1) * health.interval_s
+            interval, needed = min(1.0, float(health.interval_s)), 1
+        while trio.current_time() < deadline:
+            current = await self._engine(self.runner.inspect, status.container_id)
+            if current is None or not current.running:
+                return False
+            if await self._probe(current):
+                needed -= 1
+                if needed == 0:
+                    return True
+            await trio.sleep(interval)
+        return False
+
+    async def _probe(self, status: ContainerStatus) -> bool:
+        """The job's health check against one container, from the node where a port is published."""
+        health = self.spec.health
+        if health is None:
+            first = next(iter(status.ports), None)
+            return first is None or await tcp_ok(first.host_port, 2.0)
+        if isinstance(health, HttpHealth) and (port := status.host_port(health.port)) is not None:
+            return await http_ok(port, health.path, health.timeout_s)
+        if isinstance(health, TcpHealth) and (port := status.host_port(health.port)) is not None:
+            return await tcp_ok(port, health.timeout_s)
+        if isinstance(health, HttpHealth):
+            check = HealthCheck.http(health.port, health.path)
+        elif isinstance(health, TcpHealth):
+            check = HealthCheck.tcp(health.port)
+        else:
+            assert isinstance(health, CommandHealth)
+            check = HealthCheck.command(tuple(health.argv))
+        return await self._engine(self.runner.exec_ok, status.container_id, check.test, health.timeout_s)
+
+    async def _check(self) -> None:
+        """The serving container: still running and healthy? Restart it by the policy if it exited."""
+        if self.serving is None:
+            return
+        before = self.report()
+        current = await self._engine(self.runner.inspect, self.serving.container_id)
+        if current is not None and current.running:
+            self.serving = current
+            health = self.spec.health
+            if health is not None and await self._probe(current):
+                self.healthy, self._misses = True, 0
+            elif health is not None:
+                self._misses += 1
+                self.healthy = self._misses < health.retries
+        else:
+            self.serving = current or self.serving  # exited (a vanished one counts as a failure)
+            exit_code = None if current is None else current.exit_code
+            policy = self.spec.restart.policy
+            wants = policy == "always" or (policy == "on-failure" and exit_code != 0)
+            if wants and trio.current_time() >= self._retry_at:
+                b = self.spec.restart.backoff
+                self._retry_at = trio.current_time() + backoff_s(self._restarts, b.initial_s, b.max_s, b.multiplier)
+                self._restarts += 1
+                version = self.serving.version
+                assert version is not None
+                try:
+                    self._serve(await self._start(version, self.dir / version))
+                except (CarRunnerError, DockerException) as exc:
+                    log.warning("serving version did not restart", extra=self._extra(error=str(exc)[:500]))
+        if self.report() != before:
+            self.on_change()
+
+    async def _adopt(self) -> None:
+        """A running serving container of this replica, left by a node restart, serves again; the rest goes."""
+        mine = [s for s in await self._engine(self.runner.list_managed)
+                if (s.job_id, s.replica) == (self.job_id, self.replica)]
+        keep = next((s for s in mine if s.role == "serve" and s.running and s.version is not None
+                     and (self.dir / s.version).is_dir()), None)
+        for status in mine:
+            if status is not keep:
+                await self._engine(self.runner.remove, status.container_id)
+        for path in self.dir.iterdir():
+            if keep is None or path.name != keep.version:
+                shutil.rmtree(path, ignore_errors=True)
+        if keep is not None:
+            log.info("adopted a running version", extra=self._extra(version=keep.version))
+            self._serve(keep)
+
+    async def _remove_all(self) -> None:
+        for front in self.fronts.values():
+            front.switch(None)
+        try:
+            for status in await self._engine(self.runner.list_managed):
+                if (status.job_id, status.replica) == (self.job_id, self.replica):
+                    await self._engine(self.runner.remove, status.container_id)
+        except (DockerException, OSError, CarRunnerError) as exc:
+            log.warning("could not remove a released replica's containers", extra=self._extra(error=str(exc)))
+        shutil.rmtree(self.dir, ignore_errors=True)
+        self.serving = None
+
+    def _prepare_image(self) -> None:
+        war = self.spec.war
+        if war.pull != "never":
+            self.runner.ensure_image(war.image, pull=war.pull)
+
+    def _extra(self, **fields: Any) -> dict[str, Any]:
+        return {"job": self.job_id, "replica": self.replica, **fields}
+
+    async def _engine(self, fn: Callable[..., T], *args: Any) -> T:
+        return await trio.to_thread.run_sync(fn, *args, limiter=self.limiter)
+
+
+class WarSupervisor:
+    """One ``WarReplica`` task per WAR replica the newest plan holds; a released one is cancelled
+    (which removes its containers). A replica whose spec changed starts over."""
+
+    def __init__(self, runner: CarRunner, work_dir: Path, on_change: Callable[[], None] = lambda: None, *,
+                 check_s: float = 2.0) -> None:
+        self.runner, self.work_dir, self.on_change, self.check_s = runner, work_dir, on_change, check_s
+        self.replicas: dict[tuple[int, int], tuple[WarReplica, trio.CancelScope]] = {}
+        self._wanted: dict[tuple[int, int], WarJob] = {}
+        self._wake = trio.Event()
+        self._limiter = trio.CapacityLimiter(ENGINE_THREADS)
+
+    def offer(self, plan: Plan) -> None:
+        """The newest plan (called by the scheduler on every plan; never blocks)."""
+        wanted = {(job_id, replica): spec for job_id, replica in plan.holding.items()
+                  if isinstance(spec := plan.specs.get(job_id), WarJob)}
+        if wanted != self._wanted:
+            self._wanted = wanted
+            self._wake.set()
+
+    def logs(self, job_id: int, replica: int, tail: int = 100) -> str:
+        """A WAR replica's log for ``job logs`` (blocking): the serving version's output, after a
+        line on a failed rollout if there was one; for any other replica, its CAR container's."""
+        held = self.replicas.get((job_id, replica))
+        if held is None:
+            return self.runner.logs(job_id, replica, tail)
+        war = held[0]
+        note = "" if war.failed is None else f"[deedmesh] rollout of {war.failed[0]} failed: {war.failed[1]}\n"
+        serving = war.serving
+        return note + ("" if serving is None else self.runner.logs(job_id, replica, tail, serving.container_id))
+
+    def report(self, job_id: int, replica: int) -> WarReport | None:
+        held = self.replicas.get((job_id, replica))
+        return None if held is None else held[0].report()
+
+    async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            task_status.started()
+            while True:
+                await self._wake.wait()
+                self._wake = trio.Event()
+                for key, (war, scope) in list(self.replicas.items()):
+                    if self._wanted.get(key) != war.spec:
+                        scope.cancel()
+                        del self.replicas[key]
+                for key, spec in self._wanted.items():
+                    if key not in self.replicas:
+                        war = WarReplica(self.runner, *key, spec, self.work_dir, limiter=self._limiter,
+                                         on_change=self.on_change, check_s=self.check_s)
+                        scope = trio.CancelScope()
+                        self.replicas[key] = (war, scope)
+                        nursery.start_soon(self._run_one, war, scope)
+
+    async def _run_one(self, war: WarReplica, scope: trio.CancelScope) -> None:
+        key = (war.job_id, war.replica)
+        with scope:
+            try:
+                await war.run()
+            except (DockerException, OSError, CarRunnerError) as exc:  # the engine or the disk failed
+                log.warning("a WAR replica stopped on an error; it starts over",
+                            extra=war._extra(error=str(exc)[:500], retry_s=RETRY_S))
+                await trio.sleep(RETRY_S)
+                if self.replicas.get(key, (None,))[0] is war:
+                    del self.replicas[key]
+                    self._wake.set()
