@@ -43,8 +43,8 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
-from contextlib import AsyncExitStack, aclosing, asynccontextmanager
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Sequence
+from contextlib import AsyncExitStack, aclosing, asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -866,6 +866,26 @@ def spawn_node(i: int, ident: NodeIdentity, workdir: Path, rpc: str, record: Pat
         raise TimeoutError(f"node {i} did not start")
     ready.append(json.loads(proc.stdout.readline()))
     return proc
+
+
+@contextmanager
+def project_engine(root: Path) -> Iterator[Any]:
+    """A docker client on the project's engine (``scripts/engine.sh``), stopped again by its PID
+    if this call started it."""
+    from mesh._engine import DEFAULT_ENGINE_DIR, connect_engine
+
+    engine_sh = str(root / "scripts" / "engine.sh")
+    pid_file = DEFAULT_ENGINE_DIR / "engine.pid"
+    before = pid_file.read_text() if pid_file.exists() else None
+    url = subprocess.run([engine_sh], capture_output=True, text=True, check=True).stdout
+    started = pid_file.exists() and pid_file.read_text() != before
+    engine = connect_engine(url.strip().splitlines()[-1].removeprefix("DOCKER_HOST="))
+    try:
+        yield engine
+    finally:
+        engine.close()
+        if started:
+            subprocess.run([engine_sh, "stop"], capture_output=True, check=False)
 
 
 def write_result(path: Path, out: dict[str, Any]) -> None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import random
-import subprocess
 import sys
 import time
 import urllib.request
@@ -26,9 +25,8 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _bench_baseline import node_identity, percentile, quiet_libp2p_logs, write_result
+from _bench_baseline import node_identity, percentile, project_engine, quiet_libp2p_logs, write_result
 
-from mesh._engine import DEFAULT_ENGINE_DIR, connect_engine
 from mesh._identity import NodeIdentity
 from mesh._jobspec import spec_hash
 from mesh._jobspec_load import parse_spec
@@ -132,21 +130,11 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "failover.json")
     args = parser.parse_args()
     quiet_libp2p_logs()
-    engine_sh = str(ROOT / "scripts" / "engine.sh")
-    pid_file = DEFAULT_ENGINE_DIR / "engine.pid"
-    before = pid_file.read_text() if pid_file.exists() else None
-    url = subprocess.run([engine_sh], capture_output=True, text=True, check=True).stdout
-    started = pid_file.exists() and pid_file.read_text() != before  # then we stop it again, by its PID
-    engine = connect_engine(url.strip().splitlines()[-1].removeprefix("DOCKER_HOST="))
     times = []
-    try:
+    with project_engine(ROOT) as engine:
         for k in range(args.trials):
             times.append(trio.run(trial, k, engine))
             print(f"trial {k}: {times[-1]:.2f} s", file=sys.stderr, flush=True)
-    finally:
-        engine.close()
-        if started:
-            subprocess.run([engine_sh, "stop"], capture_output=True, check=False)
     out = {"failover_s": {"p50": round(percentile(times, 50), 2), "p99": round(percentile(times, 99), 2),
                           "trials": [round(t, 2) for t in times]},
            "settings": {"heartbeat_interval_s": 1.0, "dead_after_intervals": 2.75, "nodes": 3,
