@@ -187,7 +187,7 @@ class NodeApi:
     def _jobs(self) -> list[dict[str, Any]]:
         claims: dict[int, list[dict[str, Any]]] = {}
         for node, held in self.node.claims.items():
-            versions = held.versions_of
+            versions, results = held.versions_of, held.results_of
             for c in held.claims:
                 serving, failed = versions.get((c.job_id, c.replica), ("", ""))
                 claims.setdefault(c.job_id, []).append({"replica": c.replica, "node": node,
@@ -196,7 +196,9 @@ class NodeApi:
                                                         "state": c.state, "restarts": c.restarts,
                                                         # a WAR replica's commit, and one that failed to roll out
                                                         "version": serving or None,
-                                                        "failed_version": failed or None})
+                                                        "failed_version": failed or None,
+                                                        # a ChainDist run's result digest, once it completed
+                                                        "result_digest": results.get((c.job_id, c.replica))})
         return [{"job_id": job_id, "csp": csp, "nonce": known.nonce, "stopped": known.spec is None,
                  "name": None if known.spec is None else known.spec.name,
                  "kind": None if known.spec is None else known.spec.kind,

@@ -89,7 +89,7 @@ def run_command(config_file: Path | None, keystore: Path | None, password_file: 
     token_file = pick(operator_token_file, "operator_token_file")
     run(identity, settings, Path(token_file) if token_file else Path(keystore_path).with_suffix(".token"),
         Path(keystore_path).with_suffix(".nonces.log"),  # the job nonces this node has seen, for restarts
-        Path(keystore_path).with_suffix(".war"))  # WAR replicas' checkouts
+        Path(keystore_path).with_suffix(".work"))  # WAR checkouts, ChainDist inputs and results
 
 
 @click.command()

@@ -27,7 +27,8 @@ _NO_WINNERS: Mapping[int, Claim] = MappingProxyType({})
 class JobEvent:
     at_ms: int  # this node's wall clock
     job_id: int
-    what: str  # submitted, stopped, placed, moved (to ``node``), unplaced, state, restarted, version, rollout-failed
+    what: str  # submitted, stopped, placed, moved (to ``node``), unplaced, state, restarted, version,
+    # rollout-failed, result
     replica: int | None = None
     node: str | None = None
     detail: str = ""
@@ -39,8 +40,8 @@ class JobEvent:
 
 # what one node last saw of one replica: holder, generation, state, restarts, and for a WAR
 # replica the version it serves and the last one whose rollout failed ("": none)
-_Seen = tuple[str, int, str, int, str, str]
-_Report = tuple[str, int, str, str]  # state, restarts, serving, failed
+_Seen = tuple[str, int, str, int, str, str, str]  # ... and a ChainDist run's result digest ("": none)
+_Report = tuple[str, int, str, str, str]  # state, restarts, serving, failed, digest
 
 
 class JobEvents:
@@ -69,9 +70,10 @@ class JobEvents:
         changed = {node for node, held in claim_sets.items() if self._reports.get(node, (None,))[0] is not held}
         for node in changed:
             held = claim_sets[node]
-            versions = held.versions_of
+            versions, results = held.versions_of, held.results_of
             self._reports[node] = (held, {(c.job_id, c.replica): (c.state, c.restarts,
-                                                                  *versions.get((c.job_id, c.replica), ("", "")))
+                                                                  *versions.get((c.job_id, c.replica), ("", "")),
+                                                                  results.get((c.job_id, c.replica), ""))
                                           for c in held.claims})
         for node in set(self._reports) - set(claim_sets):
             del self._reports[node]
@@ -94,8 +96,8 @@ class JobEvents:
             now: dict[int, _Seen] = {}
             for r, c in won.items():
                 report = self._reports.get(c.node)
-                seen_there = ("claimed", 0, "", "") if report is None else report[1].get((job_id, r),
-                                                                                        ("claimed", 0, "", ""))
+                nothing: _Report = ("claimed", 0, "", "", "")
+                seen_there = nothing if report is None else report[1].get((job_id, r), nothing)
                 now[r] = (c.node, c.generation, *seen_there)
             for replica in sorted(set(seen) | set(now)):
                 self._compare(now_ms, job_id, replica, seen.get(replica), now.get(replica))
@@ -106,7 +108,7 @@ class JobEvents:
             assert before is not None
             self._add(JobEvent(at, job_id, "unplaced", replica, before[0], f"was on {before[0]}"))
             return
-        node, generation, state, restarts, serving, failed = after
+        node, generation, state, restarts, serving, failed, digest = after
         last = self._last_holder.setdefault(job_id, {}).get(replica)
         self._last_holder[job_id][replica] = node
         if last is None:
@@ -125,6 +127,8 @@ class JobEvents:
         if failed and not (same_holder and before is not None and before[5] == failed):
             self._add(JobEvent(at, job_id, "rollout-failed", replica, node,
                               f"{failed} failed; {serving or 'nothing'} keeps serving"))
+        if digest and not (same_holder and before is not None and before[6] == digest):
+            self._add(JobEvent(at, job_id, "result", replica, node, f"digest {digest}"))
 
     def _add(self, event: JobEvent) -> None:
         self._events.setdefault(event.job_id, deque(maxlen=self.max_events)).append(event)

@@ -297,15 +297,16 @@ class WarSection(_Model):
 
 
 class Worker(_Model):
-    """A ChainDist worker: an ``image`` (optionally with ``command``), or a ``command`` run as a process."""
+    """A ChainDist worker: a container ``image``, and the ``command`` each shard runs in it (with
+    ``SHARD``, ``SHARDS`` and ``JOB_ID`` set, and its part of the input on stdin through ``sh``)."""
 
-    image: ImageRef | None = None
+    image: ImageRef | None = None  # required today: shards run in containers (a native runner is to come)
     command: Argv | None = None
 
     @model_validator(mode="after")
     def _something_to_run(self) -> Worker:
-        if self.image is None and self.command is None:
-            raise _field_error("image", "a worker needs an image or a command")
+        if self.image is None:
+            raise _field_error("image", "a worker needs an image (shards run in containers)")
         return self
 
 
@@ -314,7 +315,9 @@ class ChainDistSection(_Model):
 
     shards: int = Field(ge=1, le=1024)
     worker: Worker
-    aggregate: Argv
+    aggregate: Argv  # run in the worker image with the shards' outputs on stdin, in shard order
+    input: Annotated[str, StringConstraints(max_length=65_536)] | None = None  # lines dealt out to the shards
+    shard_timeout_s: int = Field(default=600, ge=1, le=86_400)
 
 
 _SECTIONS = ("car", "war", "chaindist")

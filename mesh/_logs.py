@@ -174,7 +174,7 @@ class LogDesk:
 
     async def _remote(self, fetch: LogFetch, holder: str) -> tuple[int, dict[str, Any]]:
         try:
-            peer = await self._peer_of(holder)
+            peer = await self.node.peer_of(holder)
             raw = await self.node.transport.request(peer, PROTOCOL, fetch.model_dump_json().encode(),
                                                     timeout_s=self.config.holder_timeout_s,
                                                     max_response_bytes=self.config.max_answer_bytes)
@@ -192,26 +192,6 @@ class LogDesk:
         except (ValueError, KeyError, TypeError) as exc:
             return _refusal(Rejected("holder-unreachable", f"{holder} answered nonsense: {exc}"))
         return status, body
-
-    async def _peer_of(self, holder: str) -> str:
-        """The peer id of a connected holder; dialled first (from its capacity record's addresses)
-        if it is not a neighbour."""
-        transport = self.node.transport
-        for attempt in range(2):
-            for peer in transport.peers():
-                address = transport.address_of(peer)
-                if address is not None and address.lower() == holder.lower():
-                    return peer
-            capacity = self.node.capacities.get(holder)
-            if attempt or capacity is None or not capacity.addrs:
-                break
-            for addr in capacity.addrs:
-                try:
-                    await transport.connect(addr)
-                    break
-                except TransportError as exc:
-                    log.debug("dial failed", extra={"addr": addr, "error": str(exc)})
-        raise TransportError(holder, "not connected and no address to dial")
 
     async def _local(self, job_id: int, replica: int, tail: int, budget: int) -> tuple[int, dict[str, Any]]:
         reader = self._read_local

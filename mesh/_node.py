@@ -264,6 +264,26 @@ class Node:
     def advertised_capacity(self) -> Capacity:
         return self._capacity
 
+    async def peer_of(self, address: str) -> str:
+        """The peer id of a connected node; dialled first (from its capacity record's addresses)
+        if it is not a neighbour. ``TransportError`` if it cannot be reached."""
+        transport = self.transport
+        for attempt in range(2):
+            for peer in transport.peers():
+                known = transport.address_of(peer)
+                if known is not None and known.lower() == address.lower():
+                    return peer
+            capacity = self.capacities.get(address)
+            if attempt or capacity is None or not capacity.addrs:
+                break
+            for addr in capacity.addrs:
+                try:
+                    await transport.connect(addr)
+                    break
+                except TransportError as exc:
+                    log.debug("dial failed", extra={"addr": addr, "error": str(exc)})
+        raise TransportError(address, "not connected and no address to dial")
+
     def is_eligible(self, address: str) -> bool:
         """The license view's verdict on ``address``."""
         return self._is_eligible(address)

@@ -48,14 +48,12 @@ from ._logs import LogDesk
 from ._membership import LivenessConfig
 from ._node import NodeConfig, open_node
 from ._nonces import NonceBook
-from ._reconciler import Reconciler
 from ._runner_car import CarRunner
-from ._runner_war import WarSupervisor
-from ._scheduler import Plan, run_scheduler, runner_tag
+from ._runners import Runners
+from ._scheduler import run_scheduler, runner_tag
 from ._submission import ChainFacts
 from ._transport_libp2p import Libp2pConfig, open_libp2p_transport, peer_id_of
 from ._wire_capacity import Capacity, Resources
-from ._wire_claim import ReplicaState
 
 log = logging.getLogger("deedmesh.node")
 
@@ -173,7 +171,7 @@ async def car_runner(identity: NodeIdentity, engine: str) -> CarRunner | None:
 
 
 async def serve_node(identity: NodeIdentity, settings: NodeSettings, token_file: Path, nonce_file: Path,
-                     war_dir: Path) -> None:
+                     work_dir: Path) -> None:
     chain = await trio.to_thread.run_sync(Chain.connect, settings.rpc)
     licenses = await trio.to_thread.run_sync(license_registry, chain, settings)
     worker = ChainWorker()  # one thread at a time talks to the chain, for the license view and the job desk
@@ -184,7 +182,7 @@ async def serve_node(identity: NodeIdentity, settings: NodeSettings, token_file:
     listen = Libp2pConfig(listen=settings.listen, pubsub=False)  # the node gossips by neighbour sync alone
     runner = None if escrow is None else await car_runner(identity, settings.engine)
     # with an engine, this node runs CAR replicas, and WAR ones if git is here too
-    kinds = () if runner is None else ("car", "war") if shutil.which("git") else ("car",)
+    kinds = () if runner is None else ("car", "chaindist", "war") if shutil.which("git") else ("car", "chaindist")
     tags = settings.tags + tuple(runner_tag(kind) for kind in kinds)
     async with open_libp2p_transport(identity, listen, settings.bootstrap) as transport, trio.open_nursery() as nursery:
         await nursery.start(view.run)
@@ -208,32 +206,17 @@ async def serve_node(identity: NodeIdentity, settings: NodeSettings, token_file:
                 check = JobCheck(node, read_many)
                 await nursery.start(check.run)
                 node.chain_check = check  # relayed jobs are read on chain before this node claims them
-                war = None if runner is None else WarSupervisor(runner, war_dir, on_change=node.notify)
-                logs = LogDesk(node, chain.chain_id, escrow.address, None if war is None else war.logs,
+                runners = None if runner is None else Runners(node, runner, work_dir)
+                logs = LogDesk(node, chain.chain_id, escrow.address, None if runners is None else runners.logs,
                                now_s=lambda: int(time.time()))
                 transport.set_handler(LOGS_PROTOCOL, logs.serve, max_request_bytes=logs.config.max_request_bytes,
                                       timeout_s=logs.config.holder_timeout_s)
-                if runner is None or war is None:
+                if runners is None:
                     await nursery.start(partial(run_scheduler, node, events=events))
                 else:
-                    reconciler = Reconciler(runner, on_change=node.notify)
-                    await nursery.start(reconciler.run)
-                    await nursery.start(war.run)
-
-                    def on_plan(plan: Plan) -> None:
-                        reconciler.offer(plan)
-                        war.offer(plan)
-
-                    def state_of(job_id: int, replica: int) -> tuple[ReplicaState, int]:
-                        report = war.report(job_id, replica)
-                        return reconciler.state_of(job_id, replica) if report is None else (report.state,
-                                                                                            report.restarts)
-
-                    def versions(job_id: int, replica: int) -> tuple[str, str] | None:
-                        report = war.report(job_id, replica)
-                        return None if report is None else (report.serving or "", report.failed or "")
-                    await nursery.start(partial(run_scheduler, node, on_plan=on_plan, states=state_of,
-                                                versions=versions, events=events))
+                    await nursery.start(runners.run)
+                    await nursery.start(partial(run_scheduler, node, on_plan=runners.offer, states=runners.state_of,
+                                                versions=runners.versions, results=runners.results, events=events))
             api = NodeApi(node, peer_id=peer_id_of(identity), addrs=transport.addrs, operator_token=token, desk=desk,
                           logs=logs, events=events)
             # CLI clients dialling in over libp2p get the same app (``--via /ip4/.../p2p/...``)
@@ -251,9 +234,9 @@ async def serve_node(identity: NodeIdentity, settings: NodeSettings, token_file:
             await trio.sleep_forever()
 
 
-def run(identity: NodeIdentity, settings: NodeSettings, token_file: Path, nonce_file: Path, war_dir: Path) -> None:
+def run(identity: NodeIdentity, settings: NodeSettings, token_file: Path, nonce_file: Path, work_dir: Path) -> None:
     tune_for_service()
     try:
-        trio.run(serve_node, identity, settings, token_file, nonce_file, war_dir)
+        trio.run(serve_node, identity, settings, token_file, nonce_file, work_dir)
     except KeyboardInterrupt:
         print(json.dumps({"event": "stopped"}), file=sys.stderr)

@@ -174,6 +174,8 @@ class Reconciler:
             self._inherited.clear()
         for status in managed:
             key = (status.job_id, status.replica)
+            if status.role in ("shard", "aggregate"):
+                continue  # a ChainDist one-off: its runner waits for it and removes it
             if holding.get(status.job_id) == status.replica:
                 self._inherited.discard(key)  # adopted: from now on the plan alone decides
                 continue

@@ -57,7 +57,7 @@ LABEL_NODE = "deedmesh.node"
 LABEL_SPEC = "deedmesh.spec"
 LABEL_RESTARTS = "deedmesh.restarts"
 LABEL_VERSION = "deedmesh.version"  # a WAR replica's commit: its old and new versions run side by side in a rollout
-LABEL_ROLE = "deedmesh.role"  # "serve" (the replica itself) or "build" (a one-off WAR build)
+LABEL_ROLE = "deedmesh.role"  # "serve" (the replica itself), or a one-off: "build" (WAR), "shard" or "aggregate"
 _RESERVED_LABELS = frozenset({LABEL_JOB, LABEL_REPLICA, LABEL_NODE, LABEL_SPEC, LABEL_RESTARTS, LABEL_VERSION,
                               LABEL_ROLE})
 _NS_PER_S = 1_000_000_000
@@ -178,7 +178,7 @@ class ContainerRequest:
     version: str | None = None
     mounts: tuple[Mount, ...] = ()
     workdir: str | None = None
-    role: Literal["serve", "build"] = "serve"
+    role: Literal["serve", "build", "shard", "aggregate"] = "serve"
 
     def __post_init__(self) -> None:
         clash = _RESERVED_LABELS & set(self.labels)
@@ -416,6 +416,16 @@ class CarRunner:
     def run_to_end(self, request: ContainerRequest, timeout_s: float) -> tuple[int | None, str]:
         """Run a one-off container (a WAR build) to its end: (exit code, its last 50 log lines); the
         exit code is None if it ran out of ``timeout_s`` and was killed. The container is removed."""
+        code, _, tail = self._one_off(request, timeout_s, stdout_bytes=0, tail_lines=50, stderr=True)
+        return code, tail
+
+    def run_capture(self, request: ContainerRequest, timeout_s: float, max_bytes: int) -> tuple[int | None, bytes, str]:
+        """Run a one-off container (a ChainDist shard) to its end: (exit code, up to ``max_bytes`` of
+        its stdout, the last 20 lines of its stderr). Removed afterwards."""
+        return self._one_off(request, timeout_s, stdout_bytes=max_bytes, tail_lines=20, stderr=False)
+
+    def _one_off(self, request: ContainerRequest, timeout_s: float, *, stdout_bytes: int, tail_lines: int,
+                 stderr: bool) -> tuple[int | None, bytes, str]:
         name = container_name(self._node, request.job_id, request.replica, request.name_suffix)
         existing = self._find(name)
         if existing is not None:  # a build left from before a restart: start over
@@ -428,8 +438,9 @@ class CarRunner:
                 code: int | None = int(container.wait(timeout=timeout_s)["StatusCode"])
             except (requests.exceptions.ReadTimeout, requests.exceptions.ConnectionError):  # it took too long
                 code = None
-            raw = container.logs(stdout=True, stderr=True, tail=50)
-            return code, raw.decode("utf-8", errors="replace") if isinstance(raw, bytes) else str(raw)
+            out = container.logs(stdout=True, stderr=False)[:stdout_bytes] if stdout_bytes else b""
+            raw = container.logs(stdout=stderr, stderr=True, tail=tail_lines)
+            return code, out, raw.decode("utf-8", errors="replace")
         finally:
             self._remove(container, 1)
 

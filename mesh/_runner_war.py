@@ -39,6 +39,7 @@ from docker.errors import DockerException
 
 from ._git import GitError, fetch_checkout, remote_commit
 from ._jobspec import CommandHealth, HttpHealth, TcpHealth, WarJob
+from ._keyed_tasks import KeyedTasks
 from ._port_front import PortFront
 from ._runner_car import (
     CarRunner,
@@ -399,66 +400,45 @@ class WarReplica:
 
 class WarSupervisor:
     """One ``WarReplica`` task per WAR replica the newest plan holds; a released one is cancelled
-    (which removes its containers). A replica whose spec changed starts over."""
+    (which removes its containers). A replica whose spec changed starts over; one that stopped on
+    an engine or disk error starts over after ``RETRY_S``."""
 
     def __init__(self, runner: CarRunner, work_dir: Path, on_change: Callable[[], None] = lambda: None, *,
                  check_s: float = 2.0) -> None:
         self.runner, self.work_dir, self.on_change, self.check_s = runner, work_dir, on_change, check_s
-        self.replicas: dict[tuple[int, int], tuple[WarReplica, trio.CancelScope]] = {}
-        self._wanted: dict[tuple[int, int], WarJob] = {}
-        self._wake = trio.Event()
         self._limiter = trio.CapacityLimiter(ENGINE_THREADS)
+        self.replicas: KeyedTasks[tuple[int, int], WarJob, WarReplica] = KeyedTasks(self._make, self._run_one)
 
     def offer(self, plan: Plan) -> None:
         """The newest plan (called by the scheduler on every plan; never blocks)."""
-        wanted = {(job_id, replica): spec for job_id, replica in plan.holding.items()
-                  if isinstance(spec := plan.specs.get(job_id), WarJob)}
-        if wanted != self._wanted:
-            self._wanted = wanted
-            self._wake.set()
+        self.replicas.want({(job_id, replica): spec for job_id, replica in plan.holding.items()
+                            if isinstance(spec := plan.specs.get(job_id), WarJob)})
 
     def logs(self, job_id: int, replica: int, tail: int = 100) -> str:
         """A WAR replica's log for ``job logs`` (blocking): the serving version's output, after a
         line on a failed rollout if there was one; for any other replica, its CAR container's."""
-        held = self.replicas.get((job_id, replica))
-        if held is None:
+        war = self.replicas.get((job_id, replica))
+        if war is None:
             return self.runner.logs(job_id, replica, tail)
-        war = held[0]
         note = "" if war.failed is None else f"[deedmesh] rollout of {war.failed[0]} failed: {war.failed[1]}\n"
         serving = war.serving
         return note + ("" if serving is None else self.runner.logs(job_id, replica, tail, serving.container_id))
 
     def report(self, job_id: int, replica: int) -> WarReport | None:
-        held = self.replicas.get((job_id, replica))
-        return None if held is None else held[0].report()
+        war = self.replicas.get((job_id, replica))
+        return None if war is None else war.report()
 
     async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        async with trio.open_nursery() as nursery:
-            task_status.started()
-            while True:
-                await self._wake.wait()
-                self._wake = trio.Event()
-                for key, (war, scope) in list(self.replicas.items()):
-                    if self._wanted.get(key) != war.spec:
-                        scope.cancel()
-                        del self.replicas[key]
-                for key, spec in self._wanted.items():
-                    if key not in self.replicas:
-                        war = WarReplica(self.runner, *key, spec, self.work_dir, limiter=self._limiter,
-                                         on_change=self.on_change, check_s=self.check_s)
-                        scope = trio.CancelScope()
-                        self.replicas[key] = (war, scope)
-                        nursery.start_soon(self._run_one, war, scope)
+        await self.replicas.run(task_status=task_status)
 
-    async def _run_one(self, war: WarReplica, scope: trio.CancelScope) -> None:
-        key = (war.job_id, war.replica)
-        with scope:
-            try:
-                await war.run()
-            except (DockerException, OSError, CarRunnerError) as exc:  # the engine or the disk failed
-                log.warning("a WAR replica stopped on an error; it starts over",
-                            extra=war._extra(error=str(exc)[:500], retry_s=RETRY_S))
-                await trio.sleep(RETRY_S)
-                if self.replicas.get(key, (None,))[0] is war:
-                    del self.replicas[key]
-                    self._wake.set()
+    def _make(self, key: tuple[int, int], spec: WarJob) -> WarReplica:
+        return WarReplica(self.runner, *key, spec, self.work_dir, limiter=self._limiter, on_change=self.on_change,
+                          check_s=self.check_s)
+
+    async def _run_one(self, war: WarReplica) -> None:
+        try:
+            await war.run()
+        except (DockerException, OSError, CarRunnerError) as exc:  # the engine or the disk failed
+            log.warning("a WAR replica stopped on an error; it starts over",
+                        extra=war._extra(error=str(exc)[:500], retry_s=RETRY_S))
+            await trio.sleep(RETRY_S)

@@ -77,6 +77,8 @@ def minus(total: Resources, used: Sequence[Resources]) -> Resources:
 ReplicaStates = Callable[[int, int], tuple[ReplicaState, int]]  # (job, replica) -> (state, restarts) here
 # (job, replica) -> (version serving, version whose rollout failed) of a WAR replica here, else None
 ReplicaVersions = Callable[[int, int], tuple[str, str] | None]
+# (job, replica) -> the result digest of a ChainDist run that completed here, else None
+ReplicaResults = Callable[[int, int], str | None]
 
 
 def _claimed(job_id: int, replica: int) -> tuple[ReplicaState, int]:
@@ -158,7 +160,8 @@ class PlanMemo:
 def plan(me: str, now_ms: int, jobs: Mapping[int, JobSpec | None], claims: Sequence[Claim],
          capacities: Mapping[str, Capacity], eligible: Mapping[str, bool], alive: Mapping[str, bool],
          lease_ms: int = LEASE_MS, states: ReplicaStates = _claimed, memo: PlanMemo | None = None,
-         may_claim: Callable[[int], bool | None] | None = None, versions: ReplicaVersions | None = None) -> Plan:
+         may_claim: Callable[[int], bool | None] | None = None, versions: ReplicaVersions | None = None,
+         results: ReplicaResults | None = None) -> Plan:
     """This node's claim set and replicas, from a view (module docstring). Pure (``memo`` only
     saves work: the result is the same with or without it). ``may_claim``: whether the chain backs
     a job (None: not read yet); a job it does not back is not claimed, and one not read yet is
@@ -183,6 +186,7 @@ def plan(me: str, now_ms: int, jobs: Mapping[int, JobSpec | None], claims: Seque
     nodes = [replace(n, free=minus(n.total, used[n.address]), slots=MAX_CLAIMS - len(used[n.address])) for n in base]
     entries: list[ClaimEntry] = []
     versioned: list[tuple[int, int, str, str]] = []
+    digests: list[tuple[int, int, str]] = []
     holding: dict[int, int] = {}
     unverified: list[int] = []
     for job_id, demand in sorted(demands.items()):
@@ -204,6 +208,8 @@ def plan(me: str, now_ms: int, jobs: Mapping[int, JobSpec | None], claims: Seque
         state, restarts = states(job_id, kept.replica)
         if versions is not None and (v := versions(job_id, kept.replica)) is not None:
             versioned.append((job_id, kept.replica, *v))
+        if results is not None and (digest := results(job_id, kept.replica)) is not None:
+            digests.append((job_id, kept.replica, digest))
         entries.append(ClaimEntry(job_id=job_id, replica=kept.replica, generation=kept.generation,
                                   lease_until_ms=kept.lease_until_ms, state=state, restarts=restarts))
         # claiming one replica frees nothing, but a claim uses room: later jobs see less free here
@@ -216,7 +222,7 @@ def plan(me: str, now_ms: int, jobs: Mapping[int, JobSpec | None], claims: Seque
         # re-planned on each copy)
         entries = [e.model_copy(update={"lease_until_ms": now_ms + lease_ms}) for e in entries]
     specs = {job_id: spec for job_id in holding if (spec := jobs[job_id]) is not None}
-    return Plan(Claims.of(tuple(entries), versioned), holding, specs, tuple(unverified))
+    return Plan(Claims.of(tuple(entries), versioned, digests), holding, specs, tuple(unverified))
 
 
 def view_of(node: Node, memo: PlanMemo | None = None, placeable: Mapping[int, KnownJob] | None = None,
@@ -281,7 +287,7 @@ def assignment(node: Node, job_id: int) -> dict[int, str]:
 
 
 def step(node: Node, lease_ms: int = LEASE_MS, states: ReplicaStates = _claimed, memo: PlanMemo | None = None,
-         versions: ReplicaVersions | None = None) -> Plan:
+         versions: ReplicaVersions | None = None, results: ReplicaResults | None = None) -> Plan:
     """Plan from ``node``'s view and publish its claim set if it changed. With a chain check, a
     job is claimed only once the chain backs it: the plan names the jobs to read, and contested
     job ids are read too."""
@@ -293,7 +299,7 @@ def step(node: Node, lease_ms: int = LEASE_MS, states: ReplicaStates = _claimed,
         def may_claim(job_id: int) -> bool | None:
             return check.verdict(known[job_id])
     result = plan(node.address, node.now_ms(), *view_of(node, memo, known), lease_ms=lease_ms, states=states,
-                  memo=memo, may_claim=may_claim, versions=versions)
+                  memo=memo, may_claim=may_claim, versions=versions, results=results)
     if check is not None and result.unverified:
         check.want(known[job_id] for job_id in result.unverified)
     if node.claims.get(node.address) != result.claims:
@@ -303,7 +309,7 @@ def step(node: Node, lease_ms: int = LEASE_MS, states: ReplicaStates = _claimed,
 
 async def run_scheduler(node: Node, *, lease_ms: int = LEASE_MS, on_plan: Callable[[Plan], None] | None = None,
                         states: ReplicaStates = _claimed, versions: ReplicaVersions | None = None,
-                        events: JobEvents | None = None,
+                        results: ReplicaResults | None = None, events: JobEvents | None = None,
                         task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
     """Re-plan whenever the view changes (a job, a claim set, a liveness verdict, a capacity, a
     replica's state here), and at least every quarter lease (renewals); hand each plan to
@@ -317,7 +323,7 @@ async def run_scheduler(node: Node, *, lease_ms: int = LEASE_MS, on_plan: Callab
     while True:
         changed = node.changed
         began, began_at = time.perf_counter(), trio.current_time()
-        result = step(node, lease_ms, states, memo, versions)
+        result = step(node, lease_ms, states, memo, versions, results)
         # changes that arrive while jobs pour in are planned together: the next plan waits at
         # least PLAN_GAP_S, and PLAN_GAP_FACTOR times as long as this one took in wall time, so
         # planning takes at most a tenth of whatever CPU share the node gets: on a loaded host a

@@ -32,7 +32,9 @@ MAX_CLAIMS = 256
 
 # "oom-killed": the container exited, killed for going over its memory limit (a sizing problem the
 # CSP must see, where "exited" would look like the workload's own fault)
-ReplicaState = Literal["claimed", "starting", "running", "healthy", "unhealthy", "exited", "oom-killed"]
+# "completed" / "failed": a ChainDist job's run is over, with its result (its digest below) or without
+ReplicaState = Literal["claimed", "starting", "running", "healthy", "unhealthy", "exited", "oom-killed", "completed",
+                       "failed"]
 
 JobId = Annotated[int, Field(ge=1, lt=2**256)]
 Replica = Annotated[int, Field(ge=0, lt=64)]
@@ -42,6 +44,9 @@ Entry = tuple[JobId, Replica, Generation, ReplicaState, Restarts]
 # a WAR replica's versions: the commit prefix it serves and the last one whose rollout failed ("": none)
 Version = Annotated[str, Field(pattern=r"^[0-9a-f]{0,40}$")]
 VersionEntry = tuple[JobId, Replica, Version, Version]
+# a finished ChainDist run's result digest (sha256, _chaindist.result_digest)
+Digest = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+ResultEntry = tuple[JobId, Replica, Digest]
 
 
 class ClaimEntry(Payload):
@@ -62,6 +67,8 @@ class Claims(Payload):
     entries: tuple[Entry, ...] = Field(default=(), max_length=MAX_CLAIMS)
     # [job id, replica, serving, failed] for the WAR replicas among the entries (absent: none)
     versions: tuple[VersionEntry, ...] = Field(default=(), max_length=MAX_CLAIMS)
+    # [job id, replica, digest] for the ChainDist runs among the entries that completed
+    results: tuple[ResultEntry, ...] = Field(default=(), max_length=MAX_CLAIMS)
 
     @model_validator(mode="before")
     @classmethod
@@ -70,8 +77,9 @@ class Claims(Payload):
             return data
         if isinstance(data.get("entries"), list):  # from JSON (this validator makes pydantic read it as Python)
             data = data | {"entries": tuple(tuple(e) if isinstance(e, list) else e for e in data["entries"])}
-            if isinstance(data.get("versions"), list):
-                data["versions"] = tuple(tuple(v) if isinstance(v, list) else v for v in data["versions"])
+            for name in ("versions", "results"):
+                if isinstance(data.get(name), list):
+                    data[name] = tuple(tuple(v) if isinstance(v, list) else v for v in data[name])
             return data
         if "claims" not in data:
             return data
@@ -88,10 +96,16 @@ class Claims(Payload):
         keys = {(e[0], e[1]) for e in self.entries}
         if len(keys) != len(self.entries):
             raise ValueError("two entries for one replica")
-        versioned = [(v[0], v[1]) for v in self.versions]
-        if len(set(versioned)) != len(versioned) or not keys.issuperset(versioned):
-            raise ValueError("versions name each claimed replica at most once, and only claimed ones")
+        for name, extra in (("versions", self.versions), ("results", self.results)):
+            named = [(v[0], v[1]) for v in extra]
+            if len(set(named)) != len(named) or not keys.issuperset(named):
+                raise ValueError(f"{name} name each claimed replica at most once, and only claimed ones")
         return self
+
+    @cached_property
+    def results_of(self) -> dict[tuple[int, int], str]:
+        """(job, replica) -> the result digest of a completed ChainDist run."""
+        return {(j, r): digest for j, r, digest in self.results}
 
     @cached_property
     def versions_of(self) -> dict[tuple[int, int], tuple[str, str]]:
@@ -99,9 +113,11 @@ class Claims(Payload):
         return {(j, r): (serving, failed) for j, r, serving, failed in self.versions}
 
     @classmethod
-    def of(cls, entries: Iterable[ClaimEntry], versions: Iterable[tuple[int, int, str, str]] = ()) -> Claims:
-        """The set of these entries (which share one lease), with the WAR replicas' ``versions``."""
-        return cls.model_validate({"claims": tuple(entries), "versions": tuple(versions)})
+    def of(cls, entries: Iterable[ClaimEntry], versions: Iterable[tuple[int, int, str, str]] = (),
+           results: Iterable[tuple[int, int, str]] = ()) -> Claims:
+        """The set of these entries (which share one lease), with the WAR replicas' ``versions`` and
+        the ChainDist runs' ``results``."""
+        return cls.model_validate({"claims": tuple(entries), "versions": tuple(versions), "results": tuple(results)})
 
     @cached_property
     def claims(self) -> tuple[ClaimEntry, ...]:

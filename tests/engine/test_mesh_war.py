@@ -84,7 +84,8 @@ async def test_the_mesh_runs_a_war_job_and_every_node_sees_its_versions(
                 return None if held is None else held.versions_of.get((7, 0))
 
             await until(lambda: seen(viewer) == (first, ""), 60, "the other node seeing version one serve")
-            war = wars[holder].replicas[(7, 0)][0]
+            war = wars[holder].replicas.get((7, 0))
+            assert war is not None
             port = war.front_port(8080)
             assert port is not None
             assert await get(port) == "<p>version one</p>\n"
@@ -103,7 +104,7 @@ async def test_the_mesh_runs_a_war_job_and_every_node_sees_its_versions(
             assert await get(port) == "<p>version one</p>\n"
 
             viewer.announce_job(submission(2, STOP), CSP, None)
-            await until(lambda: actions_of(a).get(7) == (2, True) and not wars[holder].replicas, 30,
+            await until(lambda: actions_of(a).get(7) == (2, True) and not wars[holder].replicas.items, 30,
                         "the stop reaching the holder")
             await until(lambda: not (tmp_path / holder / "7-0").exists(), 30, "the checkout removed")
             assert not await trio.to_thread.run_sync(runners[holder].list_managed)

@@ -72,7 +72,7 @@ def test_base_spec_is_valid_and_defaults_are_filled_in() -> None:
 
 @pytest.mark.parametrize(
     ("name", "kind"), [("car-web.yaml", CarJob), ("war-worker.yaml", WarJob), ("war-site.yaml", WarJob),
-                     ("chaindist-sum.yaml", ChainDistJob)]
+                     ("chaindist-primes.yaml", ChainDistJob), ("chaindist-wordcount.yaml", ChainDistJob)]
 )
 def test_every_example_loads(name: str, kind: type) -> None:
     spec = load_spec(EXAMPLES / name)
@@ -219,7 +219,7 @@ def test_war_and_chaindist_rules() -> None:
     assert "war.poll_s: Input should be greater than or equal to 1" in str(
         error_of(war.replace("{repo}", "/r") + "  poll_s: 0\n"))
     chain = "kind: chaindist\nname: c\nresources: {cpu_millis: 1, memory_mb: 1}\nchaindist:\n"
-    assert "chaindist.worker.image: a worker needs an image or a command" in str(
+    assert "chaindist.worker.image: a worker needs an image (shards run in containers)" in str(
         error_of(chain + "  shards: 2\n  worker: {}\n  aggregate: [cat]\n")
     )
     assert "chaindist.shards: Input should be greater than or equal to 1" in str(

@@ -1,0 +1,74 @@
+"""The runners of a node with a container engine, behind one face for the placement loop.
+
+The scheduler hands each plan to ``offer`` and asks each held replica's state (``state_of``),
+version (``versions``) and result (``results``) for the claim set; ``logs`` reads a replica's log
+for ``job logs``. Behind it, by the job's kind:
+
+- CAR: ``Reconciler`` (one container per replica);
+- WAR: ``WarSupervisor`` (a checkout, builds and versions per replica, behind the node's fronts);
+- ChainDist: ``ChainDistSupervisor`` (a coordinator per held job) and ``ShardWorker`` (the
+  shards other coordinators give this node, on ``_runner_chaindist.PROTOCOL``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import trio
+
+from ._node import Node
+from ._reconciler import Reconciler
+from ._runner_car import CarRunner
+from ._runner_chaindist import ANSWER_MARGIN_S, MAX_REQUEST_BYTES, PROTOCOL, ChainDistSupervisor, ShardWorker
+from ._runner_war import WarSupervisor
+from ._scheduler import Plan
+from ._trio_types import TaskStatus
+from ._wire_claim import ReplicaState
+
+MAX_SHARD_S = 86_400 + ANSWER_MARGIN_S  # the longest a shard may run (the spec's limit), and its answer
+
+
+class Runners:
+    def __init__(self, node: Node, runner: CarRunner, work_dir: Path, *, check_s: float = 2.0,
+                 on_change: Callable[[], None] | None = None) -> None:
+        changed = node.notify if on_change is None else on_change
+        self.reconciler = Reconciler(runner, check_s=check_s, on_change=changed)
+        self.war = WarSupervisor(runner, work_dir / "war", on_change=changed, check_s=check_s)
+        self.shards = ShardWorker(node, runner, work_dir / "chaindist")
+        self.chaindist = ChainDistSupervisor(node, self.shards, work_dir / "chaindist", on_change=changed)
+        node.transport.set_handler(PROTOCOL, self.shards.serve, max_request_bytes=MAX_REQUEST_BYTES,
+                                   timeout_s=MAX_SHARD_S)
+
+    async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            await self.shards.clear_leftovers()
+            await nursery.start(self.reconciler.run)
+            await nursery.start(self.war.run)
+            await nursery.start(self.chaindist.run)
+            task_status.started()
+
+    def offer(self, plan: Plan) -> None:
+        self.reconciler.offer(plan)
+        self.war.offer(plan)
+        self.chaindist.offer(plan)
+
+    def state_of(self, job_id: int, replica: int) -> tuple[ReplicaState, int]:
+        if (war := self.war.report(job_id, replica)) is not None:
+            return war.state, war.restarts
+        if (run := self.chaindist.report(job_id)) is not None:
+            return run.state, 0
+        return self.reconciler.state_of(job_id, replica)
+
+    def versions(self, job_id: int, replica: int) -> tuple[str, str] | None:
+        report = self.war.report(job_id, replica)
+        return None if report is None else (report.serving or "", report.failed or "")
+
+    def results(self, job_id: int, replica: int) -> str | None:
+        report = self.chaindist.report(job_id)
+        return None if report is None or not report.digest else report.digest
+
+    def logs(self, job_id: int, replica: int, tail: int = 100) -> str:
+        """The replica's log (blocking: the engine's, through the WAR supervisor), or a ChainDist run's."""
+        run = self.chaindist.logs(job_id, tail)
+        return self.war.logs(job_id, replica, tail) if run is None else run
