@@ -4,9 +4,9 @@ order, the coordinator's book of a run, and the digest of its result.
 A ChainDist job fans ``shards`` shards of its work out to worker nodes and aggregates their
 outputs. Its one replica's holder (the placement rule) **coordinates**; each shard goes to the
 first worker of its own rendezvous order (``rank_workers``: the same keccak weights as placement,
-over (job, shard)) that is alive, eligible and not tried yet for it, so any node can recompute
-where a shard should run. A worker that fails, dies or stays silent loses its shard to the next
-one; a shard tried ``MAX_ATTEMPTS`` times without an output fails the run. The first output of a
+over (job, shard)) that is alive, eligible and was given it least often, so any node can
+recompute where a shard should run. A worker that fails, dies or stays silent loses its shard to
+the next one; a shard tried ``MAX_ATTEMPTS`` times without an output fails the run. The first output of a
 shard is kept; a later one (a worker thought lost that answers after all) is a duplicate and is
 ignored. The result is the aggregate's output over the shards' outputs in shard order, and its
 digest binds the job id, every shard's output and the aggregate (``result_digest``).
@@ -66,12 +66,14 @@ class ShardBook:
     duplicates: int = 0  # outputs that came after the shard's first
 
     def next_worker(self, shard: int, workers: Iterable[str]) -> str | None:
-        """The worker to give ``shard`` to now (the first of its order among ``workers`` not tried
-        yet), or None: it has its output, runs, was tried too often, or no worker is left."""
+        """The worker to give ``shard`` to now: the first of its order among ``workers`` that was
+        given it least often (so every live worker is tried before one is tried again), or None:
+        it has its output, runs, was tried too often, or there is no worker."""
         if shard in self.outputs or shard in self.running or self.exhausted(shard):
             return None
         tried = self.tried.get(shard, [])
-        return next((w for w in rank_workers(self.job_id, shard, workers) if w not in tried), None)
+        ranked = rank_workers(self.job_id, shard, workers)
+        return min(ranked, key=lambda w: (tried.count(w), ranked.index(w)), default=None)
 
     def start(self, shard: int, worker: str) -> None:
         if shard in self.running:

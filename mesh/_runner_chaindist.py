@@ -163,8 +163,9 @@ class ShardWorker:
             return ShardAnswer(job_id=req.job_id, shard=req.shard, error=f"could not run: {str(exc)[:300]}")
         finally:
             shutil.rmtree(where, ignore_errors=True)
+        error = err[-300:] if code is not None else f"ran over shard_timeout_s={spec.chaindist.shard_timeout_s}"
         return ShardAnswer(job_id=req.job_id, shard=req.shard, exit_code=code,
-                           output=out.decode("utf-8", errors="replace"), error=err[-300:])
+                           output=out.decode("utf-8", errors="replace"), error=error)
 
     def _refuse(self, req: ShardRequest | None, reason: str, message: str) -> bytes:
         self.counters[reason] = self.counters.get(reason, 0) + 1
@@ -242,7 +243,7 @@ class ChainDistRun:
                 if self.book.accept(shard, worker, answer.output.encode()):
                     self._note(f"shard {shard} done on {worker}: {answer.output.strip()[:80]}")
             else:
-                reason = answer.error or f"exit {answer.exit_code}"
+                reason = answer.error if answer.exit_code is None else f"exit {answer.exit_code}: {answer.error}"
                 self.book.fail(shard, worker, reason)
                 self._note(f"shard {shard} failed on {worker}: {reason[:200]}")
 

@@ -31,11 +31,11 @@ MAX_SHARD_S = 86_400 + ANSWER_MARGIN_S  # the longest a shard may run (the spec'
 
 class Runners:
     def __init__(self, node: Node, runner: CarRunner, work_dir: Path, *, check_s: float = 2.0,
-                 on_change: Callable[[], None] | None = None) -> None:
+                 on_change: Callable[[], None] | None = None, shards_at_once: int = 2) -> None:
         changed = node.notify if on_change is None else on_change
         self.reconciler = Reconciler(runner, check_s=check_s, on_change=changed)
         self.war = WarSupervisor(runner, work_dir / "war", on_change=changed, check_s=check_s)
-        self.shards = ShardWorker(node, runner, work_dir / "chaindist")
+        self.shards = ShardWorker(node, runner, work_dir / "chaindist", parallel=shards_at_once)
         self.chaindist = ChainDistSupervisor(node, self.shards, work_dir / "chaindist", on_change=changed)
         node.transport.set_handler(PROTOCOL, self.shards.serve, max_request_bytes=MAX_REQUEST_BYTES,
                                    timeout_s=MAX_SHARD_S)

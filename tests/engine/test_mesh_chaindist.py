@@ -166,3 +166,37 @@ async def test_the_word_count_example_deals_its_input_out_by_lines(
             nursery.cancel_scope.cancel()
     finally:
         mesh.cleanup(engine)
+
+
+async def test_a_shard_that_fails_on_every_try_fails_the_run_and_says_why(
+        engine: docker.DockerClient, tmp_path: Path) -> None:
+    spec = parse_spec(f"""
+kind: chaindist
+name: broken
+resources: {{cpu_millis: 200, memory_mb: 32}}
+chaindist:
+  shards: 2
+  worker: {{image: "{BUSYBOX_IMAGE}", command: [sh, -c, 'echo "no luck with shard $SHARD" >&2; exit 3']}}
+  aggregate: [cat]
+""")
+    mesh = Mesh(engine, tmp_path)
+    try:
+        async with trio.open_nursery() as nursery:
+            first = await mesh.start(nursery)
+            first.announce_job(submission(1, spec_hash(spec)), CSP, spec)
+            await until(lambda: 0 in assignment(first, 7), 30, "the job placed")
+            holder = assignment(first, 7)[0]
+            runners = mesh.of[holder]
+            await until(lambda: runners.state_of(7, 0)[0] == "failed", 60, "the run failed")
+            run = runners.chaindist.runs.get(7)
+            assert run is not None
+            assert run.result["state"] == "failed"
+            assert run.result["attempts"] == 2 * 3  # MAX_ATTEMPTS per shard, every live worker first
+            for shard in (0, 1):
+                assert len(set(run.book.tried[shard])) == 3  # all three workers tried
+                assert all(f.endswith(f"no luck with shard {shard}\n") for f in run.book.failures[shard])
+            assert runners.results(7, 0) is None  # no digest for a failed run
+            assert "failed on every worker tried" in runners.logs(7, 0)
+            nursery.cancel_scope.cancel()
+    finally:
+        mesh.cleanup(engine)

@@ -81,14 +81,17 @@ def test_a_shard_that_fails_max_attempts_times_fails_the_run() -> None:
         book.ordered_outputs()
 
 
-def test_a_shard_with_no_untried_worker_left_waits() -> None:
+def test_every_live_worker_is_tried_before_one_is_tried_again() -> None:
     book = ShardBook(job_id=9, shards=1, max_attempts=5)
-    for worker in rank_workers(9, 0, NODES[:2]):
+    two = rank_workers(9, 0, NODES[:2])
+    for worker in two:
+        assert book.next_worker(0, NODES[:2]) == worker
         book.start(0, worker)
-        book.fail(0, worker, "silent")
-    assert book.next_worker(0, NODES[:2]) is None
-    assert book.failed == []  # not exhausted: a new worker may join
-    assert book.next_worker(0, NODES[:3]) == NODES[2]
+        book.fail(0, worker, "exit 1")
+    assert book.next_worker(0, NODES[:3]) == NODES[2]  # a new worker first
+    assert book.next_worker(0, NODES[:2]) == two[0]  # then the first of the order again
+    assert book.failed == []
+    assert book.next_worker(0, []) is None  # no worker at all
 
 
 def test_the_digest_binds_the_job_every_output_their_order_and_the_aggregate() -> None:
