@@ -84,6 +84,12 @@ class Mesh:
                     30, "three nodes alive")
         return self.nodes[IDS[0].address]
 
+    async def place(self, first: Node, spec: ChainDistJob) -> str:
+        """Job 7 of ``spec`` announced at ``first`` and placed: its holder (the coordinator)."""
+        first.announce_job(submission(1, spec_hash(spec)), CSP, spec)
+        await until(lambda: 0 in assignment(first, 7), 30, "the job placed")
+        return assignment(first, 7)[0]
+
     def cleanup(self, engine: docker.DockerClient) -> None:
         for runner in self.runners.values():
             for leftover in runner.list_managed():
@@ -148,9 +154,7 @@ async def test_the_word_count_example_deals_its_input_out_by_lines(
     try:
         async with trio.open_nursery() as nursery:
             first = await mesh.start(nursery)
-            first.announce_job(submission(1, spec_hash(spec)), CSP, spec)
-            await until(lambda: 0 in assignment(first, 7), 30, "the job placed")
-            coordinator = mesh.of[assignment(first, 7)[0]]
+            coordinator = mesh.of[await mesh.place(first, spec)]
             await until(lambda: coordinator.results(7, 0) is not None, 60, "the count")
             run = coordinator.chaindist.runs.get(7)
             assert run is not None
@@ -182,11 +186,7 @@ chaindist:
     mesh = Mesh(engine, tmp_path)
     try:
         async with trio.open_nursery() as nursery:
-            first = await mesh.start(nursery)
-            first.announce_job(submission(1, spec_hash(spec)), CSP, spec)
-            await until(lambda: 0 in assignment(first, 7), 30, "the job placed")
-            holder = assignment(first, 7)[0]
-            runners = mesh.of[holder]
+            runners = mesh.of[await mesh.place(await mesh.start(nursery), spec)]
             await until(lambda: runners.state_of(7, 0)[0] == "failed", 60, "the run failed")
             run = runners.chaindist.runs.get(7)
             assert run is not None

@@ -12,10 +12,9 @@ import docker
 import pytest
 
 from mesh._chaindist import rank_workers
-from mesh._identity import NodeIdentity
 from mesh._runner_car import CarRunner
 
-from .test_cli_job import ADMITTED, run_cli, setup_chain
+from .test_cli_job import ADMITTED, fund_job, licensed_nodes, run_cli, setup_chain
 from .test_node_processes import NodeProcess, peer_states, start_node, stop, wait_for
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "chaindist-primes.yaml"
@@ -25,17 +24,10 @@ EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "chaindist-primes.y
 def test_the_chaindist_example_runs_over_two_nodes_and_shows_its_result(
         anvil_url: str, tmp_path: Path, engine: docker.DockerClient) -> None:
     chain, dep, record = setup_chain(anvil_url, tmp_path)
-    a = chain.accounts
-    licenses = dep.licenses(chain)
-    idents = [NodeIdentity(bytes([0x6A + i]) * 32) for i in range(2)]
-    for i, ident in enumerate(idents):
-        licenses.link_node(licenses.mint(a[6 + i], sender=a[0]), ident.address, sender=a[6 + i])
+    idents = licensed_nodes(chain, dep, 0x6A, 2)
     csp_key = str(tmp_path / f"{ADMITTED.address}.json")
     signer = ["--key", csp_key, "--deployment", str(record)]
-    funded = run_cli("job", "fund", str(EXAMPLE), "--key", csp_key, "--rpc", anvil_url, "--deployment", str(record),
-                     "--price", "10", "--epochs", "2")
-    assert funded.exit_code == 0, funded.output
-    job_id = json.loads(funded.output)["job_id"]
+    job_id = fund_job(EXAMPLE, csp_key, anvil_url, record)
     nodes: list[NodeProcess] = []
     try:
         for n, ident in enumerate(idents):

@@ -93,6 +93,23 @@ def test_a_csp_funds_a_job_for_its_spec(anvil_url: str, tmp_path: Path) -> None:
 
 
 
+def licensed_nodes(chain: Chain, dep: Deployment, first_byte: int, n: int) -> list[NodeIdentity]:
+    """``n`` node identities, each linked to a license of its own operator account."""
+    a, licenses = chain.accounts, dep.licenses(chain)
+    idents = [NodeIdentity(bytes([first_byte + i]) * 32) for i in range(n)]
+    for i, ident in enumerate(idents):
+        licenses.link_node(licenses.mint(a[6 + i], sender=a[0]), ident.address, sender=a[6 + i])
+    return idents
+
+
+def fund_job(spec_file: Path, csp_key: str, rpc: str, record: Path) -> int:
+    """``job fund`` of ``spec_file`` by the admitted CSP (10 units per node-epoch, 2 epochs): the job id."""
+    funded = run_cli("job", "fund", str(spec_file), "--key", csp_key, "--rpc", rpc, "--deployment", str(record),
+                     "--price", "10", "--epochs", "2")
+    assert funded.exit_code == 0, funded.output
+    return int(json.loads(funded.output)["job_id"])
+
+
 def run_cli(*args: str, as_json: bool = True) -> Result:
     return CliRunner().invoke(cli, ["--json", *args] if as_json else list(args),
                               env={"DEEDMESH_KEY_PASSWORD": PASSWORD})
@@ -108,12 +125,7 @@ def test_deploy_status_logs_and_stop_through_either_node_by_url_or_multiaddr(
         anvil_url: str, tmp_path: Path, engine: docker.DockerClient) -> None:
     # the engine is up, so both nodes advertise a CAR runner, claim a replica each and run it
     chain, dep, record = setup_chain(anvil_url, tmp_path)
-    a = chain.accounts
-    licenses = dep.licenses(chain)
-    idents = [NodeIdentity(bytes([0x60 + i]) * 32) for i in range(2)]
-    for i, ident in enumerate(idents):
-        lic = licenses.mint(a[6 + i], sender=a[0])
-        licenses.link_node(lic, ident.address, sender=a[6 + i])
+    idents = licensed_nodes(chain, dep, 0x60, 2)
     csp_key = str(tmp_path / f"{ADMITTED.address}.json")
     spec_file = tmp_path / "web.yaml"
     spec_file.write_text(EXAMPLE.read_text().replace('command: [httpd, -f, -v, -p, "8080", -h, /www]', LOGGING_COMMAND))

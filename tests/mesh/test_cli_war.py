@@ -14,11 +14,10 @@ from pathlib import Path
 import docker
 import pytest
 
-from mesh._identity import NodeIdentity
 from mesh._runner_car import CarRunner
 
 from ..engine.test_war_runner import Origin
-from .test_cli_job import ADMITTED, run_cli, setup_chain
+from .test_cli_job import ADMITTED, fund_job, licensed_nodes, run_cli, setup_chain
 from .test_node_processes import NodeProcess, free_port, start_node, stop, wait_for
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -36,9 +35,7 @@ def page(port: int) -> str | None:
 def test_the_war_example_deploys_rolls_out_pushed_commits_and_stops(
         anvil_url: str, tmp_path: Path, engine: docker.DockerClient) -> None:
     chain, dep, record = setup_chain(anvil_url, tmp_path)
-    a = chain.accounts
-    ident = NodeIdentity(bytes([0x68]) * 32)
-    dep.licenses(chain).link_node(dep.licenses(chain).mint(a[6], sender=a[0]), ident.address, sender=a[6])
+    (ident,) = licensed_nodes(chain, dep, 0x68, 1)
     origin = Origin(tmp_path / "repo")
     for name in ("build.sh", "index.html.in", "VERSION"):
         shutil.copy(EXAMPLES / "war-site" / name, origin.work / name)
@@ -52,10 +49,7 @@ def test_the_war_example_deploys_rolls_out_pushed_commits_and_stops(
     assert f"host: {port}" in spec_file.read_text()
     csp_key = str(tmp_path / f"{ADMITTED.address}.json")
     signer = ["--key", csp_key, "--deployment", str(record)]
-    funded = run_cli("job", "fund", str(spec_file), "--key", csp_key, "--rpc", anvil_url, "--deployment", str(record),
-                     "--price", "10", "--epochs", "2")
-    assert funded.exit_code == 0, funded.output
-    job_id = json.loads(funded.output)["job_id"]
+    job_id = fund_job(spec_file, csp_key, anvil_url, record)
     node: NodeProcess | None = None
     try:
         node = start_node(tmp_path, 1, ident, anvil_url, record, [])
