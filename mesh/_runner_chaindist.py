@@ -52,6 +52,7 @@ PROTOCOL = "/deedmesh/chaindist/1"
 MAX_REQUEST_BYTES = 1024
 INPUT_DIR = "/deedmesh"  # the shard's input file is mounted here (read-only), as ``input``
 PIDS_LIMIT = 256
+RETRY_S = 5.0  # a run that stopped on an engine or disk error starts over after this
 ANSWER_MARGIN_S = 30.0  # on top of the shard's timeout: the worker's engine calls around the run
 
 
@@ -202,11 +203,9 @@ class ChainDistRun:
         return "".join(line + "\n" for line in self.lines[-tail:])
 
     async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        stored = self.dir / "result.json"
         task_status.started()
-        if stored.exists():
-            self.result = json.loads(stored.read_text())
-            self.state = self.result["state"]
+        if (found := self._stored()) is not None:
+            self.result, self.state = found, found["state"]
             self._note(f"result found from an earlier run: {self.state} {self.result.get('digest', '')}")
             self.on_change()
             return
@@ -219,6 +218,20 @@ class ChainDistRun:
                                          f"{[self.book.failures[s][-1] for s in self.book.failed]}")
             return
         await self._aggregate()
+
+    def _stored(self) -> dict[str, Any] | None:
+        """The result an earlier run here stored, if it is whole (one cut short is run again)."""
+        try:
+            found = json.loads((self.dir / "result.json").read_text())
+            if found["state"] not in ("completed", "failed") or found["job_id"] != self.job_id:
+                raise ValueError(f"not this job's result: {found.get('job_id')} {found.get('state')}")
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.warning("a stored result is unreadable; the job runs again", extra={"job": self.job_id,
+                                                                                   "error": str(exc)[:300]})
+            return None
+        return dict(found)
 
     async def _drive(self, shard: int) -> None:
         """Give ``shard`` to workers until one returns its output or it runs out of attempts."""
@@ -351,5 +364,11 @@ class ChainDistSupervisor:
         return ChainDistRun(self.node, self.worker, job_id, spec, self.work_dir, on_change=self.on_change)
 
     async def _run_one(self, run: ChainDistRun) -> None:
-        await run.run()
+        try:
+            await run.run()
+        except (DockerException, OSError, CarRunnerError) as exc:  # the engine or the disk failed
+            log.warning("a ChainDist run stopped on an error; it starts over",
+                        extra={"job": run.job_id, "error": str(exc)[:500], "retry_s": RETRY_S})
+            await trio.sleep(RETRY_S)
+            return  # forgotten, then started again (KeyedTasks)
         await trio.sleep_forever()  # held, finished: its result is shown until the job goes

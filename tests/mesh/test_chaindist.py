@@ -4,12 +4,18 @@ result digest binds every output."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from mesh._chaindist import MAX_ATTEMPTS, ShardBook, rank_workers, result_digest, shard_input
 from mesh._identity import NodeIdentity
+from mesh._jobspec import ChainDistJob
+from mesh._jobspec_load import load_spec
+from mesh._runner_chaindist import ChainDistRun
 
 NODES = [NodeIdentity(bytes([0x90 + i]) * 32).address for i in range(6)]
 
@@ -101,3 +107,19 @@ def test_the_digest_binds_the_job_every_output_their_order_and_the_aggregate() -
     for other in (result_digest(8, [b"1\n", b"2\n"], b"3\n"), result_digest(7, [b"2\n", b"1\n"], b"3\n"),
                   result_digest(7, [b"1\n", b"2\n"], b"4\n"), result_digest(7, [b"1\n2\n"], b"3\n")):
         assert other != base
+
+
+def test_a_stored_result_counts_only_when_it_is_whole_and_this_jobs(tmp_path: Path) -> None:
+    spec = load_spec(Path(__file__).resolve().parents[2] / "examples" / "chaindist-wordcount.yaml")
+    assert isinstance(spec, ChainDistJob)
+    run = ChainDistRun(None, None, 7, spec, tmp_path)  # type: ignore[arg-type]  # the node is not needed here
+    assert run._stored() is None
+    run.dir.mkdir(parents=True)
+    stored = run.dir / "result.json"
+    for broken in ("{cut sho", json.dumps({"state": "completed", "job_id": 8}), json.dumps({"job_id": 7}),
+                   json.dumps({"state": "running", "job_id": 7}), "[]"):
+        stored.write_text(broken)
+        assert run._stored() is None
+    whole = {"state": "completed", "job_id": 7, "digest": "ab" * 32, "output": "41\n"}
+    stored.write_text(json.dumps(whole))
+    assert run._stored() == whole
