@@ -192,7 +192,7 @@ def status(ctx: click.Context, job_id: int | None, via: str) -> None:
     if ctx.find_root().params.get("json_output"):
         click.echo(json.dumps(jobs, indent=2))
         return
-    table = Table("job", "name", "kind", "job state", "replica", "node", "replica state", "restarts", "version",
+    table = Table("job", "name", "kind", "job state", "replica", "node", "replica state", "restarts", "version/result",
                   "generation", "lease left")
     now_ms = time.time_ns() // 1_000_000
     for j in jobs:
@@ -270,6 +270,9 @@ def logs(ctx: click.Context, job_id: int, via: str, keystore: Path, password_fil
 
 
 def _version(replica: dict[str, Any]) -> str:
-    """A WAR replica's serving commit, and one whose rollout failed ("-" for other kinds)."""
+    """A WAR replica's serving commit and one whose rollout failed, or a ChainDist run's result
+    digest ("-" for other kinds)."""
+    if digest := replica.get("result_digest"):
+        return f"result {digest[:16]}…"
     serving, failed = replica.get("version"), replica.get("failed_version")
     return (serving or "-") + (f" ({failed} failed)" if failed else "")

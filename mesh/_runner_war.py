@@ -19,7 +19,8 @@ owns everything of that replica here:
   backoff, like a CAR replica;
 - **adoption**: after a node restart, a running container of this replica whose checkout is still
   on disk serves again at once (the fronts point at it), and the poll carries on from its commit;
-- **release**: when the node stops holding the replica, its containers and checkouts are removed.
+- **release**: when the node stops holding the replica (``release``, then cancel), its containers
+  and checkouts are removed; a node that merely stops leaves them running, to adopt them again.
 
 Every engine call blocks (docker SDK) and runs in a worker thread, a few at a time: a build
 holds its thread for as long as it runs. Git calls run in worker threads too (``_git``).
@@ -153,7 +154,13 @@ class WarReplica:
         self._misses = 0  # health checks failed in a row
         self._retry_at = 0.0  # trio time the serving container may be restarted
         self._restarts = 0
+        self._next_probe = 0.0  # trio time of the next health check of the serving version
+        self.released = False  # the node no longer holds the replica: cancelling removes everything
         self.last_rollout: dict[str, Any] = {}  # the newest successful rollout: version, seconds per phase
+
+    def release(self) -> None:
+        """The node no longer holds this replica: once cancelled, its containers and checkouts go."""
+        self.released = True
 
     def report(self) -> WarReport:
         failed, reason = self.failed or (None, "")
@@ -185,8 +192,11 @@ class WarReplica:
                 task_status.started()
                 await self._follow()
         finally:
-            with trio.CancelScope(shield=True), trio.move_on_after(60):
-                await self._remove_all()
+            for front in self.fronts.values():
+                front.switch(None)
+            if self.released:
+                with trio.CancelScope(shield=True), trio.move_on_after(60):
+                    await self._remove_all()
 
     async def _follow(self) -> None:
         """Poll the branch every ``poll_s``; check the serving container every ``check_s``."""
@@ -291,19 +301,16 @@ class WarReplica:
     async def _becomes_healthy(self, status: ContainerStatus) -> bool:
         health = self.spec.health
         if health is None:
-            deadline = trio.current_time() + READY_WITHOUT_HEALTH_S
-            interval, needed = 0.2, 1
-        else:
+            deadline, interval = trio.current_time() + READY_WITHOUT_HEALTH_S, 0.2
+        else:  # its start period, then as many checks as the spec allows to fail, and one more
             deadline = trio.current_time() + health.start_period_s + (health.retries + 1) * health.interval_s
-            interval, needed = min(1.0, float(health.interval_s)), 1
+            interval = min(1.0, float(health.interval_s))
         while trio.current_time() < deadline:
             current = await self._engine(self.runner.inspect, status.container_id)
             if current is None or not current.running:
                 return False
             if await self._probe(current):
-                needed -= 1
-                if needed == 0:
-                    return True
+                return True
             await trio.sleep(interval)
         return False
 
@@ -335,11 +342,13 @@ class WarReplica:
         if current is not None and current.running:
             self.serving = current
             health = self.spec.health
-            if health is not None and await self._probe(current):
-                self.healthy, self._misses = True, 0
-            elif health is not None:
-                self._misses += 1
-                self.healthy = self._misses < health.retries
+            if health is not None and trio.current_time() >= self._next_probe:  # every interval_s
+                self._next_probe = trio.current_time() + health.interval_s
+                if await self._probe(current):
+                    self.healthy, self._misses = True, 0
+                else:
+                    self._misses += 1
+                    self.healthy = self._misses < health.retries
         else:
             self.serving = current or self.serving  # exited (a vanished one counts as a failure)
             exit_code = None if current is None else current.exit_code
@@ -375,8 +384,6 @@ class WarReplica:
             self._serve(keep)
 
     async def _remove_all(self) -> None:
-        for front in self.fronts.values():
-            front.switch(None)
         try:
             for status in await self._engine(self.runner.list_managed):
                 if (status.job_id, status.replica) == (self.job_id, self.replica):
@@ -407,7 +414,8 @@ class WarSupervisor:
                  check_s: float = 2.0) -> None:
         self.runner, self.work_dir, self.on_change, self.check_s = runner, work_dir, on_change, check_s
         self._limiter = trio.CapacityLimiter(ENGINE_THREADS)
-        self.replicas: KeyedTasks[tuple[int, int], WarJob, WarReplica] = KeyedTasks(self._make, self._run_one)
+        self.replicas: KeyedTasks[tuple[int, int], WarJob, WarReplica] = KeyedTasks(
+            self._make, self._run_one, on_drop=WarReplica.release)
 
     def offer(self, plan: Plan) -> None:
         """The newest plan (called by the scheduler on every plan; never blocks)."""

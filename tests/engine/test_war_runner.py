@@ -164,6 +164,7 @@ async def test_a_pushed_commit_rolls_out_with_no_failed_request_and_a_broken_one
         assert war.report().failed is None
         assert war.report().serving == third
         await until(lambda: len(probe.seen) > 10 + probe.seen.index("<p>version three</p>"), 10, "more probes")
+        war.release()  # the node no longer holds the replica
         nursery.cancel_scope.cancel()
 
     assert probe.failures == [], f"{len(probe.failures)} failed requests of {len(probe.seen) + len(probe.failures)}"
@@ -201,6 +202,7 @@ async def test_a_restarted_node_adopts_the_running_version_instead_of_rebuilding
         await until(lambda: war.report().state == "healthy", 20, "the adopted version checked healthy")
         assert [s.container_id for s in runner.list_managed() if s.job_id == 42] == [left]
         assert sorted(p.name for p in (work / "42-1").iterdir()) == [version]
+        war.release()
         nursery.cancel_scope.cancel()
     assert replica_containers(runner, 42) == []
 
@@ -223,4 +225,33 @@ async def test_a_serving_container_that_dies_is_restarted_by_the_policy(
         port = war.front_port(8080)
         assert port is not None
         assert await get(port) == "<p>version sturdy</p>\n"
+        war.release()
         nursery.cancel_scope.cancel()
+
+
+async def test_a_node_that_stops_leaves_its_version_serving_and_adopts_it_when_back(
+        runner: CarRunner, tmp_path: Path) -> None:
+    origin = Origin(tmp_path)
+    version = origin.push("durable")
+    spec, work = spec_for(origin, poll_s=3600), tmp_path / "node"
+    before = WarReplica(runner, 44, 0, spec, work, limiter=trio.CapacityLimiter(4), check_s=0.5)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(before.run)
+        await until(lambda: before.report().state == "healthy", 60, "serving")
+        nursery.cancel_scope.cancel()  # the node process stops: it does not release the replica
+    assert before.serving is not None
+    running = await trio.to_thread.run_sync(runner.inspect, before.serving.container_id)
+    assert running is not None
+    assert running.running  # the app kept running while its node was down
+    after = WarReplica(runner, 44, 0, spec, work, limiter=trio.CapacityLimiter(4), check_s=0.5)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(after.run)
+        assert after.serving is not None
+        assert after.serving.container_id == running.container_id  # adopted, not built again
+        assert after.report().serving == version
+        port = after.front_port(8080)
+        assert port is not None
+        assert await get(port) == "<p>version durable</p>\n"
+        after.release()
+        nursery.cancel_scope.cancel()
+    assert replica_containers(runner, 44) == []
