@@ -93,6 +93,13 @@ async def get(port: int) -> str | None:
     return body.decode() if head.startswith(b"HTTP/1.") and b" 200 " in head.split(b"\r\n")[0] + b" " else None
 
 
+async def front_page(war: WarReplica) -> str | None:
+    """GET / through the replica's front for container port 8080."""
+    port = war.front_port(8080)
+    assert port is not None
+    return await get(port)
+
+
 async def until(predicate: Callable[[], object], deadline_s: float, what: str) -> None:
     with trio.move_on_after(deadline_s):
         while not predicate():  # noqa: ASYNC110
@@ -196,9 +203,7 @@ async def test_a_restarted_node_adopts_the_running_version_instead_of_rebuilding
         await nursery.start(war.run)
         assert war.serving is not None  # adopted before the first poll
         assert war.serving.container_id == left
-        port = war.front_port(8080)
-        assert port is not None
-        assert await get(port) == "<p>version kept</p>\n"
+        assert await front_page(war) == "<p>version kept</p>\n"
         await until(lambda: war.report().state == "healthy", 20, "the adopted version checked healthy")
         assert [s.container_id for s in runner.list_managed() if s.job_id == 42] == [left]
         assert sorted(p.name for p in (work / "42-1").iterdir()) == [version]
@@ -222,9 +227,7 @@ async def test_a_serving_container_that_dies_is_restarted_by_the_policy(
         await until(lambda: war.report().restarts == 1, 20, "a restart")
         await until(lambda: war.report().state == "healthy", 30, "healthy again")
         assert war.report().serving == version
-        port = war.front_port(8080)
-        assert port is not None
-        assert await get(port) == "<p>version sturdy</p>\n"
+        assert await front_page(war) == "<p>version sturdy</p>\n"
         war.release()
         nursery.cancel_scope.cancel()
 
@@ -249,9 +252,7 @@ async def test_a_node_that_stops_leaves_its_version_serving_and_adopts_it_when_b
         assert after.serving is not None
         assert after.serving.container_id == running.container_id  # adopted, not built again
         assert after.report().serving == version
-        port = after.front_port(8080)
-        assert port is not None
-        assert await get(port) == "<p>version durable</p>\n"
+        assert await front_page(after) == "<p>version durable</p>\n"
         after.release()
         nursery.cancel_scope.cancel()
     assert replica_containers(runner, 44) == []
