@@ -196,6 +196,13 @@ async def test_a_restarted_node_adopts_the_running_version_instead_of_rebuilding
     origin.git("clone", "-q", origin.url, str(checkout), cwd=tmp_path)
     await trio.run_process(["sh", "build.sh"], cwd=checkout, capture_stdout=True)
     left = await trio.to_thread.run_sync(runner.start, serve_request(42, 1, spec, version, checkout))
+    status = await trio.to_thread.run_sync(runner.inspect, left)
+    assert status is not None
+    published = status.host_port(8080)
+    assert published is not None
+    with trio.fail_after(30):  # it was serving when its node died
+        while await get(published) is None:  # noqa: ASYNC110
+            await trio.sleep(0.1)  # polling a real container with a deadline
     (work / "42-1" / ".fetch-deadbeef").mkdir()  # a half-done fetch is cleared
 
     war = WarReplica(runner, 42, 1, spec, work, limiter=trio.CapacityLimiter(4), check_s=0.5)
