@@ -27,6 +27,10 @@ Backend = tuple[str, int]
 # much memory per connection.
 READ_BYTES = 64 * 1024
 
+# Open connections per front; more are closed as they come, so a flood of connections to a public
+# port cannot take the node's file descriptors (each forwarded connection holds two).
+MAX_CONNECTIONS = 1024
+
 # What a peer going away looks like from a trio stream: close quietly, count it, carry on.
 _GONE = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
 
@@ -35,18 +39,21 @@ class PortFront:
     """Owns ``(host, port)`` and forwards every TCP connection to the current backend.
 
     ``counters``: ``accepted`` connections; ``forwarded`` (the backend accepted them), ``refused``
-    (no backend, or the backend did not accept within ``connect_timeout_s``), and ``closed``
-    (forwarded connections that ended, for any reason).
+    (no backend, or the backend did not accept within ``connect_timeout_s``), ``over_limit``
+    (``max_connections`` were open already), and ``closed`` (forwarded connections that ended,
+    for any reason).
     """
 
-    def __init__(self, host: str, port: int, *, connect_timeout_s: float = 5.0) -> None:
+    def __init__(self, host: str, port: int, *, connect_timeout_s: float = 5.0,
+                 max_connections: int = MAX_CONNECTIONS) -> None:
         self._host = host
         self._port = port  # 0 until run has bound it, if the OS picks
         self._connect_timeout_s = connect_timeout_s
+        self._max_connections = max_connections
         self._backend: Backend | None = None
         self._open: Counter[Backend] = Counter()
         self._connection_ended = trio.lowlevel.ParkingLot()
-        self.counters: dict[str, int] = dict.fromkeys(("accepted", "forwarded", "refused", "closed"), 0)
+        self.counters: dict[str, int] = dict.fromkeys(("accepted", "forwarded", "refused", "over_limit", "closed"), 0)
 
     @property
     def port(self) -> int:
@@ -95,6 +102,10 @@ class PortFront:
             if backend is None:
                 self.counters["refused"] += 1
                 log.debug("no backend: connection closed", extra={"front_port": self._port})
+                return
+            if self._open.total() >= self._max_connections:
+                self.counters["over_limit"] += 1
+                log.debug("too many open connections: closed", extra={"front_port": self._port})
                 return
             self._open[backend] += 1
             try:

@@ -172,7 +172,7 @@ async def test_with_no_backend_a_connection_is_accepted_then_closed() -> None:
             assert front.backend is None
             async with await trio.open_tcp_stream(HOST, front.port) as client:
                 assert await client.receive_some() == b""
-            assert front.counters == {"accepted": 1, "forwarded": 0, "refused": 1, "closed": 0}
+            assert front.counters == {"accepted": 1, "forwarded": 0, "refused": 1, "over_limit": 0, "closed": 0}
 
 
 async def test_a_dead_backend_is_refused_and_the_front_keeps_serving(caplog: pytest.LogCaptureFixture) -> None:
@@ -190,7 +190,7 @@ async def test_a_dead_backend_is_refused_and_the_front_keeps_serving(caplog: pyt
             front.switch(a)
             assert await probe(front.port) == b"A\nping\n"
             await front.drained(a)  # the client saw EOF a moment before the front closed its two ends
-            assert front.counters == {"accepted": 2, "forwarded": 1, "refused": 1, "closed": 1}
+            assert front.counters == {"accepted": 2, "forwarded": 1, "refused": 1, "over_limit": 0, "closed": 1}
 
 
 async def test_a_backend_too_slow_to_connect_is_refused() -> None:
@@ -229,4 +229,26 @@ async def test_cancelling_run_closes_the_listener_and_open_connections() -> None
                 await trio.open_tcp_stream(HOST, front.port)
             assert isinstance(refused.value.__cause__, ExceptionGroup)
             assert refused.value.__cause__.subgroup(ConnectionRefusedError) is not None
+            nursery.cancel_scope.cancel()
+
+
+async def test_connections_over_the_limit_are_closed_and_the_front_keeps_serving() -> None:
+    with trio.fail_after(DEADLINE_S):
+        async with trio.open_nursery() as nursery:
+            backend = await nursery.start(echo_backend, b"A")
+            front = PortFront(HOST, 0, max_connections=2)
+            await nursery.start(front.run)
+            front.switch(backend)
+            held = [await trio.open_tcp_stream(HOST, front.port) for _ in range(2)]
+            for stream in held:
+                assert await read_exactly(stream, 2) == b"A\n"  # both forwarded and open
+            async with await trio.open_tcp_stream(HOST, front.port) as third:
+                assert await read_all(third) == b""  # closed at once
+            assert front.counters["over_limit"] == 1
+            await held[0].aclose()
+            while front.open_to(backend) > 1:  # noqa: ASYNC110 (the front ends it once the backend closed too)
+                await trio.sleep(0.01)  # polling real sockets, under the test's deadline
+            assert await probe(front.port) == b"A\nping\n"  # room again
+            await held[1].aclose()
+            assert (front.counters["forwarded"], front.counters["over_limit"]) == (3, 1)
             nursery.cancel_scope.cancel()
