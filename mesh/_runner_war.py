@@ -42,6 +42,7 @@ from ._git import GitError, fetch_checkout, remote_commit
 from ._jobspec import CommandHealth, HttpHealth, TcpHealth, WarJob
 from ._keyed_tasks import KeyedTasks
 from ._port_front import PortFront
+from ._reconciler import ADOPT_GRACE_S
 from ._runner_car import (
     CarRunner,
     CarRunnerError,
@@ -411,8 +412,9 @@ class WarSupervisor:
     an engine or disk error starts over after ``RETRY_S``."""
 
     def __init__(self, runner: CarRunner, work_dir: Path, on_change: Callable[[], None] = lambda: None, *,
-                 check_s: float = 2.0) -> None:
+                 check_s: float = 2.0, sweep_after_s: float = ADOPT_GRACE_S) -> None:
         self.runner, self.work_dir, self.on_change, self.check_s = runner, work_dir, on_change, check_s
+        self.sweep_after_s = sweep_after_s
         self._limiter = trio.CapacityLimiter(ENGINE_THREADS)
         self.replicas: KeyedTasks[tuple[int, int], WarJob, WarReplica] = KeyedTasks(
             self._make, self._run_one, on_drop=WarReplica.release)
@@ -437,7 +439,25 @@ class WarSupervisor:
         return None if war is None else war.report()
 
     async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        await self.replicas.run(task_status=task_status)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self.replicas.run)
+            task_status.started()
+            await trio.sleep(self.sweep_after_s)
+            self.sweep()
+
+    def sweep(self) -> list[str]:
+        """Remove the checkouts of replicas this node does not run (left by a node that stopped,
+        of a replica that moved meanwhile: its containers are the reconciler's to remove). Once,
+        when a restarted node has had the time to learn what it holds; what it removed."""
+        if not self.work_dir.is_dir():
+            return []
+        held = {f"{job_id}-{replica}" for job_id, replica in self.replicas.items}
+        gone = sorted(d.name for d in self.work_dir.iterdir() if d.name not in held)
+        for name in gone:
+            shutil.rmtree(self.work_dir / name, ignore_errors=True)
+        if gone:
+            log.info("removed checkouts of replicas this node does not run", extra={"replicas": gone})
+        return gone
 
     def _make(self, key: tuple[int, int], spec: WarJob) -> WarReplica:
         return WarReplica(self.runner, *key, spec, self.work_dir, limiter=self._limiter, on_change=self.on_change,

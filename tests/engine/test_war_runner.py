@@ -16,7 +16,9 @@ import trio
 from mesh._jobspec import WarJob
 from mesh._jobspec_load import parse_spec
 from mesh._runner_car import CarRunner
-from mesh._runner_war import WarReplica, serve_request, version_of
+from mesh._runner_war import WarReplica, WarSupervisor, serve_request, version_of
+from mesh._scheduler import Plan
+from mesh._wire_claim import Claims
 
 from .conftest import BUSYBOX_IMAGE
 
@@ -263,3 +265,24 @@ async def test_a_node_that_stops_leaves_its_version_serving_and_adopts_it_when_b
         after.release()
         nursery.cancel_scope.cancel()
     assert replica_containers(runner, 44) == []
+
+
+async def test_the_supervisor_runs_held_replicas_and_sweeps_checkouts_of_others(
+        runner: CarRunner, tmp_path: Path) -> None:
+    origin = Origin(tmp_path)
+    version = origin.push("swept")
+    spec, work = spec_for(origin, poll_s=3600), tmp_path / "war"
+    for stale in ("9-0", "9-1"):  # left by a node that stopped, of replicas that moved meanwhile
+        (work / stale / "0123456789ab").mkdir(parents=True)
+    supervisor = WarSupervisor(runner, work, check_s=0.5, sweep_after_s=3600)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(supervisor.run)
+        supervisor.offer(Plan(Claims.of(()), {45: 0}, {45: spec}))
+        await until(lambda: (r := supervisor.report(45, 0)) is not None and r.state == "healthy", 60, "serving")
+        assert supervisor.sweep() == ["9-0", "9-1"]
+        assert sorted(p.name for p in work.iterdir()) == ["45-0"]
+        assert (work / "45-0" / version).is_dir()
+        supervisor.offer(Plan(Claims.of(()), {}, {}))  # released: its containers and checkout go
+        await until(lambda: not (work / "45-0").exists(), 30, "the released replica's checkout removed")
+        assert replica_containers(runner, 45) == []
+        nursery.cancel_scope.cancel()
