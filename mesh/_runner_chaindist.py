@@ -238,7 +238,7 @@ class ChainDistRun:
         while shard not in self.book.outputs and not self.book.exhausted(shard):
             changed = self.node.changed
             worker = self.book.next_worker(shard, self._workers())
-            if worker is None:  # every live worker was tried: wait for the view to change
+            if worker is None:  # no live worker: wait for the view to change
                 with trio.move_on_after(5):
                     await changed.wait()
                 continue
