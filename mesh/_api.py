@@ -71,8 +71,9 @@ OPENAPI: dict[str, Any] = {
                               "responses": {"200": {"description": "ok"}}}},
         "/metrics": {"get": {"summary": "Prometheus text exposition", "responses": {"200": {"description": "ok"}}}},
         "/jobs": {
-            "get": {"summary": "Every job this node knows of: the newest action of its CSP, the claims on it and "
-                           "its recent events as this node saw them",
+            "get": {"summary": "Every job this node knows of: the newest action of its CSP, the claims on it "
+                           "(each replica's holder, state and restarts; a WAR replica's version and failed "
+                           "version; a ChainDist run's result digest) and its recent events as this node saw them",
                     "responses": {"200": {"description": "ok"}}},
             "post": {"summary": "Submit a CSP-signed job (or stop) to the mesh; checked against the escrow",
                      "requestBody": {"content": {"application/json": {"schema": {
@@ -123,8 +124,10 @@ class NodeApi:
 
     def __init__(self, node: Node, *, peer_id: str, addrs: Callable[[], list[str]], operator_token: str,
                  desk: JobDesk | None = None, logs: LogDesk | None = None, events: JobEvents | None = None,
-                 remote_submissions_per_s: float = REMOTE_SUBMISSIONS_PER_S) -> None:
+                 remote_submissions_per_s: float = REMOTE_SUBMISSIONS_PER_S,
+                 runner_metrics: Callable[[], list[str]] | None = None) -> None:
         self.node = node
+        self.runner_metrics = runner_metrics  # the runners' lines for /metrics (a node with an engine)
         self.events = events
         self.desk = desk
         self.logs = logs
@@ -318,6 +321,8 @@ class NodeApi:
             lines.append(f'deedmesh_jobs{{state="{state}"}} {jobs[state]}')
         lines += ["# HELP deedmesh_replicas_claimed_twice Replicas that more than one node claims right now.",
                   "# TYPE deedmesh_replicas_claimed_twice gauge", f"deedmesh_replicas_claimed_twice {doubled}"]
+        if self.runner_metrics is not None:
+            lines += self.runner_metrics()
         return "\n".join(lines) + "\n"
 
     def _placement(self) -> tuple[dict[str, int], int]:

@@ -191,7 +191,7 @@ async def serve_node(identity: NodeIdentity, settings: NodeSettings, token_file:
         async with open_node(gossip, identity, transport, detect_capacity(tags), view.is_eligible,
                              bootstrap=settings.bootstrap,
                              escrow=None if escrow is None else (chain.chain_id, escrow.address)) as node:
-            desk, logs, events = None, None, JobEvents()
+            desk, logs, events, runners = None, None, JobEvents(), None
             if escrow is not None:
                 facts = EscrowFacts(escrow)
 
@@ -206,7 +206,7 @@ async def serve_node(identity: NodeIdentity, settings: NodeSettings, token_file:
                 check = JobCheck(node, read_many)
                 await nursery.start(check.run)
                 node.chain_check = check  # relayed jobs are read on chain before this node claims them
-                runners = None if runner is None else Runners(node, runner, work_dir)
+                runners = None if runner is None else Runners(node, runner, work_dir)  # (needs the escrow's jobs)
                 logs = LogDesk(node, chain.chain_id, escrow.address, None if runners is None else runners.logs,
                                now_s=lambda: int(time.time()))
                 transport.set_handler(LOGS_PROTOCOL, logs.serve, max_request_bytes=logs.config.max_request_bytes,
@@ -218,7 +218,7 @@ async def serve_node(identity: NodeIdentity, settings: NodeSettings, token_file:
                     await nursery.start(partial(run_scheduler, node, on_plan=runners.offer, states=runners.state_of,
                                                 versions=runners.versions, results=runners.results, events=events))
             api = NodeApi(node, peer_id=peer_id_of(identity), addrs=transport.addrs, operator_token=token, desk=desk,
-                          logs=logs, events=events)
+                          logs=logs, events=events, runner_metrics=None if runners is None else runners.metrics)
             # CLI clients dialling in over libp2p get the same app (``--via /ip4/.../p2p/...``)
             transport.set_handler(API_PROTOCOL, api.answer, max_request_bytes=MAX_API_REQUEST_BYTES,
                                   timeout_s=API_TIMEOUT_S)

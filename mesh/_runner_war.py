@@ -28,6 +28,7 @@ holds its thread for as long as it runs. Git calls run in worker threads too (``
 
 from __future__ import annotations
 
+import collections
 import logging
 import shutil
 from collections.abc import Callable
@@ -144,8 +145,10 @@ class WarReplica:
 
     def __init__(self, runner: CarRunner, job_id: int, replica: int, spec: WarJob, work_dir: Path, *,
                  limiter: trio.CapacityLimiter, on_change: Callable[[], None] = lambda: None,
-                 check_s: float = 2.0) -> None:
+                 check_s: float = 2.0, counters: collections.Counter[str] | None = None) -> None:
         self.runner, self.job_id, self.replica, self.spec = runner, job_id, replica, spec
+        # rollouts served, failed and interrupted, and restarts (shared by a supervisor's replicas)
+        self.counters: collections.Counter[str] = collections.Counter() if counters is None else counters
         self.dir = work_dir / f"{job_id}-{replica}"
         self.limiter, self.on_change, self.check_s = limiter, on_change, check_s
         self.fronts: dict[int, PortFront] = {}  # container port -> the node's front for it
@@ -224,10 +227,12 @@ class WarReplica:
             await self._roll_out(version)
         except RolloutFailed as exc:  # this commit is not tried again until the branch moves
             self.failed = (version, str(exc))
+            self.counters["rollouts_failed"] += 1
             log.warning("rollout failed; the previous version keeps serving",
                         extra=self._extra(version=version, serving=current, error=str(exc)))
             self.on_change()
         except (GitError, CarRunnerError, DockerException) as exc:  # the remote, registry or engine: next poll
+            self.counters["rollouts_interrupted"] += 1
             log.warning("rollout interrupted; tried again at the next poll",
                         extra=self._extra(version=version, serving=current, error=str(exc)[:500]))
 
@@ -266,6 +271,7 @@ class WarReplica:
         phases["healthy_s"] = trio.current_time() - began - phases["start_s"]
         phases["total_s"] = trio.current_time() - clock
         self.last_rollout = {"version": version, **{k: round(v, 3) for k, v in phases.items()}}
+        self.counters["rollouts_served"] += 1
         log.info("version serving", extra=self._extra(previous=None if old is None else old.version,
                                                       **self.last_rollout))
         if old is not None and old.container_id != started.container_id:
@@ -359,6 +365,7 @@ class WarReplica:
                 b = self.spec.restart.backoff
                 self._retry_at = trio.current_time() + backoff_s(self._restarts, b.initial_s, b.max_s, b.multiplier)
                 self._restarts += 1
+                self.counters["restarts"] += 1
                 version = self.serving.version
                 assert version is not None
                 try:
@@ -415,6 +422,7 @@ class WarSupervisor:
                  check_s: float = 2.0, sweep_after_s: float = ADOPT_GRACE_S) -> None:
         self.runner, self.work_dir, self.on_change, self.check_s = runner, work_dir, on_change, check_s
         self.sweep_after_s = sweep_after_s
+        self.counters: collections.Counter[str] = collections.Counter()  # every replica's, since the node started
         self._limiter = trio.CapacityLimiter(ENGINE_THREADS)
         self.replicas: KeyedTasks[tuple[int, int], WarJob, WarReplica] = KeyedTasks(
             self._make, self._run_one, on_drop=WarReplica.release)
@@ -461,7 +469,7 @@ class WarSupervisor:
 
     def _make(self, key: tuple[int, int], spec: WarJob) -> WarReplica:
         return WarReplica(self.runner, *key, spec, self.work_dir, limiter=self._limiter, on_change=self.on_change,
-                          check_s=self.check_s)
+                          check_s=self.check_s, counters=self.counters)
 
     async def _run_one(self, war: WarReplica) -> None:
         try:

@@ -68,6 +68,27 @@ class Runners:
         report = self.chaindist.report(job_id)
         return None if report is None or not report.digest else report.digest
 
+    def metrics(self) -> list[str]:
+        """Prometheus lines on the WAR and ChainDist runners (``/metrics``)."""
+        war = self.war.counters
+        lines = ["# HELP deedmesh_war_rollouts_total WAR versions rolled out here, by outcome (interrupted: the "
+                 "remote, registry or engine failed; tried again).", "# TYPE deedmesh_war_rollouts_total counter"]
+        lines += [f'deedmesh_war_rollouts_total{{outcome="{o}"}} {war[f"rollouts_{o}"]}'
+                  for o in ("served", "failed", "interrupted")]
+        lines += ["# HELP deedmesh_war_restarts_total Serving WAR versions restarted here after they exited.",
+                  "# TYPE deedmesh_war_restarts_total counter", f"deedmesh_war_restarts_total {war['restarts']}"]
+        shards = self.shards.counters
+        lines += ["# HELP deedmesh_chaindist_shards_total Shard requests this node answered, by outcome.",
+                  "# TYPE deedmesh_chaindist_shards_total counter"]
+        lines += [f'deedmesh_chaindist_shards_total{{outcome="{o}"}} {shards.get(o, 0)}'
+                  for o in ("run", "not-coordinator", "malformed")]
+        states = [run.state for _, (run, _, _) in self.chaindist.runs.items.items()]
+        lines += ["# HELP deedmesh_chaindist_runs ChainDist jobs this node coordinates, by state.",
+                  "# TYPE deedmesh_chaindist_runs gauge"]
+        lines += [f'deedmesh_chaindist_runs{{state="{s}"}} {states.count(s)}'
+                  for s in ("running", "completed", "failed")]
+        return lines
+
     def logs(self, job_id: int, replica: int, tail: int = 100) -> str:
         """The replica's log (blocking: the engine's, through the WAR supervisor), or a ChainDist run's."""
         run = self.chaindist.logs(job_id, tail)

@@ -140,6 +140,11 @@ async def test_a_chaindist_job_gives_the_exact_answer_with_a_worker_killed_mid_r
             await until(lambda: any(e.what == "result" and e.detail == f"digest {digest}"
                                     for e in mesh.events[viewer.address].of(7)), 10, "the result event")
             assert f"completed: digest {digest}" in mesh.of[coordinator].logs(7, 0)
+            assert 'deedmesh_chaindist_runs{state="completed"} 1' in mesh.of[coordinator].metrics()
+            ran = sum(r.shards.counters.get("run", 0) for a, r in mesh.of.items())
+            assert len(run.book.outputs) < ran <= run._attempts  # the lost shards ran twice
+            assert any(f'deedmesh_chaindist_shards_total{{outcome="run"}} {r.shards.counters["run"]}'
+                       in r.metrics() for r in mesh.of.values() if r.shards.counters.get("run"))
             nursery.cancel_scope.cancel()
     finally:
         mesh.cleanup(engine)

@@ -102,6 +102,8 @@ async def test_the_mesh_runs_a_war_job_and_every_node_sees_its_versions(
             log_text = await trio.to_thread.run_sync(wars[holder].logs, 7, 0, 20)
             assert log_text.startswith(f"[deedmesh] rollout of {broken} failed: build of {broken} exited 3")
             assert await get(port) == "<p>version one</p>\n"
+            counters = wars[holder].counters
+            assert (counters["rollouts_served"], counters["rollouts_failed"]) == (1, 1)
 
             viewer.announce_job(submission(2, STOP), CSP, None)
             await until(lambda: actions_of(a).get(7) == (2, True) and not wars[holder].replicas.items, 30,

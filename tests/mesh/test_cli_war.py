@@ -82,6 +82,11 @@ def test_the_war_example_deploys_rolls_out_pushed_commits_and_stops(
         assert logs.exit_code == 0, logs.output
         assert f"[deedmesh] rollout of {broken} failed: build of {broken} exited" in logs.output
 
+        with urllib.request.urlopen(f"{node.api}/metrics", timeout=10) as r:
+            metrics = r.read().decode()
+        assert 'deedmesh_war_rollouts_total{outcome="served"} 2' in metrics
+        assert 'deedmesh_war_rollouts_total{outcome="failed"} 1' in metrics
+
         stopped = run_cli("job", "stop", str(job_id), "--via", node.api, *signer)
         assert stopped.exit_code == 0, stopped.output
         runner = CarRunner(engine, ident.address)
