@@ -20,8 +20,8 @@ against the engine, and re-checks every ``check_s`` to notice containers that ex
 
 Every engine call is blocking (docker SDK) and runs in a worker thread, one at a time. WAR
 replicas are run by ``_runner_war`` (several containers a replica during a rollout, each named by
-its version): this loop only removes them once their replica is not held. ChainDist replicas are
-not run yet (issue 5); they are claimed but left alone.
+its version): this loop only removes them once their replica is not held. ChainDist jobs are run by
+``_runner_chaindist``, whose one-off shard and aggregate containers this loop leaves alone.
 """
 
 from __future__ import annotations
