@@ -190,9 +190,10 @@ class NodeApi:
     def _jobs(self) -> list[dict[str, Any]]:
         claims: dict[int, list[dict[str, Any]]] = {}
         for node, held in self.node.claims.items():
-            versions, results = held.versions_of, held.results_of
+            versions, results, revisions = held.versions_of, held.results_of, held.revisions_of
             for c in held.claims:
                 serving, failed = versions.get((c.job_id, c.replica), ("", ""))
+                revision, failed_revision = revisions.get((c.job_id, c.replica), ("", ""))
                 claims.setdefault(c.job_id, []).append({"replica": c.replica, "node": node,
                                                         "generation": c.generation,
                                                         "lease_until_ms": c.lease_until_ms,
@@ -201,11 +202,18 @@ class NodeApi:
                                                         "version": serving or None,
                                                         "failed_version": failed or None,
                                                         # a ChainDist run's result digest, once it completed
-                                                        "result_digest": results.get((c.job_id, c.replica))})
+                                                        "result_digest": results.get((c.job_id, c.replica)),
+                                                        # during and after a rolling update: the spec
+                                                        # revision it runs, and one it failed to reach
+                                                        "revision": revision or None,
+                                                        "failed_revision": failed_revision or None})
         return [{"job_id": job_id, "csp": csp, "nonce": known.nonce, "stopped": known.spec is None,
                  "name": None if known.spec is None else known.spec.name,
                  "kind": None if known.spec is None else known.spec.kind,
                  "replicas": None if known.spec is None else known.spec.replicas,
+                 # the newest spec's revision, and the one before while it may still run (_rollout)
+                 "revision": known.revision, "previous_revision": known.previous_revision,
+                 "spec": known.record.spec,
                  "received_ms": known.received_ms,
                  "claims": sorted(claims.get(job_id, []), key=lambda c: (c["replica"], c["node"])),
                  "events": [] if self.events is None else [e.as_json() for e in self.events.of(job_id)]}

@@ -6,7 +6,8 @@ its own commands without ``mesh`` importing ``oracle`` (the layering in DESIGN.m
 Exit codes: 0 ok, 1 unexpected error, 2 usage error, 3 chain unreachable, 4 bad deployment record
 or artifact, 5 a contract reverted (the error is named), 6 transaction failed, 7 other chain error,
 8 keystore error, 9 other node error (or a node unreachable), 10 invalid job spec, 11 a node refused a
-submission, 12 a node refused or failed another request (job logs).
+submission, 12 a node refused or failed another request (job logs), 13 a job update was rolled back,
+14 a job update or scale did not finish in time.
 """
 
 from __future__ import annotations
@@ -21,10 +22,11 @@ import click
 
 from contracts import ArtifactError, ChainError, ChainUnreachable, ContractRevert, DeploymentError, TransactionFailed
 
+from . import _cli_lifecycle  # noqa: F401  (adds ``job update`` and ``job scale``)
 from ._cli_job import deploy, job
 from ._cli_keys import keys
 from ._cli_node import node, status
-from ._errors import KeystoreError, MeshError, RequestRefused, SubmissionRefused
+from ._errors import KeystoreError, MeshError, RequestRefused, SubmissionRefused, UpdateRolledBack, UpdateTimedOut
 from ._jobspec_load import SpecError
 
 EXIT_CODES: dict[type[BaseException], int] = {
@@ -38,6 +40,8 @@ EXIT_CODES: dict[type[BaseException], int] = {
     SpecError: 10,
     SubmissionRefused: 11,
     RequestRefused: 12,
+    UpdateRolledBack: 13,
+    UpdateTimedOut: 14,
     MeshError: 9,
 }
 
@@ -106,7 +110,8 @@ def cli(ctx: click.Context, json_output: bool, log_level: str, log_format: str) 
     Exit codes: 0 ok, 2 usage, 3 chain unreachable, 4 bad deployment record or
     artifact, 5 contract revert (named), 6 transaction failed, 7 other chain error,
     8 keystore error, 9 other node error, 10 invalid job spec, 11 a node refused a submission,
-    12 a node refused or failed another request (job logs).
+    12 a node refused or failed another request (job logs), 13 a job update was rolled back,
+    14 a job update or scale did not finish in time.
     """
     ctx.ensure_object(dict)
     ctx.obj["json"] = json_output

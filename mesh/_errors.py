@@ -10,6 +10,8 @@
     ├── SpecError               a job spec is invalid (_jobspec_load; names file, line, column, field)
     ├── SubmissionRefused       a node refused a CSP's submission (its reason and HTTP status)
     ├── RequestRefused          a node refused or failed another request (job logs; reason and status)
+    ├── UpdateRolledBack        a job update failed on some replica and the mesh rolled it back
+    ├── UpdateTimedOut          a job update or scale did not finish while the CLI followed it
     ├── EngineUnavailable       no container engine answers (_engine)
     ├── CarRunnerError          the container runner failed (_runner_car)
     └── GitError                a WAR replica's repository could not be read or fetched (_git)
@@ -64,6 +66,24 @@ class SubmissionRefused(MeshError):
         super().__init__(f"{via} refused the submission ({status} {reason}): {message}")
         self.status = status
         self.reason = reason
+
+
+class UpdateRolledBack(MeshError):
+    """A replica did not get healthy on a job's new revision: every replica went back to the previous."""
+
+    def __init__(self, job_id: int, revision: str, previous: str) -> None:
+        super().__init__(f"job {job_id}: revision {revision} did not get healthy on some replica; the mesh "
+                         f"rolled back to {previous} (recorded again on chain and in the mesh)")
+        self.job_id, self.revision, self.previous = job_id, revision, previous
+
+
+class UpdateTimedOut(MeshError):
+    """The mesh did not finish a job's update or scale while the CLI followed it (it goes on)."""
+
+    def __init__(self, job_id: int, revision: str, timeout_s: float) -> None:
+        super().__init__(f"job {job_id}: not every replica runs revision {revision} after {timeout_s:.0f} s; "
+                         f"the change goes on (follow it with `deedmesh job status {job_id}`)")
+        self.job_id, self.revision = job_id, revision
 
 
 class RequestRefused(MeshError):

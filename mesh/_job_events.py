@@ -28,7 +28,8 @@ class JobEvent:
     at_ms: int  # this node's wall clock
     job_id: int
     what: str  # submitted, stopped, placed, moved (to ``node``), unplaced, state, restarted, version,
-    # rollout-failed, result
+    # rollout-failed, result, revision (a replica runs a new spec revision), update-failed (a replica
+    # did not get healthy on one: the update is rolled back)
     replica: int | None = None
     node: str | None = None
     detail: str = ""
@@ -40,8 +41,10 @@ class JobEvent:
 
 # what one node last saw of one replica: holder, generation, state, restarts, and for a WAR
 # replica the version it serves and the last one whose rollout failed ("": none)
-_Seen = tuple[str, int, str, int, str, str, str]  # ... and a ChainDist run's result digest ("": none)
-_Report = tuple[str, int, str, str, str]  # state, restarts, serving, failed, digest
+# ... a ChainDist run's result digest ("": none), and in an updated job the spec revision it runs
+# and one it failed to reach
+_Seen = tuple[str, int, str, int, str, str, str, str, str]
+_Report = tuple[str, int, str, str, str, str, str]  # state, restarts, serving, failed, digest, revision, failed
 
 
 class JobEvents:
@@ -70,10 +73,11 @@ class JobEvents:
         changed = {node for node, held in claim_sets.items() if self._reports.get(node, (None,))[0] is not held}
         for node in changed:
             held = claim_sets[node]
-            versions, results = held.versions_of, held.results_of
+            versions, results, revisions = held.versions_of, held.results_of, held.revisions_of
             self._reports[node] = (held, {(c.job_id, c.replica): (c.state, c.restarts,
                                                                   *versions.get((c.job_id, c.replica), ("", "")),
-                                                                  results.get((c.job_id, c.replica), ""))
+                                                                  results.get((c.job_id, c.replica), ""),
+                                                                  *revisions.get((c.job_id, c.replica), ("", "")))
                                           for c in held.claims})
         for node in set(self._reports) - set(claim_sets):
             del self._reports[node]
@@ -96,7 +100,7 @@ class JobEvents:
             now: dict[int, _Seen] = {}
             for r, c in won.items():
                 report = self._reports.get(c.node)
-                nothing: _Report = ("claimed", 0, "", "", "")
+                nothing: _Report = ("claimed", 0, "", "", "", "", "")
                 seen_there = nothing if report is None else report[1].get((job_id, r), nothing)
                 now[r] = (c.node, c.generation, *seen_there)
             for replica in sorted(set(seen) | set(now)):
@@ -108,7 +112,7 @@ class JobEvents:
             assert before is not None
             self._add(JobEvent(at, job_id, "unplaced", replica, before[0], f"was on {before[0]}"))
             return
-        node, generation, state, restarts, serving, failed, digest = after
+        node, generation, state, restarts, serving, failed, digest, revision, failed_revision = after
         last = self._last_holder.setdefault(job_id, {}).get(replica)
         self._last_holder[job_id][replica] = node
         if last is None:
@@ -129,6 +133,11 @@ class JobEvents:
                               f"{failed} failed; {serving or 'nothing'} keeps serving"))
         if digest and not (same_holder and before is not None and before[6] == digest):
             self._add(JobEvent(at, job_id, "result", replica, node, f"digest {digest}"))
+        if revision and not (same_holder and before is not None and before[7] == revision):
+            self._add(JobEvent(at, job_id, "revision", replica, node, f"runs revision {revision}"))
+        if failed_revision and not (same_holder and before is not None and before[8] == failed_revision):
+            self._add(JobEvent(at, job_id, "update-failed", replica, node,
+                               f"revision {failed_revision} did not get healthy; the update is rolled back"))
 
     def _add(self, event: JobEvent) -> None:
         self._events.setdefault(event.job_id, deque(maxlen=self.max_events)).append(event)

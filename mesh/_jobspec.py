@@ -214,11 +214,14 @@ class RestartPolicy(_Model):
 
 
 class RollingUpdate(_Model):
-    """Replace replicas a few at a time; at least one of the two budgets must be positive to progress."""
+    """Replace replicas a few at a time; at least one of the two budgets must be positive to progress.
+    A replica that is not healthy on the new spec within ``progress_deadline_s`` of starting on it
+    fails the update, and every replica goes back to the previous spec (``_rollout``)."""
 
     strategy: Literal["rolling"] = "rolling"
     max_unavailable: int = Field(default=0, ge=0, le=64)
     max_surge: int = Field(default=1, ge=0, le=64)
+    progress_deadline_s: int = Field(default=300, ge=5, le=86_400)
 
     @model_validator(mode="after")
     def _can_progress(self) -> RollingUpdate:
@@ -231,6 +234,7 @@ class RecreateUpdate(_Model):
     """Stop every replica, then start the new ones (for workloads that cannot run two versions)."""
 
     strategy: Literal["recreate"]
+    progress_deadline_s: int = Field(default=300, ge=5, le=86_400)
 
 
 UpdateStrategy = Annotated[RollingUpdate | RecreateUpdate, Field(discriminator="strategy")]
@@ -396,6 +400,15 @@ def spec_hash(spec: JobSpec) -> bytes:
     implicit never change it; any real change does.
     """
     return normalized_spec_hash(spec.model_dump(mode="json"))
+
+
+def revision_of(spec: JobSpec) -> str:
+    """A job's revision: the first 8 hex digits of keccak256 over the normalized spec without
+    ``replicas`` and ``update``, so a scale or a new update strategy alone changes no replica
+    (``_rollout``); anything else a replica runs with does."""
+    body = spec.model_dump(mode="json")
+    del body["replicas"], body["update"]
+    return keccak(canonical(body))[:4].hex()
 
 
 def normalized_spec_hash(normalized: dict[str, Any]) -> bytes:

@@ -2,8 +2,8 @@
 
 ``want`` names the keys wanted now, each with its spec (never blocks; the scheduler calls it on
 every plan). ``run`` starts a task for each new key, cancels the task of a key no longer wanted,
-and starts a key whose spec changed over. A task that ends on its own (an error) is forgotten,
-so the next ``want`` or ``retry`` starts it again.
+and hands a key's new spec to ``on_update``, or, if that refuses it, starts the key over. A task
+that ends on its own (an error) is forgotten, so the next ``want`` or ``retry`` starts it again.
 """
 
 from __future__ import annotations
@@ -22,8 +22,9 @@ W = TypeVar("W")
 
 class KeyedTasks(Generic[K, S, W]):
     def __init__(self, make: Callable[[K, S], W], run: Callable[[W], Awaitable[None]],
-                 on_drop: Callable[[W], None] = lambda _: None) -> None:
-        self._make, self._run, self._on_drop = make, run, on_drop
+                 on_drop: Callable[[W], None] = lambda _: None,
+                 on_update: Callable[[W, S], bool] = lambda _, __: False) -> None:
+        self._make, self._run, self._on_drop, self._on_update = make, run, on_drop, on_update
         self.items: dict[K, tuple[W, S, trio.CancelScope]] = {}
         self._wanted: dict[K, S] = {}
         self._wake = trio.Event()
@@ -44,7 +45,10 @@ class KeyedTasks(Generic[K, S, W]):
                 await self._wake.wait()
                 self._wake = trio.Event()
                 for key, (item, spec, scope) in list(self.items.items()):
-                    if self._wanted.get(key) != spec:
+                    new = self._wanted.get(key)
+                    if new is not None and new != spec and self._on_update(item, new):
+                        self.items[key] = (item, new, scope)  # taken in place: the task lives on
+                    elif new != spec:
                         scope.cancel()
                         del self.items[key]
                         self._on_drop(item)

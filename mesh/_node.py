@@ -24,6 +24,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Protocol
 
 import trio
@@ -31,7 +32,7 @@ import trio
 from ._envelope import MAX_ENVELOPE_BYTES, Envelope, Payload, next_seq, seal
 from ._errors import TransportError
 from ._identity import NodeIdentity
-from ._jobspec import JobSpec
+from ._jobspec import JobSpec, revision_of
 from ._membership import LivenessConfig, Membership, PeerState, Transition
 from ._submission import Rejected, Submission
 from ._sync import MAX_FRAME_BYTES, RecordStore, TokenBucket, decode_frame, encode_frames, peek
@@ -95,10 +96,22 @@ class KnownJob:
     record: JobRecord
     spec: JobSpec | None  # None: the CSP stopped the job
     received_ms: int  # our clock when this action reached us
+    # the spec of the action before, while a rolling update may still need it (``_rollout``):
+    # kept across actions that change no revision (a scale), dropped by a stop
+    previous: JobSpec | None = None
 
     @property
     def job_id(self) -> int:
         return self.record.submission.job_id
+
+    @cached_property
+    def revision(self) -> str | None:
+        """The spec's revision (``revision_of``); None for a stop."""
+        return None if self.spec is None else revision_of(self.spec)
+
+    @cached_property
+    def previous_revision(self) -> str | None:
+        return None if self.previous is None else revision_of(self.previous)
 
     @property
     def nonce(self) -> int:
@@ -256,7 +269,11 @@ class Node:
         self._notify()
 
     def _keep_job(self, rec: JobRecord, spec: JobSpec | None) -> KnownJob:
-        known = KnownJob(rec, spec, self._wall_ms())
+        before = self.jobs.get((rec.submission.job_id, rec.csp))
+        previous = None
+        if before is not None and before.spec is not None and spec is not None:
+            previous = before.spec if before.revision != revision_of(spec) else before.previous
+        known = KnownJob(rec, spec, self._wall_ms(), previous)
         self.jobs[(rec.submission.job_id, rec.csp)] = known
         self._notify()
         return known

@@ -48,6 +48,7 @@ from ._logs import LogDesk
 from ._membership import LivenessConfig
 from ._node import NodeConfig, open_node
 from ._nonces import NonceBook
+from ._rollout import Rollouts
 from ._runner_car import CarRunner
 from ._runners import Runners
 from ._scheduler import run_scheduler, runner_tag
@@ -216,7 +217,8 @@ async def serve_node(identity: NodeIdentity, settings: NodeSettings, token_file:
                 else:
                     await nursery.start(runners.run)
                     await nursery.start(partial(run_scheduler, node, on_plan=runners.offer, states=runners.state_of,
-                                                versions=runners.versions, results=runners.results, events=events))
+                                                versions=runners.versions, results=runners.results, events=events,
+                                                rollouts=Rollouts(node, runners.revision_of)))
             api = NodeApi(node, peer_id=peer_id_of(identity), addrs=transport.addrs, operator_token=token, desk=desk,
                           logs=logs, events=events, runner_metrics=None if runners is None else runners.metrics)
             # CLI clients dialling in over libp2p get the same app (``--via /ip4/.../p2p/...``)

@@ -35,7 +35,7 @@ from typing import Any, TypeVar
 import trio
 from docker.errors import DockerException
 
-from ._jobspec import CarJob, HttpHealth, JobSpec, RegistryAuth, TcpHealth
+from ._jobspec import CarJob, HttpHealth, JobSpec, RegistryAuth, TcpHealth, revision_of
 from ._runner_car import (
     CarRunner,
     CarRunnerError,
@@ -81,7 +81,8 @@ def container_request(job_id: int, replica: int, spec: CarJob) -> ContainerReque
         command=None if spec.car.command is None else tuple(spec.car.command), env=dict(spec.env),
         ports=tuple(PortMapping(p.container, p.protocol, p.host) for p in spec.ports),
         cpu_millis=spec.resources.cpu_millis, memory_mb=spec.resources.memory_mb, pids_limit=PIDS_LIMIT,
-        health=health, labels={"deedmesh.name": spec.name}, bind_address="0.0.0.0" if exposed else "127.0.0.1")
+        health=health, labels={"deedmesh.name": spec.name}, bind_address="0.0.0.0" if exposed else "127.0.0.1",
+        revision=revision_of(spec))
 
 
 def registry_credentials(image: str, auth: RegistryAuth,
@@ -136,6 +137,13 @@ class Reconciler:
         if status.health == "unhealthy":
             return "unhealthy", status.restarts
         return ("starting" if status.health == "starting" else "running"), status.restarts
+
+    def revision_of(self, job_id: int, replica: int) -> tuple[str, ReplicaState] | None:
+        """The spec revision a held replica's container runs here and its state, or None if it has none."""
+        status = self.statuses.get((job_id, replica))
+        if status is None:
+            return None
+        return status.revision or "", self.state_of(job_id, replica)[0]
 
     def offer(self, plan: Plan) -> None:
         """The newest plan (called by the scheduler on every plan; never blocks)."""
@@ -194,9 +202,19 @@ class Reconciler:
 
     async def _ensure(self, job_id: int, replica: int, spec: CarJob, status: ContainerStatus | None) -> None:
         key = (job_id, replica)
-        if status is not None:
+        request = container_request(job_id, replica, spec)
+        if status is None:
+            self.statuses.pop(key, None)  # gone (removed by an update that failed to start, or by hand)
+        else:
             self.statuses[key] = status
-            if status.running:
+            if status.running and status.spec_hash == request.spec_hash():
+                return
+            if status.running:  # the spec changed (a rolling update let it move): recreated now, in place
+                log.info("replica moves to a new revision", extra={"job": job_id, "replica": replica,
+                                                                    "revision": request.revision,
+                                                                    "was": status.revision})
+                self._retry_at.pop(key, None)
+                await self._start(key, spec, request)
                 return
             if status.likely_oom:
                 self._report_oom(key, status, spec)
@@ -208,14 +226,17 @@ class Reconciler:
         attempts = 0 if status is None else status.restarts + 1
         b = spec.restart.backoff
         self._retry_at[key] = trio.current_time() + backoff_s(attempts, b.initial_s, b.max_s, b.multiplier)
+        await self._start(key, spec, request)
+
+    async def _start(self, key: tuple[int, int], spec: CarJob, request: ContainerRequest) -> None:
         try:
             await self._engine(self._prepare_image, spec)
-            await self._engine(self.runner.start, container_request(job_id, replica, spec))
-            started = await self._engine(self.runner.status, job_id, replica)
+            await self._engine(self.runner.start, request)
+            started = await self._engine(self.runner.status, *key)
             if started is not None:
                 self.statuses[key] = started
         except CarRunnerError as exc:
-            log.warning("replica did not start", extra={"job": job_id, "replica": replica, "error": str(exc)})
+            log.warning("replica did not start", extra={"job": key[0], "replica": key[1], "error": str(exc)})
 
     def _prepare_image(self, spec: CarJob) -> None:
         """Pull or load the job's image by its policy (blocking: runs in the engine thread)."""

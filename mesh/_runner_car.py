@@ -58,8 +58,9 @@ LABEL_SPEC = "deedmesh.spec"
 LABEL_RESTARTS = "deedmesh.restarts"
 LABEL_VERSION = "deedmesh.version"  # a WAR replica's commit: its old and new versions run side by side in a rollout
 LABEL_ROLE = "deedmesh.role"  # "serve" (the replica itself), or a one-off: "build" (WAR), "shard" or "aggregate"
+LABEL_REVISION = "deedmesh.revision"  # the job spec's revision the container runs (``_rollout``)
 _RESERVED_LABELS = frozenset({LABEL_JOB, LABEL_REPLICA, LABEL_NODE, LABEL_SPEC, LABEL_RESTARTS, LABEL_VERSION,
-                              LABEL_ROLE})
+                              LABEL_ROLE, LABEL_REVISION})
 _NS_PER_S = 1_000_000_000
 # Exit status of a SIGKILLed process: with a memory limit set it is most likely the OOM killer,
 # which matters on podman + runc + cgroup v1, where State.OOMKilled stays false (notes §1.5).
@@ -179,6 +180,8 @@ class ContainerRequest:
     mounts: tuple[Mount, ...] = ()
     workdir: str | None = None
     role: Literal["serve", "build", "shard", "aggregate"] = "serve"
+    # the job spec's revision (``_jobspec.revision_of``): what a rolling update tells apart
+    revision: str | None = None
 
     def __post_init__(self) -> None:
         clash = _RESERVED_LABELS & set(self.labels)
@@ -192,11 +195,16 @@ class ContainerRequest:
         object.__setattr__(self, "mounts", tuple(Mount(*m) for m in self.mounts))
         if self.version is not None and not (self.version.isalnum() and len(self.version) <= 40):
             raise ValueError("a version is up to 40 letters and digits (a commit id)")
+        if self.revision is not None and not (self.revision.isalnum() and len(self.revision) <= 16):
+            raise ValueError("a revision is up to 16 letters and digits")
 
     @property
     def name_suffix(self) -> str:
-        """What sets this container's name apart from the replica's plain one."""
-        return "".join(f"-{part}" for part in (None if self.role == "serve" else self.role, self.version) if part)
+        """What sets this container's name apart from the replica's plain one (a versioned one's
+        revision too: one commit runs under two revisions of the spec during an update)."""
+        revision = None if self.version is None else self.revision
+        return "".join(f"-{part}" for part in (None if self.role == "serve" else self.role, self.version, revision)
+                       if part)
 
     def spec_hash(self) -> str:
         """A digest of the request, stored as a label so ``start`` can tell "same" from "changed"."""
@@ -215,6 +223,7 @@ class ContainerRequest:
             "mounts": [list(m) for m in self.mounts],
             "workdir": self.workdir,
             "role": self.role,
+            "revision": self.revision,
         }
         return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -240,6 +249,7 @@ class ContainerStatus:
     ports: tuple[PortBinding, ...]
     version: str | None = None  # LABEL_VERSION, for WAR containers
     role: str = "serve"  # LABEL_ROLE
+    revision: str | None = None  # LABEL_REVISION
 
     @property
     def likely_oom(self) -> bool:
@@ -307,6 +317,7 @@ def parse_status(attrs: Mapping[str, Any]) -> ContainerStatus:
         ports=_parse_ports((attrs.get("NetworkSettings") or {}).get("Ports") or {}),
         version=labels.get(LABEL_VERSION) or None,
         role=str(labels.get(LABEL_ROLE, "serve")),
+        revision=labels.get(LABEL_REVISION) or None,
     )
 
 
@@ -538,6 +549,7 @@ class CarRunner:
             LABEL_RESTARTS: str(restarts),
             LABEL_ROLE: request.role,
             **({} if request.version is None else {LABEL_VERSION: request.version}),
+            **({} if request.revision is None else {LABEL_REVISION: request.revision}),
         }
         kwargs: dict[str, Any] = {
             "image": request.image,

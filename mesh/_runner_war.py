@@ -40,7 +40,7 @@ import trio
 from docker.errors import DockerException
 
 from ._git import GitError, fetch_checkout, remote_commit
-from ._jobspec import CommandHealth, HttpHealth, TcpHealth, WarJob
+from ._jobspec import CommandHealth, HttpHealth, TcpHealth, WarJob, revision_of
 from ._keyed_tasks import KeyedTasks
 from ._port_front import PortFront
 from ._reconciler import ADOPT_GRACE_S
@@ -82,6 +82,7 @@ class WarReport:
     serving: str | None  # the version (commit prefix) the fronts point at
     failed: str | None  # the last version whose rollout failed ...
     reason: str = ""  # ... and why
+    revision: str | None = None  # the spec revision the serving version runs under
 
 
 def version_of(commit: str) -> str:
@@ -96,7 +97,7 @@ def serve_request(job_id: int, replica: int, spec: WarJob, version: str, checkou
         ports=tuple(PortMapping(p.container, "tcp", None) for p in spec.ports),
         cpu_millis=spec.resources.cpu_millis, memory_mb=spec.resources.memory_mb, pids_limit=PIDS_LIMIT,
         labels={"deedmesh.name": spec.name}, version=version, mounts=(Mount(str(checkout), APP_DIR, True),),
-        workdir=APP_DIR)
+        workdir=APP_DIR, revision=revision_of(spec))
 
 
 def build_request(job_id: int, replica: int, spec: WarJob, version: str, checkout: Path) -> ContainerRequest:
@@ -106,7 +107,7 @@ def build_request(job_id: int, replica: int, spec: WarJob, version: str, checkou
         job_id=job_id, replica=replica, image=spec.war.image, command=tuple(spec.war.build), env=dict(spec.env),
         cpu_millis=spec.resources.cpu_millis, memory_mb=spec.resources.memory_mb, pids_limit=PIDS_LIMIT,
         labels={"deedmesh.name": spec.name}, version=version, mounts=(Mount(str(checkout), APP_DIR, False),),
-        workdir=APP_DIR, role="build")
+        workdir=APP_DIR, role="build", revision=revision_of(spec))
 
 
 async def http_ok(port: int, path: str, timeout_s: float) -> bool:
@@ -154,6 +155,8 @@ class WarReplica:
         self.fronts: dict[int, PortFront] = {}  # container port -> the node's front for it
         self.serving: ContainerStatus | None = None
         self.failed: tuple[str, str] | None = None  # (version, reason) of the last failed rollout
+        self._failed_key: tuple[str, str] | None = None  # ... and the (version, revision) it was
+        self._wake = trio.Event()  # the spec changed: poll now
         self.healthy: bool | None = None  # the serving version's last health verdict
         self._misses = 0  # health checks failed in a row
         self._retry_at = 0.0  # trio time the serving container may be restarted
@@ -166,6 +169,21 @@ class WarReplica:
         """The node no longer holds this replica: once cancelled, its containers and checkouts go."""
         self.released = True
 
+    def update_spec(self, spec: WarJob) -> bool:
+        """Take a new spec without stopping (a rolling update, a scale): the next poll rolls out the
+        current commit under it if its revision changed. False if it cannot be taken in place (its
+        ports changed: the fronts are the replica's), and the replica must start over."""
+        if spec.ports != self.spec.ports:
+            return False
+        self.spec = spec
+        self._wake.set()
+        return True
+
+    def _checkout(self, version: str, revision: str | None) -> Path:
+        """Where one version is checked out and built for one revision of the spec (the build may
+        depend on the spec's env: a new revision is built anew, beside the serving one)."""
+        return self.dir / (version if revision is None else f"{version}-{revision}")
+
     def report(self) -> WarReport:
         failed, reason = self.failed or (None, "")
         serving = self.serving
@@ -177,7 +195,8 @@ class WarReplica:
             state = "running"
         else:
             state = "healthy" if self.healthy else "unhealthy"
-        return WarReport(state, self._restarts, None if serving is None else serving.version, failed, reason)
+        return WarReport(state, self._restarts, None if serving is None else serving.version, failed, reason,
+                         None if serving is None else serving.revision)
 
     def front_port(self, container_port: int) -> int | None:
         """The node port serving ``container_port`` (the spec's host port, or one the OS picked)."""
@@ -210,7 +229,10 @@ class WarReplica:
                 next_poll = trio.current_time() + self.spec.war.poll_s
                 await self._poll()
             await self._check()
-            await trio.sleep(min(self.check_s, max(0.0, next_poll - trio.current_time())))
+            with trio.move_on_after(min(self.check_s, max(0.0, next_poll - trio.current_time()))):
+                await self._wake.wait()
+                self._wake = trio.Event()
+                next_poll = trio.current_time()
 
     async def _poll(self) -> None:
         war = self.spec.war
@@ -219,14 +241,16 @@ class WarReplica:
         except GitError as exc:
             log.warning("cannot read the replica's branch", extra=self._extra(error=str(exc)))
             return
-        version = version_of(commit)
+        version, spec = version_of(commit), self.spec
+        wanted = (version, revision_of(spec))
         current = None if self.serving is None else self.serving.version
-        if version == current or (self.failed is not None and self.failed[0] == version):
+        if (self.serving is not None and (self.serving.version, self.serving.revision) == wanted) \
+                or self._failed_key == wanted:
             return
         try:
-            await self._roll_out(version)
-        except RolloutFailed as exc:  # this commit is not tried again until the branch moves
-            self.failed = (version, str(exc))
+            await self._roll_out(version, spec)
+        except RolloutFailed as exc:  # this commit is not tried again until the branch moves or the spec changes
+            self.failed, self._failed_key = (version, str(exc)), wanted
             self.counters["rollouts_failed"] += 1
             log.warning("rollout failed; the previous version keeps serving",
                         extra=self._extra(version=version, serving=current, error=str(exc)))
@@ -236,22 +260,23 @@ class WarReplica:
             log.warning("rollout interrupted; tried again at the next poll",
                         extra=self._extra(version=version, serving=current, error=str(exc)[:500]))
 
-    async def _roll_out(self, version: str) -> None:
-        war, checkout = self.spec.war, self.dir / version
+    async def _roll_out(self, version: str, spec: WarJob) -> None:
+        war, revision = spec.war, revision_of(spec)
+        checkout = self._checkout(version, revision)
         clock, phases = trio.current_time(), {}
         if not checkout.exists():  # a checkout on disk was built (a failed build removes its own)
             staging = self.dir / f".fetch-{version}"
             shutil.rmtree(staging, ignore_errors=True)
             # the branch may have moved since the poll: the version is what the fetch got
             version = version_of(await trio.to_thread.run_sync(fetch_checkout, war.repo, war.ref, staging))
-            checkout = self.dir / version
+            checkout = self._checkout(version, revision)
             shutil.rmtree(checkout, ignore_errors=True)
             staging.rename(checkout)
             phases["fetch_s"] = trio.current_time() - clock
             if war.build is not None:
                 await self._engine(self._prepare_image)
                 code, tail = await self._engine(self.runner.run_to_end, build_request(
-                    self.job_id, self.replica, self.spec, version, checkout), war.build_timeout_s)
+                    self.job_id, self.replica, spec, version, checkout), war.build_timeout_s)
                 if code != 0:
                     shutil.rmtree(checkout, ignore_errors=True)
                     last = tail.strip().splitlines()[-1:] or [""]
@@ -260,7 +285,7 @@ class WarReplica:
                 phases["build_s"] = trio.current_time() - clock - phases["fetch_s"]
         await self._engine(self._prepare_image)
         began = trio.current_time()
-        started = await self._start(version, checkout)
+        started = await self._start(version, checkout, spec)
         phases["start_s"] = trio.current_time() - began
         if not await self._becomes_healthy(started):
             await self._engine(self.runner.remove, started.container_id)
@@ -270,15 +295,16 @@ class WarReplica:
         self._serve(started)
         phases["healthy_s"] = trio.current_time() - began - phases["start_s"]
         phases["total_s"] = trio.current_time() - clock
-        self.last_rollout = {"version": version, **{k: round(v, 3) for k, v in phases.items()}}
+        self.last_rollout = {"version": version, "revision": revision,
+                             **{k: round(v, 3) for k, v in phases.items()}}
         self.counters["rollouts_served"] += 1
         log.info("version serving", extra=self._extra(previous=None if old is None else old.version,
                                                       **self.last_rollout))
         if old is not None and old.container_id != started.container_id:
             await self._retire(old)
 
-    async def _start(self, version: str, checkout: Path) -> ContainerStatus:
-        request = serve_request(self.job_id, self.replica, self.spec, version, checkout)
+    async def _start(self, version: str, checkout: Path, spec: WarJob) -> ContainerStatus:
+        request = serve_request(self.job_id, self.replica, spec, version, checkout)
         container_id = await self._engine(self.runner.start, request)
         status = await self._engine(self.runner.inspect, container_id)
         if status is None:
@@ -287,7 +313,7 @@ class WarReplica:
 
     def _serve(self, status: ContainerStatus) -> None:
         """Point every front at ``status``'s published ports."""
-        self.serving, self._misses, self.failed = status, 0, None
+        self.serving, self._misses, self.failed, self._failed_key = status, 0, None, None
         self.healthy = True if self.spec.health is not None else None  # it passed its check to get here
         for port, front in self.fronts.items():
             published = status.host_port(port)
@@ -302,8 +328,10 @@ class WarReplica:
                 if published is not None:
                     await front.drained(("127.0.0.1", published))
         await self._engine(self.runner.remove, old.container_id)
-        if old.version is not None:
-            shutil.rmtree(self.dir / old.version, ignore_errors=True)
+        serving = self.serving
+        if old.version is not None and (serving is None or (old.version, old.revision)
+                                        != (serving.version, serving.revision)):
+            shutil.rmtree(self._checkout(old.version, old.revision), ignore_errors=True)
 
     async def _becomes_healthy(self, status: ContainerStatus) -> bool:
         health = self.spec.health
@@ -361,7 +389,9 @@ class WarReplica:
             exit_code = None if current is None else current.exit_code
             policy = self.spec.restart.policy
             wants = policy == "always" or (policy == "on-failure" and exit_code != 0)
-            if wants and trio.current_time() >= self._retry_at:
+            if self.serving.revision != revision_of(self.spec):
+                self._wake.set()  # under an older spec: the poll rolls out the current one instead
+            elif wants and trio.current_time() >= self._retry_at:
                 b = self.spec.restart.backoff
                 self._retry_at = trio.current_time() + backoff_s(self._restarts, b.initial_s, b.max_s, b.multiplier)
                 self._restarts += 1
@@ -369,7 +399,8 @@ class WarReplica:
                 version = self.serving.version
                 assert version is not None
                 try:
-                    self._serve(await self._start(version, self.dir / version))
+                    self._serve(await self._start(version, self._checkout(version, self.serving.revision),
+                                                  self.spec))
                 except (CarRunnerError, DockerException) as exc:
                     log.warning("serving version did not restart", extra=self._extra(error=str(exc)[:500]))
         if self.report() != before:
@@ -380,12 +411,12 @@ class WarReplica:
         mine = [s for s in await self._engine(self.runner.list_managed)
                 if (s.job_id, s.replica) == (self.job_id, self.replica)]
         keep = next((s for s in mine if s.role == "serve" and s.running and s.version is not None
-                     and (self.dir / s.version).is_dir()), None)
+                     and self._checkout(s.version, s.revision).is_dir()), None)
         for status in mine:
             if status is not keep:
                 await self._engine(self.runner.remove, status.container_id)
         for path in self.dir.iterdir():
-            if keep is None or path.name != keep.version:
+            if keep is None or keep.version is None or path != self._checkout(keep.version, keep.revision):
                 shutil.rmtree(path, ignore_errors=True)
         if keep is not None:
             log.info("adopted a running version", extra=self._extra(version=keep.version))
@@ -425,7 +456,7 @@ class WarSupervisor:
         self.counters: collections.Counter[str] = collections.Counter()  # every replica's, since the node started
         self._limiter = trio.CapacityLimiter(ENGINE_THREADS)
         self.replicas: KeyedTasks[tuple[int, int], WarJob, WarReplica] = KeyedTasks(
-            self._make, self._run_one, on_drop=WarReplica.release)
+            self._make, self._run_one, on_drop=WarReplica.release, on_update=WarReplica.update_spec)
 
     def offer(self, plan: Plan) -> None:
         """The newest plan (called by the scheduler on every plan; never blocks)."""
@@ -441,6 +472,11 @@ class WarSupervisor:
         note = "" if war.failed is None else f"[deedmesh] rollout of {war.failed[0]} failed: {war.failed[1]}\n"
         serving = war.serving
         return note + ("" if serving is None else self.runner.logs(job_id, replica, tail, serving.container_id))
+
+    def revision_of(self, job_id: int, replica: int) -> tuple[str, ReplicaState] | None:
+        """The spec revision a held replica's serving version runs under and its state, or None."""
+        report = self.report(job_id, replica)
+        return None if report is None or report.revision is None else (report.revision, report.state)
 
     def report(self, job_id: int, replica: int) -> WarReport | None:
         war = self.replicas.get((job_id, replica))

@@ -60,6 +60,13 @@ class Runners:
             return run.state, 0
         return self.reconciler.state_of(job_id, replica)
 
+    def revision_of(self, job_id: int, replica: int) -> tuple[str, ReplicaState] | None:
+        """The spec revision a held replica runs here and its state (``_rollout``); None if it
+        runs nothing yet (a ChainDist run is started over for a new spec, so it needs no gate)."""
+        if (war := self.war.revision_of(job_id, replica)) is not None or self.war.report(job_id, replica) is not None:
+            return war
+        return self.reconciler.revision_of(job_id, replica)
+
     def versions(self, job_id: int, replica: int) -> tuple[str, str] | None:
         report = self.war.report(job_id, replica)
         return None if report is None else (report.serving or "", report.failed or "")

@@ -26,6 +26,8 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from functools import partial
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -37,6 +39,9 @@ from ._placement import Claim, Demand, NodeInfo, compute_assignment, decide, pla
 from ._trio_types import TaskStatus
 from ._wire_capacity import Capacity, Resources
 from ._wire_claim import MAX_CLAIMS, ClaimEntry, Claims, ReplicaState
+
+if TYPE_CHECKING:
+    from ._rollout import Rollouts
 
 PLAN_GAP_S = 0.25  # the least time between two plans (and two claim set versions) of a node
 PLAN_GAP_FACTOR = 10  # ... and at least this many times the last plan's wall time
@@ -79,6 +84,8 @@ ReplicaStates = Callable[[int, int], tuple[ReplicaState, int]]  # (job, replica)
 ReplicaVersions = Callable[[int, int], tuple[str, str] | None]
 # (job, replica) -> the result digest of a ChainDist run that completed here, else None
 ReplicaResults = Callable[[int, int], str | None]
+# (job, replica) -> (revision running here, revision it failed to reach) for updated jobs, else None
+ReplicaRevisions = Callable[[int, int], tuple[str, str] | None]
 
 
 def _claimed(job_id: int, replica: int) -> tuple[ReplicaState, int]:
@@ -161,7 +168,7 @@ def plan(me: str, now_ms: int, jobs: Mapping[int, JobSpec | None], claims: Seque
          capacities: Mapping[str, Capacity], eligible: Mapping[str, bool], alive: Mapping[str, bool],
          lease_ms: int = LEASE_MS, states: ReplicaStates = _claimed, memo: PlanMemo | None = None,
          may_claim: Callable[[int], bool | None] | None = None, versions: ReplicaVersions | None = None,
-         results: ReplicaResults | None = None) -> Plan:
+         results: ReplicaResults | None = None, revisions: ReplicaRevisions | None = None) -> Plan:
     """This node's claim set and replicas, from a view (module docstring). Pure (``memo`` only
     saves work: the result is the same with or without it). ``may_claim``: whether the chain backs
     a job (None: not read yet); a job it does not back is not claimed, and one not read yet is
@@ -187,6 +194,7 @@ def plan(me: str, now_ms: int, jobs: Mapping[int, JobSpec | None], claims: Seque
     entries: list[ClaimEntry] = []
     versioned: list[tuple[int, int, str, str]] = []
     digests: list[tuple[int, int, str]] = []
+    revised: list[tuple[int, int, str, str]] = []
     holding: dict[int, int] = {}
     unverified: list[int] = []
     for job_id, demand in sorted(demands.items()):
@@ -210,6 +218,8 @@ def plan(me: str, now_ms: int, jobs: Mapping[int, JobSpec | None], claims: Seque
             versioned.append((job_id, kept.replica, *v))
         if results is not None and (digest := results(job_id, kept.replica)) is not None:
             digests.append((job_id, kept.replica, digest))
+        if revisions is not None and (rev := revisions(job_id, kept.replica)) is not None:
+            revised.append((job_id, kept.replica, *rev))
         entries.append(ClaimEntry(job_id=job_id, replica=kept.replica, generation=kept.generation,
                                   lease_until_ms=kept.lease_until_ms, state=state, restarts=restarts))
         # claiming one replica frees nothing, but a claim uses room: later jobs see less free here
@@ -222,7 +232,7 @@ def plan(me: str, now_ms: int, jobs: Mapping[int, JobSpec | None], claims: Seque
         # re-planned on each copy)
         entries = [e.model_copy(update={"lease_until_ms": now_ms + lease_ms}) for e in entries]
     specs = {job_id: spec for job_id in holding if (spec := jobs[job_id]) is not None}
-    return Plan(Claims.of(tuple(entries), versioned, digests), holding, specs, tuple(unverified))
+    return Plan(Claims.of(tuple(entries), versioned, digests, revised), holding, specs, tuple(unverified))
 
 
 def view_of(node: Node, memo: PlanMemo | None = None, placeable: Mapping[int, KnownJob] | None = None,
@@ -287,7 +297,8 @@ def assignment(node: Node, job_id: int) -> dict[int, str]:
 
 
 def step(node: Node, lease_ms: int = LEASE_MS, states: ReplicaStates = _claimed, memo: PlanMemo | None = None,
-         versions: ReplicaVersions | None = None, results: ReplicaResults | None = None) -> Plan:
+         versions: ReplicaVersions | None = None, results: ReplicaResults | None = None,
+         revisions: ReplicaRevisions | None = None) -> Plan:
     """Plan from ``node``'s view and publish its claim set if it changed. With a chain check, a
     job is claimed only once the chain backs it: the plan names the jobs to read, and contested
     job ids are read too."""
@@ -299,7 +310,7 @@ def step(node: Node, lease_ms: int = LEASE_MS, states: ReplicaStates = _claimed,
         def may_claim(job_id: int) -> bool | None:
             return check.verdict(known[job_id])
     result = plan(node.address, node.now_ms(), *view_of(node, memo, known), lease_ms=lease_ms, states=states,
-                  memo=memo, may_claim=may_claim, versions=versions, results=results)
+                  memo=memo, may_claim=may_claim, versions=versions, results=results, revisions=revisions)
     if check is not None and result.unverified:
         check.want(known[job_id] for job_id in result.unverified)
     if node.claims.get(node.address) != result.claims:
@@ -310,10 +321,12 @@ def step(node: Node, lease_ms: int = LEASE_MS, states: ReplicaStates = _claimed,
 async def run_scheduler(node: Node, *, lease_ms: int = LEASE_MS, on_plan: Callable[[Plan], None] | None = None,
                         states: ReplicaStates = _claimed, versions: ReplicaVersions | None = None,
                         results: ReplicaResults | None = None, events: JobEvents | None = None,
+                        rollouts: Rollouts | None = None,
                         task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
     """Re-plan whenever the view changes (a job, a claim set, a liveness verdict, a capacity, a
     replica's state here), and at least every quarter lease (renewals); hand each plan to
-    ``on_plan`` (the runners); ``states`` says how this node's replicas are doing."""
+    ``on_plan`` (the runners); ``states`` says how this node's replicas are doing. With
+    ``rollouts``, updated jobs run the spec each replica's rolling update allows (``_rollout``)."""
     task_status.started()
     # a (re)started node plans once a neighbour has told it the jobs and claims (its own included):
     # planning on an empty view would publish an empty claim set and give away what it runs
@@ -323,7 +336,11 @@ async def run_scheduler(node: Node, *, lease_ms: int = LEASE_MS, on_plan: Callab
     while True:
         changed = node.changed
         began, began_at = time.perf_counter(), trio.current_time()
-        result = step(node, lease_ms, states, memo, versions, results)
+        updated = {} if rollouts is None else rollouts.updated()
+        revisions = None if rollouts is None else partial(rollouts.revisions, updated=updated)
+        result = step(node, lease_ms, states, memo, versions, results, revisions)
+        if rollouts is not None and updated:
+            result = rollouts.apply(result, memo.last_winners(), updated)
         # changes that arrive while jobs pour in are planned together: the next plan waits at
         # least PLAN_GAP_S, and PLAN_GAP_FACTOR times as long as this one took in wall time, so
         # planning takes at most a tenth of whatever CPU share the node gets: on a loaded host a

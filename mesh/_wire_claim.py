@@ -47,6 +47,10 @@ VersionEntry = tuple[JobId, Replica, Version, Version]
 # a finished ChainDist run's result digest (sha256, _chaindist.result_digest)
 Digest = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 ResultEntry = tuple[JobId, Replica, Digest]
+# a replica's spec revision during and after a rolling update (``_rollout``): the one it runs and
+# one it failed to reach ("": none)
+Revision = Annotated[str, Field(pattern=r"^([0-9a-f]{8})?$")]
+RevisionEntry = tuple[JobId, Replica, Revision, Revision]
 
 
 class ClaimEntry(Payload):
@@ -69,6 +73,8 @@ class Claims(Payload):
     versions: tuple[VersionEntry, ...] = Field(default=(), max_length=MAX_CLAIMS)
     # [job id, replica, digest] for the ChainDist runs among the entries that completed
     results: tuple[ResultEntry, ...] = Field(default=(), max_length=MAX_CLAIMS)
+    # [job id, replica, revision running, revision failed] for the replicas of updated jobs
+    revisions: tuple[RevisionEntry, ...] = Field(default=(), max_length=MAX_CLAIMS)
 
     @model_validator(mode="before")
     @classmethod
@@ -77,7 +83,7 @@ class Claims(Payload):
             return data
         if isinstance(data.get("entries"), list):  # from JSON (this validator makes pydantic read it as Python)
             data = data | {"entries": tuple(tuple(e) if isinstance(e, list) else e for e in data["entries"])}
-            for name in ("versions", "results"):
+            for name in ("versions", "results", "revisions"):
                 if isinstance(data.get(name), list):
                     data[name] = tuple(tuple(v) if isinstance(v, list) else v for v in data[name])
             return data
@@ -96,7 +102,7 @@ class Claims(Payload):
         keys = {(e[0], e[1]) for e in self.entries}
         if len(keys) != len(self.entries):
             raise ValueError("two entries for one replica")
-        for name, extra in (("versions", self.versions), ("results", self.results)):
+        for name, extra in (("versions", self.versions), ("results", self.results), ("revisions", self.revisions)):
             named = [(v[0], v[1]) for v in extra]
             if len(set(named)) != len(named) or not keys.issuperset(named):
                 raise ValueError(f"{name} name each claimed replica at most once, and only claimed ones")
@@ -108,16 +114,27 @@ class Claims(Payload):
         return {(j, r): digest for j, r, digest in self.results}
 
     @cached_property
+    def revisions_of(self) -> dict[tuple[int, int], tuple[str, str]]:
+        """(job, replica) -> (revision running, revision failed) for the replicas of updated jobs."""
+        return {(j, r): (running, failed) for j, r, running, failed in self.revisions}
+
+    @cached_property
+    def states_of(self) -> dict[tuple[int, int], ReplicaState]:
+        """(job, replica) -> the state its holder reports."""
+        return {(e[0], e[1]): e[3] for e in self.entries}
+
+    @cached_property
     def versions_of(self) -> dict[tuple[int, int], tuple[str, str]]:
         """(job, replica) -> (version serving, version whose rollout failed) for WAR replicas."""
         return {(j, r): (serving, failed) for j, r, serving, failed in self.versions}
 
     @classmethod
     def of(cls, entries: Iterable[ClaimEntry], versions: Iterable[tuple[int, int, str, str]] = (),
-           results: Iterable[tuple[int, int, str]] = ()) -> Claims:
-        """The set of these entries (which share one lease), with the WAR replicas' ``versions`` and
-        the ChainDist runs' ``results``."""
-        return cls.model_validate({"claims": tuple(entries), "versions": tuple(versions), "results": tuple(results)})
+           results: Iterable[tuple[int, int, str]] = (), revisions: Iterable[tuple[int, int, str, str]] = ()) -> Claims:
+        """The set of these entries (which share one lease), with the WAR replicas' ``versions``,
+        the ChainDist runs' ``results`` and the updated jobs' ``revisions``."""
+        return cls.model_validate({"claims": tuple(entries), "versions": tuple(versions), "results": tuple(results),
+                                   "revisions": tuple(revisions)})
 
     @cached_property
     def claims(self) -> tuple[ClaimEntry, ...]:
