@@ -13,7 +13,7 @@ from pathlib import Path
 import docker
 import trio
 
-from mesh._jobspec import WarJob
+from mesh._jobspec import WarJob, revision_of
 from mesh._jobspec_load import parse_spec
 from mesh._runner_car import CarRunner
 from mesh._runner_war import WarReplica, WarSupervisor, serve_request, version_of
@@ -129,6 +129,11 @@ class Probe:
         return bool(self.seen) and self.seen[-1] == f"<p>version {version}</p>"
 
 
+def checkout_of(version: str, spec: WarJob) -> str:
+    """The name of a version's checkout under a revision of the spec (``WarReplica._checkout``)."""
+    return f"{version}-{revision_of(spec)}"
+
+
 def replica_containers(runner: CarRunner, job_id: int) -> list[tuple[str, str | None]]:
     return [(s.role, s.version) for s in runner.list_managed() if s.job_id == job_id]
 
@@ -157,7 +162,7 @@ async def test_a_pushed_commit_rolls_out_with_no_failed_request_and_a_broken_one
         assert war.report().serving == second
         # the old version is gone once drained: one serving container, one checkout
         await until(lambda: replica_containers(runner, 41) == [("serve", second)], 30, "version one removed")
-        assert sorted(p.name for p in (work / "41-0").iterdir()) == [second]
+        assert sorted(p.name for p in (work / "41-0").iterdir()) == [checkout_of(second, war.spec)]
 
         broken = origin.push("fail")
         await until(lambda: war.report().failed == broken, 60, "the broken build reported")
@@ -165,7 +170,7 @@ async def test_a_pushed_commit_rolls_out_with_no_failed_request_and_a_broken_one
         assert (report.serving, report.state) == (second, "healthy")
         assert f"build of {broken} exited 3: refusing to build fail" == report.reason
         assert replica_containers(runner, 41) == [("serve", second)]  # the build container is gone too
-        assert not (work / "41-0" / broken).exists()
+        assert not (work / "41-0" / checkout_of(broken, war.spec)).exists()
         assert probe.serving("two")
 
         third = origin.push("three")  # the branch moves on: a good commit rolls out again
@@ -193,7 +198,7 @@ async def test_a_restarted_node_adopts_the_running_version_instead_of_rebuilding
     spec = spec_for(origin, poll_s=3600)
     work = tmp_path / "node"
     # what a node that died left behind: the built checkout and its running container
-    checkout = work / "42-1" / version
+    checkout = work / "42-1" / checkout_of(version, spec)
     checkout.parent.mkdir(parents=True)
     origin.git("clone", "-q", origin.url, str(checkout), cwd=tmp_path)
     await trio.run_process(["sh", "build.sh"], cwd=checkout, capture_stdout=True)
@@ -215,7 +220,7 @@ async def test_a_restarted_node_adopts_the_running_version_instead_of_rebuilding
         assert await front_page(war) == "<p>version kept</p>\n"
         await until(lambda: war.report().state == "healthy", 20, "the adopted version checked healthy")
         assert [s.container_id for s in runner.list_managed() if s.job_id == 42] == [left]
-        assert sorted(p.name for p in (work / "42-1").iterdir()) == [version]
+        assert sorted(p.name for p in (work / "42-1").iterdir()) == [checkout_of(version, spec)]
         war.release()
         nursery.cancel_scope.cancel()
     assert replica_containers(runner, 42) == []
@@ -281,8 +286,51 @@ async def test_the_supervisor_runs_held_replicas_and_sweeps_checkouts_of_others(
         await until(lambda: (r := supervisor.report(45, 0)) is not None and r.state == "healthy", 60, "serving")
         assert supervisor.sweep() == ["9-0", "9-1"]
         assert sorted(p.name for p in work.iterdir()) == ["45-0"]
-        assert (work / "45-0" / version).is_dir()
+        assert (work / "45-0" / checkout_of(version, spec)).is_dir()
         supervisor.offer(Plan(Claims.of(()), {}, {}))  # released: its containers and checkout go
         await until(lambda: not (work / "45-0").exists(), 30, "the released replica's checkout removed")
         assert replica_containers(runner, 45) == []
         nursery.cancel_scope.cancel()
+
+
+async def test_a_new_spec_rolls_out_beside_the_serving_version_with_no_failed_request(
+        runner: CarRunner, tmp_path: Path) -> None:
+    origin = Origin(tmp_path)
+    (origin.work / "build.sh").write_text(BUILD.replace("version $(cat VERSION)", "$GREETING $(cat VERSION)"))
+    version = origin.push("same")
+    old = spec_for(origin, poll_s=3600).model_copy(update={"env": {"GREETING": "hello"}})
+    new = old.model_copy(update={"env": {"GREETING": "bonjour"}})
+    scaled = new.model_copy(update={"replicas": 3})  # a scale alone changes nothing here
+    work = tmp_path / "war"
+    supervisor = WarSupervisor(runner, work, check_s=0.3, sweep_after_s=3600)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(supervisor.run)
+        supervisor.offer(Plan(Claims.of(()), {46: 0}, {46: old}))
+        await until(lambda: (r := supervisor.report(46, 0)) is not None and r.state == "healthy", 60, "serving")
+        war = supervisor.replicas.get((46, 0))
+        assert war is not None
+        port = war.front_port(8080)
+        assert port is not None
+        probe = Probe(port)
+        nursery.start_soon(probe.run)
+        await until(lambda: probe.seen and probe.seen[-1] == "<p>hello same</p>", 10, "the probe on the old spec")
+        assert supervisor.revision_of(46, 0) == (revision_of(old), "healthy")
+
+        supervisor.offer(Plan(Claims.of(()), {46: 0}, {46: new}))  # the rolling update lets this replica move
+        await until(lambda: probe.seen[-1] == "<p>bonjour same</p>", 60, "the new spec serving through the front")
+        assert supervisor.replicas.get((46, 0)) is war  # taken in place: the same replica task and front
+        assert supervisor.revision_of(46, 0) == (revision_of(new), "healthy")
+        assert war.report().serving == version  # the same commit, under the new revision
+        await until(lambda: len(replica_containers(runner, 46)) == 1, 30, "the old revision removed")
+        assert sorted(p.name for p in (work / "46-0").iterdir()) == [checkout_of(version, new)]
+        served = war.serving
+        supervisor.offer(Plan(Claims.of(()), {46: 0}, {46: scaled}))
+        await until(lambda: len(probe.seen) > 20 + probe.seen.index("<p>bonjour same</p>"), 10, "more probes")
+        assert war.serving is not None and served is not None
+        assert war.serving.container_id == served.container_id  # nothing rolled for a scale
+        failures, answered = list(probe.failures), len(probe.seen)  # before the release closes the front
+        supervisor.offer(Plan(Claims.of(()), {}, {}))
+        await until(lambda: not (work / "46-0").exists(), 30, "released")
+        nursery.cancel_scope.cancel()
+    assert failures == [], f"{len(failures)} failed requests of {answered + len(failures)}"
+    assert replica_containers(runner, 46) == []
