@@ -101,7 +101,8 @@ async def test_a_car_update_moves_one_replica_at_a_time_and_a_broken_one_is_roll
             assert moved_at[0] <= moved_at[1] <= moved_at[2]
             for r, node in placed.items():  # the containers themselves run the new revision
                 status = runners[node].status(7, r)
-                assert status is not None and status.revision == new and status.running
+                assert status is not None
+                assert (status.revision, status.running) == (new, True)
             assert placed == assignment(first, 7)  # an update moves no replica to another node
 
             samples.clear()

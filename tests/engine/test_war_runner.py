@@ -326,7 +326,8 @@ async def test_a_new_spec_rolls_out_beside_the_serving_version_with_no_failed_re
         served = war.serving
         supervisor.offer(Plan(Claims.of(()), {46: 0}, {46: scaled}))
         await until(lambda: len(probe.seen) > 20 + probe.seen.index("<p>bonjour same</p>"), 10, "more probes")
-        assert war.serving is not None and served is not None
+        assert war.serving is not None
+        assert served is not None
         assert war.serving.container_id == served.container_id  # nothing rolled for a scale
         failures, answered = list(probe.failures), len(probe.seen)  # before the release closes the front
         supervisor.offer(Plan(Claims.of(()), {}, {}))

@@ -5,6 +5,7 @@ healthy is rolled back on every replica."""
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
@@ -14,16 +15,16 @@ import trio.testing
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mesh._jobspec import JobSpec, RecreateUpdate, RollingUpdate, revision_of
+from mesh._jobspec import RecreateUpdate, RollingUpdate, revision_of
 from mesh._node import Node
 from mesh._rollout import ALL_AT_ONCE, ReplicaRevision, Rollouts, batch_of, choose
 from mesh._scheduler import Plan, run_scheduler
 from mesh._transport import MemoryNetwork
 from mesh._wire_claim import ReplicaState
 
+from .test_jobs_gossip import ESCROW
 from .test_node_memory import IDS, all_alive, mesh, until
 from .test_scheduler import SPEC, announce
-from .test_jobs_gossip import ESCROW
 
 OLD = SPEC.model_copy(update={"replicas": 3})
 NEW = OLD.model_copy(update={"env": {"GREETING": "v2"}})
@@ -157,7 +158,7 @@ async def test_an_update_moves_one_replica_at_a_time_in_index_order(autojump_clo
         moves = [h for h in history[began:] if h[2] == T]
         assert [m[1] for m in moves] == [0, 1, 2]  # in index order, each once
         # each replica started only after the one below it was healthy (3 s after it started)
-        assert all(later[0] >= earlier[0] + 3.0 for earlier, later in zip(moves, moves[1:], strict=False))
+        assert all(later[0] >= earlier[0] + 3.0 for earlier, later in itertools.pairwise(moves))
         assert not [h for h in history[began:] if h[2] == P]  # nobody went back
 
 
@@ -179,4 +180,6 @@ async def test_a_revision_that_never_gets_healthy_is_rolled_back_everywhere(
                   held.revisions_of}
         assert failed == {revision_of(broken)}  # its holder says so, and every node sees it
         back = [h for h in history if h[1] == 0 and h[0] > tried[0][0]]
-        assert back and back[0][2] == P and back[0][0] >= tried[0][0] + 20  # back after the deadline
+        assert back
+        assert back[0][2] == P
+        assert back[0][0] >= tried[0][0] + 20  # back after the deadline
