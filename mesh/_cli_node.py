@@ -46,11 +46,15 @@ def node() -> None:
 @click.option("--target-peers", type=click.IntRange(0, 64), help="Connections discovery keeps.  [default: 4]")
 @click.option("--engine", help="Container engine for CAR replicas: auto (detect; none found: run none), none, "
                                "or a URL (unix:///..., tcp://...).  [default: auto]")
+@click.option("--native-war/--no-native-war", default=None,
+              help="With no container engine, run WAR replicas as plain processes of this node's user, "
+                   "limited by cgroups (or rlimits) but not isolated: only for a dedicated user on a "
+                   "dedicated box.  [default: no]")
 def run_command(config_file: Path | None, keystore: Path | None, password_file: Path | None, rpc: str | None,
                 deployment: Path | None, license_registry: str | None, listen: str | None,
                 bootstrap: tuple[str, ...], api_port: int | None,
                 tags: tuple[str, ...], operator_token_file: Path | None, heartbeat_interval_ms: int | None,
-                target_peers: int | None, engine: str | None) -> None:
+                target_peers: int | None, engine: str | None, native_war: bool | None) -> None:
     """Join the mesh: sync signed heartbeats and capacity with neighbours, keep the mesh view,
     keep connections to licensed live peers only, serve the API.
 
@@ -82,7 +86,7 @@ def run_command(config_file: Path | None, keystore: Path | None, password_file: 
         ("api_port", pick(api_port, "api_port")), ("tags", tuple(pick(tags, "tags") or ())),
         ("heartbeat_interval_ms", pick(heartbeat_interval_ms, "heartbeat_interval_ms")),
         ("target_peers", pick(target_peers, "target_peers")), ("license_refresh_s", file.get("license_refresh_s")),
-        ("engine", pick(engine, "engine")),
+        ("engine", pick(engine, "engine")), ("native_war", pick(native_war, "native_war")),
     ) if value is not None}
     settings = NodeSettings(rpc=rpc_url, deployment=Path(record) if record else None, license_registry=registry,
                             **optional)

@@ -49,6 +49,7 @@ class NodeFileConfig(BaseModel):
     target_peers: int | None = Field(default=None, ge=0, le=64)
     license_refresh_s: float | None = Field(default=None, gt=0, le=3600)
     engine: str | None = None
+    native_war: bool | None = None
 
 
 def load_config(path: Path) -> dict[str, Any]:

@@ -50,7 +50,8 @@ from ._node import NodeConfig, open_node
 from ._nonces import NonceBook
 from ._rollout import Rollouts
 from ._runner_car import CarRunner
-from ._runners import Runners
+from ._runner_native import NativeRunner
+from ._runners import NativeRunners, Runners
 from ._scheduler import run_scheduler, runner_tag
 from ._submission import ChainFacts
 from ._transport_libp2p import Libp2pConfig, open_libp2p_transport, peer_id_of
@@ -76,6 +77,9 @@ class NodeSettings:
     heartbeat_interval_ms: int = 1_000  # small meshes; larger ones beat slower (BENCHMARKS.md)
     target_peers: int = 4  # see NodeConfig
     engine: str = "auto"  # the container engine: "auto" (detect; none found = run no CAR replica), "none", a URL
+    # with no engine, run WAR replicas as plain processes (``_runner_native``): opt-in, since an app
+    # then runs as the node's own user, limited by cgroups but not isolated (README)
+    native_war: bool = False
 
 
 def detect_capacity(tags: tuple[str, ...]) -> Capacity:
@@ -182,8 +186,13 @@ async def serve_node(identity: NodeIdentity, settings: NodeSettings, token_file:
     token = operator_token(token_file)
     listen = Libp2pConfig(listen=settings.listen, pubsub=False)  # the node gossips by neighbour sync alone
     runner = None if escrow is None else await car_runner(identity, settings.engine)
-    # with an engine, this node runs CAR replicas, and WAR ones if git is here too
-    kinds = () if runner is None else ("car", "chaindist", "war") if shutil.which("git") else ("car", "chaindist")
+    # with an engine, this node runs CAR replicas, and WAR ones if git is here too; with none, WAR
+    # replicas as processes if the operator asked for it
+    git = shutil.which("git") is not None
+    native = escrow is not None and runner is None and settings.native_war and git
+    kinds: tuple[str, ...] = ("war",) if native else ()
+    if runner is not None:
+        kinds = ("car", "chaindist", "war") if git else ("car", "chaindist")
     tags = settings.tags + tuple(runner_tag(kind) for kind in kinds)
     async with open_libp2p_transport(identity, listen, settings.bootstrap) as transport, trio.open_nursery() as nursery:
         await nursery.start(view.run)
@@ -192,7 +201,8 @@ async def serve_node(identity: NodeIdentity, settings: NodeSettings, token_file:
         async with open_node(gossip, identity, transport, detect_capacity(tags), view.is_eligible,
                              bootstrap=settings.bootstrap,
                              escrow=None if escrow is None else (chain.chain_id, escrow.address)) as node:
-            desk, logs, events, runners = None, None, JobEvents(), None
+            desk, logs, events = None, None, JobEvents()
+            runners: Runners | NativeRunners | None = None  # (they need the escrow's jobs)
             if escrow is not None:
                 facts = EscrowFacts(escrow)
 
@@ -207,7 +217,13 @@ async def serve_node(identity: NodeIdentity, settings: NodeSettings, token_file:
                 check = JobCheck(node, read_many)
                 await nursery.start(check.run)
                 node.chain_check = check  # relayed jobs are read on chain before this node claims them
-                runners = None if runner is None else Runners(node, runner, work_dir)  # (needs the escrow's jobs)
+                if runner is not None:
+                    runners = Runners(node, runner, work_dir)
+                elif native:
+                    runtime = NativeRunner(work_dir / "native", identity.address)
+                    runners = NativeRunners(runtime, work_dir, on_change=node.notify)
+                    log.warning("no container engine: WAR replicas run as processes of this node's user",
+                                extra={"limits": runtime.backend})
                 logs = LogDesk(node, chain.chain_id, escrow.address, None if runners is None else runners.logs,
                                now_s=lambda: int(time.time()))
                 transport.set_handler(LOGS_PROTOCOL, logs.serve, max_request_bytes=logs.config.max_request_bytes,

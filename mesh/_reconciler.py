@@ -107,10 +107,26 @@ def registry_credentials(image: str, auth: RegistryAuth,
     return RegistryCredentials(auth.username, password)
 
 
+def runs_in_place(spec: CarJob) -> bool:
+    """Whether a CAR job's replicas run here, recreated in place on a spec change: those with a UDP
+    port (a node's fronts carry TCP only). The others run behind fronts (``_runner_car_fronted``)."""
+    return any(p.protocol != "tcp" for p in spec.ports)
+
+
+def prepare_image(runner: CarRunner, spec: CarJob) -> None:
+    """Pull or load a CAR job's image by its policy (blocking: runs in an engine thread)."""
+    car = spec.car
+    if car.pull == "never":  # the spec refuses ``never`` with an image_file
+        return
+    credentials = None if car.registry_auth is None else registry_credentials(car.image, car.registry_auth)
+    runner.ensure_image(car.image, car.image_file, pull=car.pull, credentials=credentials)
+
+
 class Reconciler:
     def __init__(self, runner: CarRunner, check_s: float = 2.0, on_change: Callable[[], None] | None = None, *,
-                 adopt_grace_s: float = ADOPT_GRACE_S) -> None:
+                 adopt_grace_s: float = ADOPT_GRACE_S, runs: Callable[[CarJob], bool] = lambda _: True) -> None:
         self.runner = runner
+        self.runs = runs  # the CAR jobs it runs (the others' replicas are behind fronts: _runner_car_fronted)
         self.on_change = on_change  # a replica's state changed (the scheduler re-signs the claim set)
         self.check_s = check_s
         self.adopt_grace_s = adopt_grace_s
@@ -138,12 +154,13 @@ class Reconciler:
             return "unhealthy", status.restarts
         return ("starting" if status.health == "starting" else "running"), status.restarts
 
-    def revision_of(self, job_id: int, replica: int) -> tuple[str, ReplicaState] | None:
-        """The spec revision a held replica's container runs here and its state, or None if it has none."""
+    def revision_of(self, job_id: int, replica: int) -> tuple[str, ReplicaState, str] | None:
+        """The spec revision a held replica's container runs here, its state, and "" (a replica
+        recreated in place has no failed rollout of its own to tell); None if it has no container."""
         status = self.statuses.get((job_id, replica))
         if status is None:
             return None
-        return status.revision or "", self.state_of(job_id, replica)[0]
+        return status.revision or "", self.state_of(job_id, replica)[0], ""
 
     def offer(self, plan: Plan) -> None:
         """The newest plan (called by the scheduler on every plan; never blocks)."""
@@ -197,7 +214,7 @@ class Reconciler:
         found = {(s.job_id, s.replica): s for s in managed if s.version is None and s.role == "serve"}  # CAR's
         for job_id, replica in sorted(holding.items()):
             spec = specs.get(job_id)
-            if isinstance(spec, CarJob):
+            if isinstance(spec, CarJob) and self.runs(spec):
                 await self._ensure(job_id, replica, spec, found.get((job_id, replica)))
 
     async def _ensure(self, job_id: int, replica: int, spec: CarJob, status: ContainerStatus | None) -> None:
@@ -239,12 +256,7 @@ class Reconciler:
             log.warning("replica did not start", extra={"job": key[0], "replica": key[1], "error": str(exc)})
 
     def _prepare_image(self, spec: CarJob) -> None:
-        """Pull or load the job's image by its policy (blocking: runs in the engine thread)."""
-        car = spec.car
-        if car.pull == "never":  # the spec refuses ``never`` with an image_file
-            return
-        credentials = None if car.registry_auth is None else registry_credentials(car.image, car.registry_auth)
-        self.runner.ensure_image(car.image, car.image_file, pull=car.pull, credentials=credentials)
+        prepare_image(self.runner, spec)
 
     def _report_oom(self, key: tuple[int, int], status: ContainerStatus, spec: CarJob) -> None:
         """One warning per kill: a kill is one container's one exit, and rounds see it until a restart."""

@@ -14,14 +14,16 @@ revision its replica runs and a revision it failed to reach, ``Claims.revisions`
   most ``batch`` at a time (``batch_of``: the larger of ``max_unavailable`` and ``max_surge``, at
   least 1; a ``recreate`` update moves every replica at once). Views lag by a sync wave, so a
   holder may start a moment before a lower replica's "done" is seen, never after it is undone;
-- a replica that is not done on T within ``progress_deadline_s`` of starting on it marks T as
+- a replica that is not done on T within ``progress_deadline_s`` of starting on it (or whose
+  runner gave up on T: a replica behind fronts knows when T never got healthy) marks T as
   failed in its claim set and goes back to P; every holder that sees a failed T goes back to P
   too (the update is rolled back everywhere, replicas never placed on T included). The marker
   lasts as long as that submission: a new one (even of the same spec) tries again.
 
-How one replica moves is its runner's part: a WAR replica starts the new revision beside the old
-behind the node's fronts and switches once it is healthy (no request fails); a CAR replica is
-recreated in place, so each CAR replica that moves is unavailable until its new container is up.
+How one replica moves is its runner's part: a replica behind the node's fronts (WAR, and CAR with
+TCP ports only: ``_fronted``) starts the new revision beside the old and switches once it is
+healthy, so no request fails; a CAR replica with a UDP port is recreated in place, so each one
+that moves is unavailable until its new container is up (``batch`` of them at most).
 ``choose`` is pure; ``Rollouts`` keeps the little state a node needs (when each of its replicas
 started on T, which ones failed) and applies the choice to each plan.
 """
@@ -45,8 +47,9 @@ log = logging.getLogger("deedmesh.rollout")
 DONE: frozenset[str] = frozenset({"healthy", "running"})  # "running": a replica with no health check
 ALL_AT_ONCE = 64  # a job has at most 64 replicas
 
-# (job, replica) -> (revision running here, its state), or None when nothing runs for it here
-RunningRevision = Callable[[int, int], tuple[str, ReplicaState] | None]
+# (job, replica) -> (revision running here, its state, a revision its runner failed to roll out),
+# or None when nothing runs for it here
+RunningRevision = Callable[[int, int], tuple[str, ReplicaState, str] | None]
 
 
 def batch_of(spec: JobSpec) -> int:
@@ -149,12 +152,13 @@ class Rollouts:
                             self._peers(job_id, winners.get(job_id, {})) | {replica: mine})
             t = revision_of(target)
             on_target = mine.revision == t and mine.done
+            runner_failed = running is not None and running[2] == t  # it gave up on T (and serves what it had)
             if choice.spec is target and choice.why in ("new", "updating", "updated") and not on_target:
                 began = self._started.get(key)
                 if began is None or began[0] != t:
                     self._started[key] = began = (t, now)
                 deadline = target.update.progress_deadline_s
-                if now - began[1] > deadline:
+                if now - began[1] > deadline or runner_failed:
                     self.failed[key] = (t, known.nonce)
                     log.warning("a replica did not get healthy on the new spec: the update is rolled back",
                                 extra={"job": job_id, "replica": replica, "revision": t,

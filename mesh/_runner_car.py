@@ -202,7 +202,7 @@ class ContainerRequest:
     def name_suffix(self) -> str:
         """What sets this container's name apart from the replica's plain one (a versioned one's
         revision too: one commit runs under two revisions of the spec during an update)."""
-        revision = None if self.version is None else self.revision
+        revision = None if self.version is None or self.revision == self.version else self.revision
         return "".join(f"-{part}" for part in (None if self.role == "serve" else self.role, self.version, revision)
                        if part)
 

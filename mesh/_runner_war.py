@@ -1,88 +1,49 @@
 """The WAR runner: one job replica = a git checkout, built and run in the job's toolchain image.
 
-For each WAR replica this node holds, one ``WarReplica`` task (under ``WarSupervisor``'s nursery)
-owns everything of that replica here:
+A ``WarReplica`` is a replica behind the node's fronts (``_fronted``: fronts, rollouts beside the
+serving version, health, restarts, adoption, release). What WAR adds:
 
-- **fronts**: the replica's TCP ports are held by the node (``PortFront``), not by a container;
-  the serving container publishes on loopback ports the engine picks, and each front hands new
-  connections to the version that serves;
-- **rollout** of a commit (the first one, and each new one the poll finds): a shallow checkout
-  into ``<work>/<job>-<replica>/<commit>``, the ``build`` command as a one-off container with the
-  checkout mounted read-write at ``/app``, then the ``run`` command as a new container with the
-  checkout read-only, checked by the job's health check from the node (HTTP or TCP to the
-  container's published port, a command by ``exec``; with none, the first port accepting a
-  connection). Only once it is healthy do the fronts switch to it; the old version then gets up
-  to ``DRAIN_S`` for its open connections and is removed. A build that fails (non-zero exit or
-  over ``build_timeout_s``) or a version that never gets healthy is removed, the old version keeps
-  serving, and the commit is not tried again until the branch moves;
-- **restarts**: a serving container that exits is started again by the job's restart policy and
-  backoff, like a CAR replica;
-- **adoption**: after a node restart, a running container of this replica whose checkout is still
-  on disk serves again at once (the fronts point at it), and the poll carries on from its commit;
-- **release**: when the node stops holding the replica (``release``, then cancel), its containers
-  and checkouts are removed; a node that merely stops leaves them running, to adopt them again.
+- the version wanted is the branch's commit (its first 12 hex digits), read every ``poll_s``;
+- a version is made ready as a shallow checkout into ``<work>/<job>-<replica>/<commit>-<revision>``
+  (one per spec revision: the build may depend on the spec's env, and a new revision is built
+  beside the serving one) and the ``build`` command run as a one-off container with the checkout
+  mounted read-write at ``/app``; then the ``run`` command serves it with the checkout read-only.
+  A build that fails (non-zero exit or over ``build_timeout_s``) fails the rollout;
+- a restarted node adopts a running version only if its checkout is still on disk.
 
-Every engine call blocks (docker SDK) and runs in a worker thread, a few at a time: a build
-holds its thread for as long as it runs. Git calls run in worker threads too (``_git``).
+Git calls run in worker threads (``_git``); a build holds an engine thread for as long as it runs.
 """
 
 from __future__ import annotations
 
-import collections
 import logging
 import shutil
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
 
 import trio
-from docker.errors import DockerException
 
-from ._git import GitError, fetch_checkout, remote_commit
-from ._jobspec import CommandHealth, HttpHealth, TcpHealth, WarJob, revision_of
-from ._keyed_tasks import KeyedTasks
-from ._port_front import PortFront
-from ._reconciler import ADOPT_GRACE_S
-from ._runner_car import (
-    CarRunner,
-    CarRunnerError,
-    ContainerRequest,
-    ContainerStatus,
-    HealthCheck,
-    Mount,
-    PortMapping,
+from ._fronted import (  # noqa: F401  (the names tests and scripts know this module by)
+    DRAIN_S,
+    READY_WITHOUT_HEALTH_S,
+    RETRY_S,
+    FrontedReplica,
+    FrontedSupervisor,
+    ReplicaReport,
+    RolloutFailed,
+    http_ok,
+    tcp_ok,
 )
-from ._runner_car import next_backoff as backoff_s
-from ._scheduler import Plan
-from ._trio_types import TaskStatus
-from ._wire_claim import ReplicaState
+from ._git import GitError, fetch_checkout, remote_commit
+from ._jobspec import WarJob, revision_of
+from ._runner_car import ContainerRequest, Mount, PortMapping
 
 log = logging.getLogger("deedmesh.runner")
-T = TypeVar("T")
 PIDS_LIMIT = 256
 APP_DIR = "/app"  # where the checkout is mounted in the build and run containers
 VERSION_LEN = 12  # a commit id's first 12 hex digits name a version (containers, checkouts, claim sets)
-DRAIN_S = 10.0  # the longest an old version keeps its open connections after the switch
-READY_WITHOUT_HEALTH_S = 30.0  # with no health check: how long the first port may take to accept
-RETRY_S = 5.0  # a replica that stopped on an engine or disk error starts over after this
-ENGINE_THREADS = 4  # WAR engine calls at once (a build holds one for its whole run)
 
 
-class RolloutFailed(Exception):
-    """A commit could not be brought to serve (its build failed, or it never got healthy)."""
-
-
-@dataclass(frozen=True)
-class WarReport:
-    """How one WAR replica is doing here, for the claim set and ``job status``."""
-
-    state: ReplicaState
-    restarts: int
-    serving: str | None  # the version (commit prefix) the fronts point at
-    failed: str | None  # the last version whose rollout failed ...
-    reason: str = ""  # ... and why
-    revision: str | None = None  # the spec revision the serving version runs under
+WarReport = ReplicaReport  # what a WAR replica reports (``_fronted.ReplicaReport``)
 
 
 def version_of(commit: str) -> str:
@@ -110,171 +71,38 @@ def build_request(job_id: int, replica: int, spec: WarJob, version: str, checkou
         workdir=APP_DIR, role="build", revision=revision_of(spec))
 
 
-async def http_ok(port: int, path: str, timeout_s: float) -> bool:
-    """``GET path`` on 127.0.0.1:port answers 2xx or 3xx within ``timeout_s``."""
-    with trio.move_on_after(timeout_s):
-        try:
-            stream = await trio.open_tcp_stream("127.0.0.1", port)
-            async with stream:
-                await stream.send_all(f"GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n".encode())
-                head = b""
-                while b"\r\n" not in head and len(head) < 4096:
-                    chunk = await stream.receive_some(4096)
-                    if not chunk:
-                        break
-                    head += chunk
-            parts = head.split(b" ", 2)
-            return len(parts) >= 2 and parts[0].startswith(b"HTTP/") and parts[1][:1] in (b"2", b"3")
-        except (OSError, trio.BrokenResourceError):  # refused, or reset by the engine's proxy before the app listens
-            return False
-    return False
+class WarReplica(FrontedReplica[WarJob]):
+    """One held WAR replica on this node (module docstring)."""
 
+    kind = "war"
 
-async def tcp_ok(port: int, timeout_s: float) -> bool:
-    with trio.move_on_after(timeout_s):
-        try:
-            stream = await trio.open_tcp_stream("127.0.0.1", port)
-        except OSError:
-            return False
-        await stream.aclose()
-        return True
-    return False
+    def _poll_s(self) -> float:
+        return float(self.spec.war.poll_s)
 
-
-class WarReplica:
-    """Everything of one held WAR replica on this node (module docstring); ``run`` lives while it is held."""
-
-    def __init__(self, runner: CarRunner, job_id: int, replica: int, spec: WarJob, work_dir: Path, *,
-                 limiter: trio.CapacityLimiter, on_change: Callable[[], None] = lambda: None,
-                 check_s: float = 2.0, counters: collections.Counter[str] | None = None) -> None:
-        self.runner, self.job_id, self.replica, self.spec = runner, job_id, replica, spec
-        # rollouts served, failed and interrupted, and restarts (shared by a supervisor's replicas)
-        self.counters: collections.Counter[str] = collections.Counter() if counters is None else counters
-        self.dir = work_dir / f"{job_id}-{replica}"
-        self.limiter, self.on_change, self.check_s = limiter, on_change, check_s
-        self.fronts: dict[int, PortFront] = {}  # container port -> the node's front for it
-        self.serving: ContainerStatus | None = None
-        self.failed: tuple[str, str] | None = None  # (version, reason) of the last failed rollout
-        self._failed_key: tuple[str, str] | None = None  # ... and the (version, revision) it was
-        self._wake = trio.Event()  # the spec changed: poll now
-        self.healthy: bool | None = None  # the serving version's last health verdict
-        self._misses = 0  # health checks failed in a row
-        self._retry_at = 0.0  # trio time the serving container may be restarted
-        self._restarts = 0
-        self._next_probe = 0.0  # trio time of the next health check of the serving version
-        self.released = False  # the node no longer holds the replica: cancelling removes everything
-        self.last_rollout: dict[str, Any] = {}  # the newest successful rollout: version, seconds per phase
-
-    def release(self) -> None:
-        """The node no longer holds this replica: once cancelled, its containers and checkouts go."""
-        self.released = True
-
-    def update_spec(self, spec: WarJob) -> bool:
-        """Take a new spec without stopping (a rolling update, a scale): the next poll rolls out the
-        current commit under it if its revision changed. False if it cannot be taken in place (its
-        ports changed: the fronts are the replica's), and the replica must start over."""
-        if spec.ports != self.spec.ports:
-            return False
-        self.spec = spec
-        self._wake.set()
-        return True
-
-    def _checkout(self, version: str, revision: str | None) -> Path:
-        """Where one version is checked out and built for one revision of the spec (the build may
-        depend on the spec's env: a new revision is built anew, beside the serving one)."""
-        return self.dir / (version if revision is None else f"{version}-{revision}")
-
-    def report(self) -> WarReport:
-        failed, reason = self.failed or (None, "")
-        serving = self.serving
-        if serving is None:
-            state: ReplicaState = "starting"
-        elif not serving.running:
-            state = "oom-killed" if serving.likely_oom else "exited"
-        elif self.healthy is None:
-            state = "running"
-        else:
-            state = "healthy" if self.healthy else "unhealthy"
-        return WarReport(state, self._restarts, None if serving is None else serving.version, failed, reason,
-                         None if serving is None else serving.revision)
-
-    def front_port(self, container_port: int) -> int | None:
-        """The node port serving ``container_port`` (the spec's host port, or one the OS picked)."""
-        front = self.fronts.get(container_port)
-        return None if front is None else front.port
-
-    async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        self.dir.mkdir(parents=True, exist_ok=True)
-        try:
-            async with trio.open_nursery() as nursery:
-                for port in self.spec.ports:
-                    front = PortFront("0.0.0.0" if port.expose else "127.0.0.1", port.host or 0)
-                    await nursery.start(front.run)
-                    self.fronts[port.container] = front
-                await self._adopt()
-                task_status.started()
-                await self._follow()
-        finally:
-            for front in self.fronts.values():
-                front.switch(None)
-            if self.released:
-                with trio.CancelScope(shield=True), trio.move_on_after(60):
-                    await self._remove_all()
-
-    async def _follow(self) -> None:
-        """Poll the branch every ``poll_s``; check the serving container every ``check_s``."""
-        next_poll = trio.current_time()
-        while True:
-            if trio.current_time() >= next_poll:
-                next_poll = trio.current_time() + self.spec.war.poll_s
-                await self._poll()
-            await self._check()
-            with trio.move_on_after(min(self.check_s, max(0.0, next_poll - trio.current_time()))):
-                await self._wake.wait()
-                self._wake = trio.Event()
-                next_poll = trio.current_time()
-
-    async def _poll(self) -> None:
+    async def _wanted(self) -> str | None:
         war = self.spec.war
         try:
-            commit = await trio.to_thread.run_sync(remote_commit, war.repo, war.ref)
+            return version_of(await trio.to_thread.run_sync(remote_commit, war.repo, war.ref))
         except GitError as exc:
             log.warning("cannot read the replica's branch", extra=self._extra(error=str(exc)))
-            return
-        version, spec = version_of(commit), self.spec
-        wanted = (version, revision_of(spec))
-        current = None if self.serving is None else self.serving.version
-        if (self.serving is not None and (self.serving.version, self.serving.revision) == wanted) \
-                or self._failed_key == wanted:
-            return
-        try:
-            await self._roll_out(version, spec)
-        except RolloutFailed as exc:  # this commit is not tried again until the branch moves or the spec changes
-            self.failed, self._failed_key = (version, str(exc)), wanted
-            self.counters["rollouts_failed"] += 1
-            log.warning("rollout failed; the previous version keeps serving",
-                        extra=self._extra(version=version, serving=current, error=str(exc)))
-            self.on_change()
-        except (GitError, CarRunnerError, DockerException) as exc:  # the remote, registry or engine: next poll
-            self.counters["rollouts_interrupted"] += 1
-            log.warning("rollout interrupted; tried again at the next poll",
-                        extra=self._extra(version=version, serving=current, error=str(exc)[:500]))
+            return None
 
-    async def _roll_out(self, version: str, spec: WarJob) -> None:
-        war, revision = spec.war, revision_of(spec)
-        checkout = self._checkout(version, revision)
-        clock, phases = trio.current_time(), {}
+    async def _prepare(self, version: str, spec: WarJob, phases: dict[str, float]) -> tuple[str, Path | None]:
+        """The checkout of ``version`` (fetched and built unless one is on disk already: a failed
+        build removes its own)."""
+        war, revision, clock = spec.war, revision_of(spec), trio.current_time()
+        checkout = self.dir / f"{version}-{revision}"
         if not checkout.exists():  # a checkout on disk was built (a failed build removes its own)
             staging = self.dir / f".fetch-{version}"
             shutil.rmtree(staging, ignore_errors=True)
             # the branch may have moved since the poll: the version is what the fetch got
             version = version_of(await trio.to_thread.run_sync(fetch_checkout, war.repo, war.ref, staging))
-            checkout = self._checkout(version, revision)
+            checkout = self.dir / f"{version}-{revision}"
             shutil.rmtree(checkout, ignore_errors=True)
             staging.rename(checkout)
             phases["fetch_s"] = trio.current_time() - clock
             if war.build is not None:
-                await self._engine(self._prepare_image)
+                await self._engine(self._prepare_image, spec)
                 code, tail = await self._engine(self.runner.run_to_end, build_request(
                     self.job_id, self.replica, spec, version, checkout), war.build_timeout_s)
                 if code != 0:
@@ -283,234 +111,26 @@ class WarReplica:
                     raise RolloutFailed(f"build of {version} exited {code}: {last[0][:300]}" if code is not None
                                         else f"build of {version} ran over build_timeout_s={war.build_timeout_s}")
                 phases["build_s"] = trio.current_time() - clock - phases["fetch_s"]
-        await self._engine(self._prepare_image)
-        began = trio.current_time()
-        started = await self._start(version, checkout, spec)
-        phases["start_s"] = trio.current_time() - began
-        if not await self._becomes_healthy(started):
-            await self._engine(self.runner.remove, started.container_id)
-            shutil.rmtree(checkout, ignore_errors=True)
-            raise RolloutFailed(f"{version} did not become healthy")
-        old = self.serving
-        self._serve(started)
-        phases["healthy_s"] = trio.current_time() - began - phases["start_s"]
-        phases["total_s"] = trio.current_time() - clock
-        self.last_rollout = {"version": version, "revision": revision,
-                             **{k: round(v, 3) for k, v in phases.items()}}
-        self.counters["rollouts_served"] += 1
-        log.info("version serving", extra=self._extra(previous=None if old is None else old.version,
-                                                      **self.last_rollout))
-        if old is not None and old.container_id != started.container_id:
-            await self._retire(old)
+        return version, checkout
 
-    async def _start(self, version: str, checkout: Path, spec: WarJob) -> ContainerStatus:
-        request = serve_request(self.job_id, self.replica, spec, version, checkout)
-        container_id = await self._engine(self.runner.start, request)
-        status = await self._engine(self.runner.inspect, container_id)
-        if status is None:
-            raise CarRunnerError(f"{version}'s container vanished as it started")
-        return status
+    def _request(self, version: str, checkout: Path | None, spec: WarJob) -> ContainerRequest:
+        assert checkout is not None
+        return serve_request(self.job_id, self.replica, spec, version, checkout)
 
-    def _serve(self, status: ContainerStatus) -> None:
-        """Point every front at ``status``'s published ports."""
-        self.serving, self._misses, self.failed, self._failed_key = status, 0, None, None
-        self.healthy = True if self.spec.health is not None else None  # it passed its check to get here
-        for port, front in self.fronts.items():
-            published = status.host_port(port)
-            front.switch(None if published is None else ("127.0.0.1", published))
-        self.on_change()
+    def _checkout(self, version: str, revision: str | None) -> Path | None:
+        return self.dir / (version if revision is None else f"{version}-{revision}")
 
-    async def _retire(self, old: ContainerStatus) -> None:
-        """The old version gets ``DRAIN_S`` for the connections it still has, then goes."""
-        with trio.move_on_after(DRAIN_S):
-            for port, front in self.fronts.items():
-                published = old.host_port(port)
-                if published is not None:
-                    await front.drained(("127.0.0.1", published))
-        await self._engine(self.runner.remove, old.container_id)
-        serving = self.serving
-        if old.version is not None and (serving is None or (old.version, old.revision)
-                                        != (serving.version, serving.revision)):
-            shutil.rmtree(self._checkout(old.version, old.revision), ignore_errors=True)
-
-    async def _becomes_healthy(self, status: ContainerStatus) -> bool:
-        health = self.spec.health
-        if health is None:
-            deadline, interval = trio.current_time() + READY_WITHOUT_HEALTH_S, 0.2
-        else:  # its start period, then as many checks as the spec allows to fail, and one more
-            deadline = trio.current_time() + health.start_period_s + (health.retries + 1) * health.interval_s
-            interval = min(1.0, float(health.interval_s))
-        while trio.current_time() < deadline:
-            current = await self._engine(self.runner.inspect, status.container_id)
-            if current is None or not current.running:
-                return False
-            if await self._probe(current):
-                return True
-            await trio.sleep(interval)
-        return False
-
-    async def _probe(self, status: ContainerStatus) -> bool:
-        """The job's health check against one container, from the node where a port is published."""
-        health = self.spec.health
-        if health is None:
-            first = next(iter(status.ports), None)
-            return first is None or await tcp_ok(first.host_port, 2.0)
-        if isinstance(health, HttpHealth) and (port := status.host_port(health.port)) is not None:
-            return await http_ok(port, health.path, health.timeout_s)
-        if isinstance(health, TcpHealth) and (port := status.host_port(health.port)) is not None:
-            return await tcp_ok(port, health.timeout_s)
-        if isinstance(health, HttpHealth):
-            check = HealthCheck.http(health.port, health.path)
-        elif isinstance(health, TcpHealth):
-            check = HealthCheck.tcp(health.port)
-        else:
-            assert isinstance(health, CommandHealth)
-            check = HealthCheck.command(tuple(health.argv))
-        return await self._engine(self.runner.exec_ok, status.container_id, check.test, health.timeout_s)
-
-    async def _check(self) -> None:
-        """The serving container: still running and healthy? Restart it by the policy if it exited."""
-        if self.serving is None:
-            return
-        before = self.report()
-        current = await self._engine(self.runner.inspect, self.serving.container_id)
-        if current is not None and current.running:
-            self.serving = current
-            health = self.spec.health
-            if health is not None and trio.current_time() >= self._next_probe:  # every interval_s
-                self._next_probe = trio.current_time() + health.interval_s
-                if await self._probe(current):
-                    self.healthy, self._misses = True, 0
-                else:
-                    self._misses += 1
-                    self.healthy = self._misses < health.retries
-        else:
-            self.serving = current or self.serving  # exited (a vanished one counts as a failure)
-            exit_code = None if current is None else current.exit_code
-            policy = self.spec.restart.policy
-            wants = policy == "always" or (policy == "on-failure" and exit_code != 0)
-            if self.serving.revision != revision_of(self.spec):
-                self._wake.set()  # under an older spec: the poll rolls out the current one instead
-            elif wants and trio.current_time() >= self._retry_at:
-                b = self.spec.restart.backoff
-                self._retry_at = trio.current_time() + backoff_s(self._restarts, b.initial_s, b.max_s, b.multiplier)
-                self._restarts += 1
-                self.counters["restarts"] += 1
-                version = self.serving.version
-                assert version is not None
-                try:
-                    self._serve(await self._start(version, self._checkout(version, self.serving.revision),
-                                                  self.spec))
-                except (CarRunnerError, DockerException) as exc:
-                    log.warning("serving version did not restart", extra=self._extra(error=str(exc)[:500]))
-        if self.report() != before:
-            self.on_change()
-
-    async def _adopt(self) -> None:
-        """A running serving container of this replica, left by a node restart, serves again; the rest goes."""
-        mine = [s for s in await self._engine(self.runner.list_managed)
-                if (s.job_id, s.replica) == (self.job_id, self.replica)]
-        keep = next((s for s in mine if s.role == "serve" and s.running and s.version is not None
-                     and self._checkout(s.version, s.revision).is_dir()), None)
-        for status in mine:
-            if status is not keep:
-                await self._engine(self.runner.remove, status.container_id)
-        for path in self.dir.iterdir():
-            if keep is None or keep.version is None or path != self._checkout(keep.version, keep.revision):
-                shutil.rmtree(path, ignore_errors=True)
-        if keep is not None:
-            log.info("adopted a running version", extra=self._extra(version=keep.version))
-            self._serve(keep)
-
-    async def _remove_all(self) -> None:
-        try:
-            for status in await self._engine(self.runner.list_managed):
-                if (status.job_id, status.replica) == (self.job_id, self.replica):
-                    await self._engine(self.runner.remove, status.container_id)
-        except (DockerException, OSError, CarRunnerError) as exc:
-            log.warning("could not remove a released replica's containers", extra=self._extra(error=str(exc)))
-        shutil.rmtree(self.dir, ignore_errors=True)
-        self.serving = None
-
-    def _prepare_image(self) -> None:
-        war = self.spec.war
-        if war.pull != "never":
-            self.runner.ensure_image(war.image, pull=war.pull)
-
-    def _extra(self, **fields: Any) -> dict[str, Any]:
-        return {"job": self.job_id, "replica": self.replica, **fields}
-
-    async def _engine(self, fn: Callable[..., T], *args: Any) -> T:
-        return await trio.to_thread.run_sync(fn, *args, limiter=self.limiter)
+    def _prepare_image(self, spec: WarJob) -> None:
+        if spec.war.pull != "never":
+            self.runner.ensure_image(spec.war.image, pull=spec.war.pull)
 
 
-class WarSupervisor:
-    """One ``WarReplica`` task per WAR replica the newest plan holds; a released one is cancelled
-    (which removes its containers). A replica whose spec changed starts over; one that stopped on
-    an engine or disk error starts over after ``RETRY_S``."""
+class WarSupervisor(FrontedSupervisor[WarJob, WarReplica]):
+    """One ``WarReplica`` task per WAR replica the newest plan holds (``_fronted.FrontedSupervisor``)."""
 
-    def __init__(self, runner: CarRunner, work_dir: Path, on_change: Callable[[], None] = lambda: None, *,
-                 check_s: float = 2.0, sweep_after_s: float = ADOPT_GRACE_S) -> None:
-        self.runner, self.work_dir, self.on_change, self.check_s = runner, work_dir, on_change, check_s
-        self.sweep_after_s = sweep_after_s
-        self.counters: collections.Counter[str] = collections.Counter()  # every replica's, since the node started
-        self._limiter = trio.CapacityLimiter(ENGINE_THREADS)
-        self.replicas: KeyedTasks[tuple[int, int], WarJob, WarReplica] = KeyedTasks(
-            self._make, self._run_one, on_drop=WarReplica.release, on_update=WarReplica.update_spec)
-
-    def offer(self, plan: Plan) -> None:
-        """The newest plan (called by the scheduler on every plan; never blocks)."""
-        self.replicas.want({(job_id, replica): spec for job_id, replica in plan.holding.items()
-                            if isinstance(spec := plan.specs.get(job_id), WarJob)})
-
-    def logs(self, job_id: int, replica: int, tail: int = 100) -> str:
-        """A WAR replica's log for ``job logs`` (blocking): the serving version's output, after a
-        line on a failed rollout if there was one; for any other replica, its CAR container's."""
-        war = self.replicas.get((job_id, replica))
-        if war is None:
-            return self.runner.logs(job_id, replica, tail)
-        note = "" if war.failed is None else f"[deedmesh] rollout of {war.failed[0]} failed: {war.failed[1]}\n"
-        serving = war.serving
-        return note + ("" if serving is None else self.runner.logs(job_id, replica, tail, serving.container_id))
-
-    def revision_of(self, job_id: int, replica: int) -> tuple[str, ReplicaState] | None:
-        """The spec revision a held replica's serving version runs under and its state, or None."""
-        report = self.report(job_id, replica)
-        return None if report is None or report.revision is None else (report.revision, report.state)
-
-    def report(self, job_id: int, replica: int) -> WarReport | None:
-        war = self.replicas.get((job_id, replica))
-        return None if war is None else war.report()
-
-    async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(self.replicas.run)
-            task_status.started()
-            await trio.sleep(self.sweep_after_s)
-            self.sweep()
-
-    def sweep(self) -> list[str]:
-        """Remove the checkouts of replicas this node does not run (left by a node that stopped,
-        of a replica that moved meanwhile: its containers are the reconciler's to remove). Once,
-        when a restarted node has had the time to learn what it holds; what it removed."""
-        if not self.work_dir.is_dir():
-            return []
-        held = {f"{job_id}-{replica}" for job_id, replica in self.replicas.items}
-        gone = sorted(d.name for d in self.work_dir.iterdir() if d.name not in held)
-        for name in gone:
-            shutil.rmtree(self.work_dir / name, ignore_errors=True)
-        if gone:
-            log.info("removed checkouts of replicas this node does not run", extra={"replicas": gone})
-        return gone
+    def mine(self, spec: object) -> WarJob | None:
+        return spec if isinstance(spec, WarJob) else None
 
     def _make(self, key: tuple[int, int], spec: WarJob) -> WarReplica:
         return WarReplica(self.runner, *key, spec, self.work_dir, limiter=self._limiter, on_change=self.on_change,
                           check_s=self.check_s, counters=self.counters)
-
-    async def _run_one(self, war: WarReplica) -> None:
-        try:
-            await war.run()
-        except (DockerException, OSError, CarRunnerError) as exc:  # the engine or the disk failed
-            log.warning("a WAR replica stopped on an error; it starts over",
-                        extra=war._extra(error=str(exc)[:500], retry_s=RETRY_S))
-            await trio.sleep(RETRY_S)

@@ -4,7 +4,8 @@ The scheduler hands each plan to ``offer`` and asks each held replica's state (`
 version (``versions``) and result (``results``) for the claim set; ``logs`` reads a replica's log
 for ``job logs``. Behind it, by the job's kind:
 
-- CAR: ``Reconciler`` (one container per replica);
+- CAR: ``CarSupervisor`` (versions per replica behind the node's fronts, for jobs with TCP ports
+  only) and ``Reconciler`` (one container per replica, recreated in place, for jobs with a UDP port);
 - WAR: ``WarSupervisor`` (a checkout, builds and versions per replica, behind the node's fronts);
 - ChainDist: ``ChainDistSupervisor`` (a coordinator per held job) and ``ShardWorker`` (the
   shards other coordinators give this node, on ``_runner_chaindist.PROTOCOL``).
@@ -14,13 +15,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import trio
 
+from ._fronted import FrontedSupervisor
 from ._node import Node
-from ._reconciler import Reconciler
+from ._reconciler import Reconciler, runs_in_place
 from ._runner_car import CarRunner
+from ._runner_car_fronted import CarSupervisor
 from ._runner_chaindist import ANSWER_MARGIN_S, MAX_REQUEST_BYTES, PROTOCOL, ChainDistSupervisor, ShardWorker
+from ._runner_native import NativeRunner
 from ._runner_war import WarSupervisor
 from ._scheduler import Plan
 from ._trio_types import TaskStatus
@@ -33,8 +38,11 @@ class Runners:
     def __init__(self, node: Node, runner: CarRunner, work_dir: Path, *, check_s: float = 2.0,
                  on_change: Callable[[], None] | None = None, shards_at_once: int = 2) -> None:
         changed = node.notify if on_change is None else on_change
-        self.reconciler = Reconciler(runner, check_s=check_s, on_change=changed)
+        self.runner = runner
+        self.reconciler = Reconciler(runner, check_s=check_s, on_change=changed, runs=runs_in_place)
         self.war = WarSupervisor(runner, work_dir / "war", on_change=changed, check_s=check_s)
+        self.car = CarSupervisor(runner, work_dir / "car", on_change=changed, check_s=check_s)
+        self.fronted: tuple[FrontedSupervisor[Any, Any], ...] = (self.war, self.car)
         self.shards = ShardWorker(node, runner, work_dir / "chaindist", parallel=shards_at_once)
         self.chaindist = ChainDistSupervisor(node, self.shards, work_dir / "chaindist", on_change=changed)
         node.transport.set_handler(PROTOCOL, self.shards.serve, max_request_bytes=MAX_REQUEST_BYTES,
@@ -45,26 +53,31 @@ class Runners:
             await self.shards.clear_leftovers()
             await nursery.start(self.reconciler.run)
             await nursery.start(self.war.run)
+            await nursery.start(self.car.run)
             await nursery.start(self.chaindist.run)
             task_status.started()
 
     def offer(self, plan: Plan) -> None:
         self.reconciler.offer(plan)
         self.war.offer(plan)
+        self.car.offer(plan)
         self.chaindist.offer(plan)
 
     def state_of(self, job_id: int, replica: int) -> tuple[ReplicaState, int]:
-        if (war := self.war.report(job_id, replica)) is not None:
-            return war.state, war.restarts
+        for supervisor in self.fronted:
+            if (report := supervisor.report(job_id, replica)) is not None:
+                return report.state, report.restarts
         if (run := self.chaindist.report(job_id)) is not None:
             return run.state, 0
         return self.reconciler.state_of(job_id, replica)
 
-    def revision_of(self, job_id: int, replica: int) -> tuple[str, ReplicaState] | None:
-        """The spec revision a held replica runs here and its state (``_rollout``); None if it
-        runs nothing yet (a ChainDist run is started over for a new spec, so it needs no gate)."""
-        if (war := self.war.revision_of(job_id, replica)) is not None or self.war.report(job_id, replica) is not None:
-            return war
+    def revision_of(self, job_id: int, replica: int) -> tuple[str, ReplicaState, str] | None:
+        """The spec revision a held replica runs here, its state and a revision it failed to roll
+        out (``_rollout``); None if it runs nothing yet (a ChainDist run is started over for a new
+        spec, so it needs no gate)."""
+        for supervisor in self.fronted:
+            if supervisor.report(job_id, replica) is not None:
+                return supervisor.revision_of(job_id, replica)
         return self.reconciler.revision_of(job_id, replica)
 
     def versions(self, job_id: int, replica: int) -> tuple[str, str] | None:
@@ -84,6 +97,11 @@ class Runners:
                   for o in ("served", "failed", "interrupted")]
         lines += ["# HELP deedmesh_war_restarts_total Serving WAR versions restarted here after they exited.",
                   "# TYPE deedmesh_war_restarts_total counter", f"deedmesh_war_restarts_total {war['restarts']}"]
+        car = self.car.counters
+        lines += ["# HELP deedmesh_car_rollouts_total CAR revisions rolled out behind the node's fronts, by "
+                  "outcome.", "# TYPE deedmesh_car_rollouts_total counter"]
+        lines += [f'deedmesh_car_rollouts_total{{outcome="{o}"}} {car[f"rollouts_{o}"]}'
+                  for o in ("served", "failed", "interrupted")]
         shards = self.shards.counters
         lines += ["# HELP deedmesh_chaindist_shards_total Shard requests this node answered, by outcome.",
                   "# TYPE deedmesh_chaindist_shards_total counter"]
@@ -97,6 +115,54 @@ class Runners:
         return lines
 
     def logs(self, job_id: int, replica: int, tail: int = 100) -> str:
-        """The replica's log (blocking: the engine's, through the WAR supervisor), or a ChainDist run's."""
-        run = self.chaindist.logs(job_id, tail)
-        return self.war.logs(job_id, replica, tail) if run is None else run
+        """The replica's log (blocking: the engine's, through the supervisor that runs it), or a
+        ChainDist run's."""
+        if (run := self.chaindist.logs(job_id, tail)) is not None:
+            return run
+        for supervisor in self.fronted:
+            if (text := supervisor.logs(job_id, replica, tail)) is not None:
+                return text
+        return self.runner.logs(job_id, replica, tail)
+
+
+class NativeRunners:
+    """The runners of a node with no engine that runs WAR replicas as processes (``_runner_native``):
+    the same face as ``Runners``, for WAR only."""
+
+    def __init__(self, runtime: NativeRunner, work_dir: Path, *, check_s: float = 2.0,
+                 on_change: Callable[[], None] = lambda: None) -> None:
+        self.runtime = runtime
+        self.war = WarSupervisor(runtime, work_dir / "war", on_change=on_change, check_s=check_s)
+
+    async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self.war.run)
+            task_status.started()
+
+    def offer(self, plan: Plan) -> None:
+        self.war.offer(plan)
+
+    def state_of(self, job_id: int, replica: int) -> tuple[ReplicaState, int]:
+        report = self.war.report(job_id, replica)
+        return ("claimed", 0) if report is None else (report.state, report.restarts)
+
+    def revision_of(self, job_id: int, replica: int) -> tuple[str, ReplicaState, str] | None:
+        return self.war.revision_of(job_id, replica)
+
+    def versions(self, job_id: int, replica: int) -> tuple[str, str] | None:
+        report = self.war.report(job_id, replica)
+        return None if report is None else (report.serving or "", report.failed or "")
+
+    def results(self, job_id: int, replica: int) -> str | None:
+        return None
+
+    def metrics(self) -> list[str]:
+        war = self.war.counters
+        lines = ["# HELP deedmesh_war_rollouts_total WAR versions rolled out here, by outcome.",
+                 "# TYPE deedmesh_war_rollouts_total counter"]
+        return lines + [f'deedmesh_war_rollouts_total{{outcome="{o}"}} {war[f"rollouts_{o}"]}'
+                        for o in ("served", "failed", "interrupted")]
+
+    def logs(self, job_id: int, replica: int, tail: int = 100) -> str:
+        text = self.war.logs(job_id, replica, tail)
+        return self.runtime.logs(job_id, replica, tail) if text is None else text

@@ -38,8 +38,12 @@ IDS = [NodeIdentity(bytes([0xB0 + i]) * 32) for i in range(3)]
 
 
 def answers(runner: CarRunner, job_id: int, replica: int) -> bool:
-    status = runner.status(job_id, replica)
-    port = None if status is None or not status.running else status.host_port(8080)
+    """The replica's running container answers HTTP on its published port (a replica run in place
+    has one container; one behind fronts, its serving version: the newest running one)."""
+    running = [s for s in runner.list_managed() if (s.job_id, s.replica, s.role) == (job_id, replica, "serve")
+               and s.running]
+    status = max(running, key=lambda s: s.started_at, default=None)
+    port = None if status is None else status.host_port(8080)
     if port is None:
         return False
     try:

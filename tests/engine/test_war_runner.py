@@ -89,7 +89,7 @@ async def get(port: int) -> str | None:
                 data = b""
                 while chunk := await stream.receive_some(65536):
                     data += chunk
-    except (OSError, trio.TooSlowError):
+    except (OSError, trio.TooSlowError, trio.BrokenResourceError):  # refused, timed out, reset: a failed request
         return None
     head, _, body = data.partition(b"\r\n\r\n")
     return body.decode() if head.startswith(b"HTTP/1.") and b" 200 " in head.split(b"\r\n")[0] + b" " else None
@@ -314,12 +314,12 @@ async def test_a_new_spec_rolls_out_beside_the_serving_version_with_no_failed_re
         probe = Probe(port)
         nursery.start_soon(probe.run)
         await until(lambda: probe.seen and probe.seen[-1] == "<p>hello same</p>", 10, "the probe on the old spec")
-        assert supervisor.revision_of(46, 0) == (revision_of(old), "healthy")
+        assert supervisor.revision_of(46, 0) == (revision_of(old), "healthy", "")
 
         supervisor.offer(Plan(Claims.of(()), {46: 0}, {46: new}))  # the rolling update lets this replica move
         await until(lambda: probe.seen[-1] == "<p>bonjour same</p>", 60, "the new spec serving through the front")
         assert supervisor.replicas.get((46, 0)) is war  # taken in place: the same replica task and front
-        assert supervisor.revision_of(46, 0) == (revision_of(new), "healthy")
+        assert supervisor.revision_of(46, 0) == (revision_of(new), "healthy", "")
         assert war.report().serving == version  # the same commit, under the new revision
         await until(lambda: len(replica_containers(runner, 46)) == 1, 30, "the old revision removed")
         assert sorted(p.name for p in (work / "46-0").iterdir()) == [checkout_of(version, new)]

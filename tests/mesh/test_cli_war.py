@@ -2,7 +2,8 @@
 ``examples/war-site.yaml`` (its repository: ``examples/war-site/`` pushed to a bare repo) to a
 ``deedmesh node run`` process; ``job status`` shows the commit that serves; a pushed commit is
 built and served on the same port; a broken one is shown as failed while the old one serves;
-``job stop`` removes the containers."""
+``job stop`` removes the containers. A node with no engine started with ``--native-war`` runs a WAR
+app as processes."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import docker
 import pytest
 
 from mesh._runner_car import CarRunner
+from mesh._runner_native import NativeRunner
 
 from ..engine.test_war_runner import Origin
 from .test_cli_job import ADMITTED, fund_job, licensed_nodes, run_cli, setup_chain
@@ -29,6 +31,13 @@ def page(port: int) -> str | None:
             return r.read().decode()
     except OSError:
         return None
+
+
+def first_replica(api: str, job_id: int) -> dict:
+    """Replica 0's claim as ``job status --json`` through ``api`` shows it ({} if not placed yet)."""
+    status = run_cli("job", "status", str(job_id), "--via", api)
+    claims = json.loads(status.output)[0]["claims"] if status.exit_code == 0 else []
+    return claims[0] if claims else {}
 
 
 @pytest.mark.anvil
@@ -57,9 +66,7 @@ def test_the_war_example_deploys_rolls_out_pushed_commits_and_stops(
         assert result.exit_code == 0, result.output
 
         def replica(n: NodeProcess = node) -> dict:
-            status = run_cli("job", "status", str(job_id), "--via", n.api)
-            claims = json.loads(status.output)[0]["claims"] if status.exit_code == 0 else []
-            return claims[0] if claims else {}
+            return first_replica(n.api, job_id)
 
         wait_for(lambda: replica().get("version") == first and replica()["state"] == "healthy", 60,
                  "the first commit serving and healthy in job status")
@@ -97,3 +104,61 @@ def test_the_war_example_deploys_rolls_out_pushed_commits_and_stops(
             stop(node)
         for leftover in CarRunner(engine, ident.address).list_managed():
             engine.containers.get(leftover.container_id).remove(force=True)
+
+
+NATIVE_SPEC = """
+kind: war
+name: native-site
+resources: {{cpu_millis: 500, memory_mb: 128}}
+ports: [{{container: 8080, host: {port}}}]
+health: {{type: http, port: 8080, path: /, interval_s: 1, timeout_s: 1}}
+war:
+  image: none/natively:1   # a node with no engine runs no image: the host's tools, on $PORT
+  pull: never
+  repo: "{repo}"
+  build: [sh, build.sh]
+  run: [sh, -c, 'exec python3 -m http.server "$PORT" --bind 127.0.0.1 --directory out']
+  poll_s: 1
+"""
+
+
+@pytest.mark.anvil
+def test_a_node_with_no_engine_runs_a_war_app_as_processes_when_asked(anvil_url: str, tmp_path: Path) -> None:
+    chain, dep, record = setup_chain(anvil_url, tmp_path)
+    (ident,) = licensed_nodes(chain, dep, 0x6A, 1)
+    origin = Origin(tmp_path / "repo")
+    first = origin.push("1")
+    port = free_port()
+    spec_file = tmp_path / "native.yaml"
+    spec_file.write_text(NATIVE_SPEC.format(port=port, repo=origin.url))
+    csp_key = str(tmp_path / f"{ADMITTED.address}.json")
+    signer = ["--key", csp_key, "--deployment", str(record)]
+    job_id = fund_job(spec_file, csp_key, anvil_url, record)
+    node: NodeProcess | None = None
+    native = NativeRunner(tmp_path / "node1.work" / "native", ident.address)
+    try:
+        node = start_node(tmp_path, 1, ident, anvil_url, record, [], extra=("--engine", "none", "--native-war"))
+        with urllib.request.urlopen(f"{node.api}/peers", timeout=10) as r:
+            assert r.status == 200
+        result = run_cli("deploy", str(spec_file), "--job", str(job_id), "--via", node.api, *signer)
+        assert result.exit_code == 0, result.output
+
+        def replica(n: NodeProcess = node) -> dict:
+            return first_replica(n.api, job_id)
+
+        wait_for(lambda: replica().get("version") == first and replica()["state"] == "healthy", 60,
+                 "the first commit serving natively")
+        assert page(port) == "<p>version 1</p>\n"
+        assert [(s.role, s.version) for s in native.list_managed()] == [("serve", first)]  # a process, no container
+        second = origin.push("2")
+        wait_for(lambda: replica().get("version") == second, 60, "the pushed commit serving")
+        assert page(port) == "<p>version 2</p>\n"
+        stopped = run_cli("job", "stop", str(job_id), "--via", node.api, *signer)
+        assert stopped.exit_code == 0, stopped.output
+        wait_for(lambda: not native.list_managed(), 30, "every process removed")
+        assert page(port) is None
+    finally:
+        if node is not None:
+            stop(node)
+        for leftover in native.list_managed():
+            native.remove(leftover.container_id, timeout_s=1)

@@ -60,9 +60,10 @@ class NodeProcess:
 
 
 def start_node(tmp: Path, n: int, ident: NodeIdentity, rpc: str, record: Path, bootstrap: list[str],
-               api_port: int | None = None) -> NodeProcess:
+               api_port: int | None = None, extra: tuple[str, ...] = ()) -> NodeProcess:
     """Node 0 takes every setting from a config file; the others mix a config file and flags (node
-    2 names the license registry by its address instead of the deployment record)."""
+    2 names the license registry by its address instead of the deployment record). ``extra``: more
+    flags."""
     key = tmp / f"node{n}.json"
     if not key.exists():
         write_keystore(key, ident, PASSWORD, scrypt_n=2**10)
@@ -79,6 +80,7 @@ def start_node(tmp: Path, n: int, ident: NodeIdentity, rpc: str, record: Path, b
                 "--api-port", str(api_port or free_port())]
         for b in bootstrap:
             args += ["--bootstrap", b]
+    args += extra
     config.write_text("\n".join(lines) + "\n")
     env = os.environ | {"DEEDMESH_KEY_PASSWORD": PASSWORD}
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=open(tmp / f"node{n}.log", "a"),  # noqa: SIM115

@@ -103,12 +103,12 @@ class FakeRunner:
         for gone in set(self.running) - set(plan.holding.items()):
             del self.running[gone]
 
-    def revision_of(self, job_id: int, replica: int) -> tuple[str, ReplicaState] | None:
+    def revision_of(self, job_id: int, replica: int) -> tuple[str, ReplicaState, str] | None:
         found = self.running.get((job_id, replica))
         if found is None:
             return None
         revision, since, broken = found
-        return revision, "starting" if broken or trio.current_time() < since + self.start_s else "healthy"
+        return revision, "starting" if broken or trio.current_time() < since + self.start_s else "healthy", ""
 
     def state_of(self, job_id: int, replica: int) -> tuple[ReplicaState, int]:
         found = self.revision_of(job_id, replica)
