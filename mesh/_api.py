@@ -125,8 +125,11 @@ class NodeApi:
     def __init__(self, node: Node, *, peer_id: str, addrs: Callable[[], list[str]], operator_token: str,
                  desk: JobDesk | None = None, logs: LogDesk | None = None, events: JobEvents | None = None,
                  remote_submissions_per_s: float = REMOTE_SUBMISSIONS_PER_S,
-                 runner_metrics: Callable[[], list[str]] | None = None) -> None:
+                 runner_metrics: Callable[[], list[str]] | None = None,
+                 endpoints: Callable[[int, int], dict[int, int]] | None = None) -> None:
         self.node = node
+        # (job, replica) -> container port -> the port this node holds for it (its own replicas)
+        self.endpoints = endpoints
         self.runner_metrics = runner_metrics  # the runners' lines for /metrics (a node with an engine)
         self.events = events
         self.desk = desk
@@ -206,7 +209,10 @@ class NodeApi:
                                                         # during and after a rolling update: the spec
                                                         # revision it runs, and one it failed to reach
                                                         "revision": revision or None,
-                                                        "failed_revision": failed_revision or None})
+                                                        "failed_revision": failed_revision or None,
+                                                        # where this node serves its own replicas
+                                                        # (container port -> node port); others: {}
+                                                        "ports": self._ports(node, c.job_id, c.replica)})
         return [{"job_id": job_id, "csp": csp, "nonce": known.nonce, "stopped": known.spec is None,
                  "name": None if known.spec is None else known.spec.name,
                  "kind": None if known.spec is None else known.spec.kind,
@@ -218,6 +224,11 @@ class NodeApi:
                  "claims": sorted(claims.get(job_id, []), key=lambda c: (c["replica"], c["node"])),
                  "events": [] if self.events is None else [e.as_json() for e in self.events.of(job_id)]}
                 for (job_id, csp), known in sorted(self.node.jobs.items())]
+
+    def _ports(self, holder: str, job_id: int, replica: int) -> dict[str, int]:
+        if holder != self.node.address or self.endpoints is None:
+            return {}
+        return {str(c): p for c, p in self.endpoints(job_id, replica).items()}
 
     async def _submit(self, receive: Receive, send: Send) -> None:
         body = await _body(receive)

@@ -193,16 +193,18 @@ def status(ctx: click.Context, job_id: int | None, via: str) -> None:
         click.echo(json.dumps(jobs, indent=2))
         return
     table = Table("job", "name", "kind", "job state", "replica", "node", "replica state", "restarts", "version/result",
-                  "generation", "lease left")
+                  "generation", "lease left", "ports")
     now_ms = time.time_ns() // 1_000_000
     for j in jobs:
         state = "stopped" if j["stopped"] else "submitted"
         rows = j["claims"] or [{"replica": "-", "node": "-", "generation": "-", "lease_until_ms": None,
                                 "state": "unplaced", "restarts": "-"}]
+        # the holder asked shows where it serves its replica (container port -> its port)
         for c in rows:
             left = "-" if c["lease_until_ms"] is None else f"{(c['lease_until_ms'] - now_ms) / 1000:.0f} s"
             table.add_row(str(j["job_id"]), j["name"] or "-", j["kind"] or "-", state, str(c["replica"]),
-                          c["node"], c["state"], str(c["restarts"]), _version(c), str(c["generation"]), left)
+                          c["node"], c["state"], str(c["restarts"]), _version(c), str(c["generation"]), left,
+                          " ".join(f"{k}→{v}" for k, v in (c.get("ports") or {}).items()) or "-")
     console = Console()
     console.print(table)
     for j in jobs:  # the newest events, as the node asked saw them
@@ -270,9 +272,15 @@ def logs(ctx: click.Context, job_id: int, via: str, keystore: Path, password_fil
 
 
 def _version(replica: dict[str, Any]) -> str:
-    """A WAR replica's serving commit and one whose rollout failed, or a ChainDist run's result
-    digest ("-" for other kinds)."""
+    """A WAR replica's serving commit and one whose rollout failed, an updated job's spec revision
+    and one it failed to reach, or a ChainDist run's result digest ("-" when there is none)."""
     if digest := replica.get("result_digest"):
         return f"result {digest[:16]}…"
-    serving, failed = replica.get("version"), replica.get("failed_version")
-    return (serving or "-") + (f" ({failed} failed)" if failed else "")
+    parts = []
+    if serving := replica.get("version"):
+        failed = replica.get("failed_version")
+        parts.append(serving + (f" ({failed} failed)" if failed else ""))
+    if revision := replica.get("revision"):
+        failed = replica.get("failed_revision")
+        parts.append(f"rev {revision}" + (f" ({failed} failed)" if failed else ""))
+    return " ".join(parts) or "-"

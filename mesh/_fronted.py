@@ -454,6 +454,11 @@ class FrontedSupervisor(Generic[SpecT, R]):
             return None
         return report.revision or "", report.state, report.failed_revision
 
+    def endpoints(self, job_id: int, replica: int) -> dict[int, int]:
+        """Container port -> the node port its front holds, for a replica this supervisor runs."""
+        held = self.replicas.get((job_id, replica))
+        return {} if held is None else {c: front.port for c, front in held.fronts.items()}
+
     def report(self, job_id: int, replica: int) -> ReplicaReport | None:
         war = self.replicas.get((job_id, replica))
         return None if war is None else war.report()

@@ -236,7 +236,8 @@ async def serve_node(identity: NodeIdentity, settings: NodeSettings, token_file:
                                                 versions=runners.versions, results=runners.results, events=events,
                                                 rollouts=Rollouts(node, runners.revision_of)))
             api = NodeApi(node, peer_id=peer_id_of(identity), addrs=transport.addrs, operator_token=token, desk=desk,
-                          logs=logs, events=events, runner_metrics=None if runners is None else runners.metrics)
+                          logs=logs, events=events, runner_metrics=None if runners is None else runners.metrics,
+                          endpoints=None if runners is None else runners.endpoints)
             # CLI clients dialling in over libp2p get the same app (``--via /ip4/.../p2p/...``)
             transport.set_handler(API_PROTOCOL, api.answer, max_request_bytes=MAX_API_REQUEST_BYTES,
                                   timeout_s=API_TIMEOUT_S)

@@ -84,6 +84,15 @@ class Runners:
         report = self.war.report(job_id, replica)
         return None if report is None else (report.serving or "", report.failed or "")
 
+    def endpoints(self, job_id: int, replica: int) -> dict[int, int]:
+        """Container port -> the node port a replica here is reached at: its front's, or (run in
+        place) the port the engine published."""
+        for supervisor in self.fronted:
+            if found := supervisor.endpoints(job_id, replica):
+                return found
+        status = self.reconciler.statuses.get((job_id, replica))
+        return {} if status is None else {b.container_port: b.host_port for b in status.ports}
+
     def results(self, job_id: int, replica: int) -> str | None:
         report = self.chaindist.report(job_id)
         return None if report is None or not report.digest else report.digest
@@ -155,6 +164,9 @@ class NativeRunners:
 
     def results(self, job_id: int, replica: int) -> str | None:
         return None
+
+    def endpoints(self, job_id: int, replica: int) -> dict[int, int]:
+        return self.war.endpoints(job_id, replica)
 
     def metrics(self) -> list[str]:
         war = self.war.counters

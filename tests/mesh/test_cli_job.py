@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import time
+import urllib.request
 from pathlib import Path
 
 import docker
@@ -156,8 +157,11 @@ def test_deploy_status_logs_and_stop_through_either_node_by_url_or_multiaddr(
         wait_for(lambda: seen_by(nodes[1]).get("nonce") == accepted["nonce"], 10, "the job relayed to node 2")
         assert seen_by(nodes[1])["name"] == "web"
         # both replicas are claimed, one per node, and both nodes see the same claims
-        wait_for(lambda: {c["node"] for c in seen_by(nodes[0]).get("claims", [])} == {n.address for n in nodes}
-                 and seen_by(nodes[0])["claims"] == seen_by(nodes[1])["claims"], 15, "two replicas claimed")
+        def claims_of(node: NodeProcess) -> list[dict]:  # as every node sees them (a holder adds its ports)
+            return [{k: v for k, v in c.items() if k != "ports"} for c in seen_by(node).get("claims", [])]
+
+        wait_for(lambda: {c["node"] for c in claims_of(nodes[0])} == {n.address for n in nodes}
+                 and claims_of(nodes[0]) == claims_of(nodes[1]), 15, "two replicas claimed")
         # job status over libp2p shows what HTTP shows
         over_p2p = run_cli("job", "status", str(job_id), "--via", p2p[1])
         assert over_p2p.exit_code == 0, over_p2p.output
@@ -169,6 +173,13 @@ def test_deploy_status_logs_and_stop_through_either_node_by_url_or_multiaddr(
         claims = seen_by(nodes[0])["claims"]
         for claim in claims:  # each node runs its replica: the web app answers
             wait_for(lambda c=claim: answers(runners[c["node"]], job_id, c["replica"]), 60, "a replica answering")
+        for node in nodes:  # at the port its holder shows for it (the node's front), and only the holder shows one
+            own = [c for c in seen_by(node)["claims"] if c["node"] == node.address]
+            assert len(own) == 1
+            assert own[0]["ports"].keys() == {"8080"}
+            with urllib.request.urlopen(f"http://127.0.0.1:{own[0]['ports']['8080']}/", timeout=5) as r:
+                assert b"hello" in r.read()
+            assert all(c["ports"] == {} for c in seen_by(node)["claims"] if c["node"] != node.address)
         # and job status from either node shows both replicas healthy (the example checks every 5 s)
         wait_for(lambda: [c["state"] for c in seen_by(nodes[1])["claims"]] == ["healthy", "healthy"], 30,
                  "both replicas healthy in job status")
