@@ -190,7 +190,7 @@ def update(ctx: click.Context, job_id: int, spec_file: Path, via: str, keystore:
         _emit(ctx, out)
         return
     outcome, view = _follow(via, job_id, target, spec.replicas, timeout_s, console, "update")
-    out["outcome"] = outcome
+    out["outcome"] = "updated" if outcome == "done" else outcome
     out["replicas"] = [{k: c.get(k) for k in ("replica", "node", "state", "revision", "failed_revision")}
                        for c in view["claims"]]
     if outcome == "rolled-back":
@@ -237,7 +237,7 @@ def scale(ctx: click.Context, job_id: int, replicas: int, via: str, keystore: Pa
                            "outcome": "submitted"}
     if wait:
         outcome, _ = _follow(via, job_id, revision_of(spec), replicas, timeout_s, console, "scale")
-        out["outcome"] = outcome
+        out["outcome"] = "scaled" if outcome == "done" else outcome
     _emit(ctx, out)
     if out["outcome"] == "timeout":
         raise UpdateTimedOut(job_id, revision_of(spec), timeout_s)
