@@ -18,16 +18,9 @@ from typing import Any, cast
 
 import pytest
 
+from mesh._native_limits import CgroupV2Limits, Limits, NativeRunnerError, RlimitLimits, detect_limits
 from mesh._runner_car import CarRunner, CarRunnerError, ContainerRequest, Mount, PortMapping, container_name
-from mesh._runner_native import (
-    DEFAULT_PATH,
-    CgroupV2Limits,
-    Limits,
-    NativeRunner,
-    NativeRunnerError,
-    RlimitLimits,
-    detect_limits,
-)
+from mesh._runner_native import DEFAULT_PATH, NativeRunner
 from mesh._runtime import Runtime
 
 SERVE = ("sh", "-c", 'exec python3 -m http.server "$PORT" --bind 127.0.0.1')

@@ -15,7 +15,8 @@ import trio
 
 from mesh._jobspec import WarJob
 from mesh._jobspec_load import parse_spec
-from mesh._runner_native import Limits, NativeRunner, detect_limits
+from mesh._native_limits import Limits, detect_limits
+from mesh._runner_native import NativeRunner
 from mesh._runner_war import WarReplica
 
 from ..engine.test_war_runner import Origin, Probe, get, until
