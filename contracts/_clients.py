@@ -234,6 +234,16 @@ class JobEscrowClient(_Client):
     def update_spec(self, job_id: int, spec_hash: bytes, *, sender: str) -> TxReceipt:
         return self._tx("updateSpec", job_id, spec_hash, sender=sender)
 
+    def scale_job(self, job_id: int, replicas: int, spec_hash: bytes, *, sender: str) -> TxReceipt:
+        """Run ``replicas`` slots from the next epoch (or the start) to the end, with spec ``spec_hash``.
+        A scale-up pulls tokens from ``sender`` (approve ``quote_scale``'s pull first)."""
+        return self._tx("scaleJob", job_id, replicas, spec_hash, sender=sender)
+
+    def quote_scale(self, job_id: int, replicas: int) -> tuple[TokenUnits, TokenUnits, Epoch]:
+        """What ``scale_job`` would move now: (pulled from the CSP, refunded to it, first epoch at the new count)."""
+        pull, refund, from_epoch = self._view("quoteScale", job_id, replicas)
+        return TokenUnits(pull), TokenUnits(refund), Epoch(from_epoch)
+
     def cancel_job(self, job_id: int, *, sender: str) -> TxReceipt:
         return self._tx("cancelJob", job_id, sender=sender)
 

@@ -5,6 +5,8 @@ Writes JSON (default benchmarks/gas.json):
   submit_root_gas      {t: gas} for a steady-state epoch report (one job's totals) with t = 3, 5, 7
                        oracle signatures; report_gas_per_job: what each further job's totals add
   claim_gas            {"1_epoch": gas, "30_epochs": gas}: one node claiming one job's cumulative pay
+  scale_job_gas        {"up": gas, "down": gas}: a running 10-replica, 30-epoch job's first scaleJob, to 11
+                       replicas (pulls from the CSP) or to 9 (refunds it and first writes its reclaimed amount)
   gas_per_node_epoch   amortized gas per node-epoch for NODES nodes over EPOCHS epochs: every report,
                        plus every node claiming once; "individual" (each node its own transaction) and
                        "batched" (a keeper claims for BATCH licenses per transaction)
@@ -165,6 +167,17 @@ def main() -> int:
             claim_gas[f"{covered}_epoch{'s' if covered > 1 else ''}"] = int(statistics.median(gases))
             chain.revert_to(snap)
         result["claim_gas"] = claim_gas
+
+        # -- scaleJob by one replica, up and down, each the first scale of a job in its first epoch
+        chain = Chain.connect(node.url)
+        snap = chain.snapshot()
+        bench = Bench(chain, oracle_count=7, threshold=5, nodes=1)
+        up, down = bench.create_jobs(2, 10, 30)
+        result["scale_job_gas"] = {
+            "up": int(bench.escrow.scale_job(up, 11, b"\x5c" * 32, sender=bench.csp)["gasUsed"]),
+            "down": int(bench.escrow.scale_job(down, 9, b"\x5c" * 32, sender=bench.csp)["gasUsed"]),
+        }
+        chain.revert_to(snap)
 
         # -- the whole settlement of NODES nodes over EPOCHS epochs, t = 5 of 7
         per: dict[str, object] = {"nodes": args.nodes, "epochs": args.epochs, "jobs": args.jobs, "threshold": 5}

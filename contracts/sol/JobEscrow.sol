@@ -22,10 +22,13 @@ import {OracleRegistry} from "./OracleRegistry.sol";
 ///             + (allocRelease - released - forfeited)                       (claimable)
 ///             + (allocRefund - refunded) + (allocBurn - burned)             (pending)
 ///             + (deposited - reclaimed - allocRelease - allocRefund - allocBurn)   (locked)
-/// and the contract enforces allocRelease + allocRefund + allocBurn + reclaimed <= deposited and
-/// each outflow <= its allocation, so no job ever pays out more than its deposit, whatever the
-/// oracles sign. Node pay is keyed by license id: the license is what earns and what governance
-/// sanctions, and a node key can be rotated (relinked) without losing pay.
+/// where deposited is everything pulled from the CSP (create, top-ups, scale-ups) and reclaimed
+/// everything returned to it unallocated (scale-downs, and the rest at cancel or close); an active
+/// job may have reclaimed != 0 once it was scaled down. The contract enforces
+/// allocRelease + allocRefund + allocBurn + reclaimed <= deposited at every report and every
+/// scale-down, and each outflow <= its allocation, so no job ever pays out more than its deposit,
+/// whatever the oracles sign. Node pay is keyed by license id: the license is what earns and what
+/// governance sanctions, and a node key can be rotated (relinked) without losing pay.
 contract JobEscrow is AccessControl, EIP712, ReentrancyGuardTransient {
     using SafeERC20 for IERC20;
 
@@ -85,14 +88,14 @@ contract JobEscrow is AccessControl, EIP712, ReentrancyGuardTransient {
         uint16 protocolBurnBps;
         bytes32 specHash;
         uint128 pricePerNodeEpoch;
-        uint128 deposited;
+        uint128 deposited; // pulled from the CSP (create, top-ups, scale-ups)
         uint128 allocRelease; // cumulative node pay assigned by reports
         uint128 releaseSpent; // released + forfeited (one slot with allocRelease: the claim path)
         uint128 allocRefund; // cumulative CSP refund assigned by reports
         uint128 refunded; // refund taken
         uint128 allocBurn; // cumulative burn assigned by reports
         uint128 burned; // burn executed
-        uint128 reclaimed; // returned to the CSP unallocated (cancel or close)
+        uint128 reclaimed; // returned to the CSP unallocated (scale-down, cancel or close)
         uint128 forfeited; // node pay of blacklisted licenses, burned
     }
 
@@ -174,7 +177,8 @@ contract JobEscrow is AccessControl, EIP712, ReentrancyGuardTransient {
     error JobEscrowTotalsNotSorted(uint256 index);
     /// @notice A report lowered a cumulative total of the job.
     error JobEscrowAllocationDecreased(uint256 jobId);
-    /// @notice A report would assign more than the job's deposit.
+    /// @notice A report would assign more than the job's deposit less what was already returned to
+    /// the CSP: `allocated` (the report's totals) > `available` (deposited - reclaimed).
     error JobEscrowExceedsDeposit(uint256 jobId, uint256 allocated, uint256 available);
     /// @notice No root was posted for that epoch.
     error JobEscrowUnknownEpoch(uint64 epoch);
@@ -190,6 +194,12 @@ contract JobEscrow is AccessControl, EIP712, ReentrancyGuardTransient {
     error JobEscrowLicenseRestricted(uint256 licenseId, LicenseRegistry.Status status);
     /// @notice Only a blacklisted license's pay can be forfeited.
     error JobEscrowLicenseNotBlacklisted(uint256 licenseId, LicenseRegistry.Status status);
+    /// @notice The job has no epoch left to scale: its last epoch (before `endEpoch`) has begun or is over.
+    error JobEscrowJobEnded(uint256 jobId, uint64 endEpoch);
+    /// @notice The job already has `replicas` slots.
+    error JobEscrowReplicasUnchanged(uint256 jobId, uint32 replicas);
+    /// @notice A scale-down would return `refund`, more than the `locked` deposit reports left unallocated.
+    error JobEscrowRefundExceedsLocked(uint256 jobId, uint256 refund, uint256 locked);
 
     /// @notice `csp` was admitted until `validUntil` on the attester's statement `kycRef`.
     event CspAdmitted(address indexed csp, bytes32 kycRef, uint64 validUntil, uint256 nonce);
@@ -205,6 +215,11 @@ contract JobEscrow is AccessControl, EIP712, ReentrancyGuardTransient {
     event JobToppedUp(uint256 indexed jobId, uint256 amount, uint256 deposited);
     /// @notice The CSP changed the job's spec hash (a new spec version).
     event JobSpecUpdated(uint256 indexed jobId, bytes32 previous, bytes32 current);
+    /// @notice The CSP changed the job from `previous` to `current` slots from `fromEpoch` to its end,
+    /// paying `pulled` more (scale up) or taking `refunded` back (scale down).
+    event JobScaled(
+        uint256 indexed jobId, uint32 previous, uint32 current, uint64 fromEpoch, uint256 pulled, uint256 refunded
+    );
     /// @notice An unstarted job was cancelled and its deposit returned.
     event JobCancelled(uint256 indexed jobId, uint256 refund);
     /// @notice A finished job was closed and its unallocated remainder returned to the CSP.
@@ -324,28 +339,78 @@ contract JobEscrow is AccessControl, EIP712, ReentrancyGuardTransient {
         emit JobSpecUpdated(jobId, previous, specHash);
     }
 
-    /// @notice Cancel the caller's job before its start epoch for a full refund.
+    /// @notice Change the caller's active job to `replicas` slots from epoch
+    /// `fromEpoch = max(currentEpoch() + 1, startEpoch)` to the job's end (startEpoch + epochs), and
+    /// record `specHash` (the spec with the new replica count). The current epoch is paid at the old
+    /// count. Scaling up pulls price x (replicas - old) x remaining epochs from the caller and, like
+    /// a top-up, needs a CSP that may fund (active, admitted, holding a license). Scaling down
+    /// returns price x (old - replicas) x remaining epochs to the CSP at once (added to `reclaimed`)
+    /// and is allowed whatever the CSP's standing or admission: like a cancel, it only gives the
+    /// CSP back its own unspent money for slots nobody will serve, and a frozen CSP should be able to
+    /// shrink what it is committed to. Neither checks the token allowance (it governs new jobs only).
+    /// @param replicas The new slot count: non-zero (a stop is not a scale) and different from the job's.
+    function scaleJob(uint256 jobId, uint32 replicas, bytes32 specHash) external nonReentrant {
+        Job storage job = _requireOwnActiveJob(jobId);
+        (uint256 pull, uint256 refund, uint64 fromEpoch) = _quoteScale(jobId, job, replicas);
+        if (pull != 0) _requireCspMayFund(job.csp);
+
+        uint32 previous = job.replicas;
+        bytes32 previousSpec = job.specHash;
+        job.replicas = replicas;
+        job.specHash = specHash;
+        if (pull != 0) {
+            job.deposited = SafeCast.toUint128(uint256(job.deposited) + pull);
+        } else {
+            // refund <= locked <= deposited, a uint128, in _quoteScale: the cast cannot truncate
+            job.reclaimed += uint128(refund);
+        }
+        emit JobScaled(jobId, previous, replicas, fromEpoch, pull, refund);
+        emit JobSpecUpdated(jobId, previousSpec, specHash);
+
+        if (pull != 0) {
+            _pull(job.token, job.csp, pull);
+        } else {
+            IERC20(job.token).safeTransfer(job.csp, refund);
+        }
+    }
+
+    /// @notice What `scaleJob(jobId, replicas, ...)` would move now: `pull` from the CSP (scale up)
+    /// or `refund` to it (scale down), and the first epoch at the new count. Reverts as scaleJob
+    /// would for the job and the count; it does not check the caller or the CSP's standing.
+    function quoteScale(uint256 jobId, uint32 replicas)
+        external
+        view
+        returns (uint256 pull, uint256 refund, uint64 fromEpoch)
+    {
+        Job storage job = _requireJob(jobId);
+        if (job.status != JobStatus.Active) revert JobEscrowJobNotActive(jobId, job.status);
+        return _quoteScale(jobId, job, replicas);
+    }
+
+    /// @notice Cancel the caller's job before its start epoch, refunding everything not yet returned
+    /// (the whole deposit, less what scale-downs already gave back).
     function cancelJob(uint256 jobId) external nonReentrant {
         Job storage job = _requireOwnActiveJob(jobId);
         if (currentEpoch() >= job.startEpoch || job.allocRelease != 0 || job.allocRefund != 0 || job.allocBurn != 0) {
             revert JobEscrowJobAlreadyStarted(jobId, job.startEpoch);
         }
-        uint128 refund = job.deposited;
-        job.reclaimed = refund;
+        uint128 refund = job.deposited - job.reclaimed;
+        job.reclaimed = job.deposited;
         job.status = JobStatus.Cancelled;
         emit JobCancelled(jobId, refund);
         IERC20(job.token).safeTransfer(job.csp, refund);
     }
 
-    /// @notice Close a job once its last epoch plus the grace period is over, returning whatever no
-    /// report allocated to the CSP (the outcome for epochs that never reached a quorum). Anyone may call.
+    /// @notice Close a job once its last epoch plus the grace period is over, returning to the CSP
+    /// whatever no report allocated and no scale-down returned yet (the outcome for epochs that never
+    /// reached a quorum). Anyone may call.
     function closeJob(uint256 jobId) external nonReentrant {
         Job storage job = _requireJob(jobId);
         if (job.status != JobStatus.Active) revert JobEscrowJobNotActive(jobId, job.status);
         uint64 closableFrom = job.startEpoch + job.epochs + _closeGraceEpochs;
         if (currentEpoch() < closableFrom) revert JobEscrowJobNotClosable(jobId, closableFrom);
-        uint128 remainder = job.deposited - job.allocRelease - job.allocRefund - job.allocBurn;
-        job.reclaimed = remainder;
+        uint128 remainder = job.deposited - job.reclaimed - job.allocRelease - job.allocRefund - job.allocBurn;
+        job.reclaimed += remainder;
         job.status = JobStatus.Closed;
         emit JobClosed(jobId, remainder);
         if (remainder != 0) IERC20(job.token).safeTransfer(job.csp, remainder);
@@ -383,7 +448,8 @@ contract JobEscrow is AccessControl, EIP712, ReentrancyGuardTransient {
                 revert JobEscrowAllocationDecreased(t.jobId);
             }
             uint256 allocated = uint256(t.release) + t.refund + t.burn;
-            if (allocated > job.deposited) revert JobEscrowExceedsDeposit(t.jobId, allocated, job.deposited);
+            uint256 available = job.deposited - job.reclaimed; // scale-downs return part of an active job's deposit
+            if (allocated > available) revert JobEscrowExceedsDeposit(t.jobId, allocated, available);
             job.allocRelease = t.release;
             job.allocRefund = t.refund;
             job.allocBurn = t.burn;
@@ -608,6 +674,30 @@ contract JobEscrow is AccessControl, EIP712, ReentrancyGuardTransient {
         _claimed[c.jobId][c.licenseId] = c.cumulative;
         // spent <= allocRelease, a uint128, so the cast cannot truncate
         job.releaseSpent = uint128(spent);
+    }
+
+    /// @dev The checks of a scale of `job` to `replicas` and its amounts (one of pull, refund is zero).
+    function _quoteScale(uint256 jobId, Job storage job, uint32 replicas)
+        private
+        view
+        returns (uint256 pull, uint256 refund, uint64 fromEpoch)
+    {
+        uint32 previous = job.replicas;
+        if (replicas == 0) revert JobEscrowInvalidShape(replicas, job.epochs, job.pricePerNodeEpoch);
+        if (replicas == previous) revert JobEscrowReplicasUnchanged(jobId, replicas);
+        uint64 endEpoch = job.startEpoch + job.epochs;
+        fromEpoch = currentEpoch() + 1;
+        if (fromEpoch < job.startEpoch) fromEpoch = job.startEpoch;
+        if (fromEpoch >= endEpoch) revert JobEscrowJobEnded(jobId, endEpoch);
+        // < 2^128 x 2^32 x 2^32: no overflow in 256 bits
+        uint256 perSlot = uint256(job.pricePerNodeEpoch) * (endEpoch - fromEpoch);
+        if (replicas > previous) {
+            pull = perSlot * (replicas - previous);
+        } else {
+            refund = perSlot * (previous - replicas);
+            uint256 locked = uint256(job.deposited) - job.reclaimed - job.allocRelease - job.allocRefund - job.allocBurn;
+            if (refund > locked) revert JobEscrowRefundExceedsLocked(jobId, refund, locked);
+        }
     }
 
     function _pull(address token, address from, uint256 amount) private {

@@ -384,7 +384,7 @@ class Reentrant:
     token: TokenClient
     contract: Any
     job: JobId  # past its close epoch, ``epoch`` reported: claimable, refundable, burnable, closable
-    fresh: JobId  # not started: cancellable
+    fresh: JobId  # not started: cancellable, and scalable over all its epochs
     tree: MerkleTree
     epoch: int
 
@@ -423,6 +423,8 @@ def reentrant_calls(world: World, r: Reentrant) -> dict[str, tuple[str, list[Any
         "executeBurn": ("executeBurn", [[r.job]], BURN, RE_BURN),
         "cancelJob": ("cancelJob", [r.fresh], world.csp, DEPOSIT),
         "closeJob": ("closeJob", [r.job], world.csp, remainder),
+        # a scale-down pays the CSP back 1 slot x 3 epochs (a scale-up only pulls: no payout to hook)
+        "scaleJob": ("scaleJob", [r.fresh, 1, b"\x5c" * 32], world.csp, PRICE * 3),
     }
 
 
@@ -436,6 +438,7 @@ def assert_token_conserved(world: World, token: TokenClient) -> None:
     ("claim", "claim"), ("forfeit", "forfeit"), ("takeRefund", "takeRefund"), ("executeBurn", "executeBurn"),
     ("cancelJob", "cancelJob"), ("closeJob", "closeJob"),
     ("claim", "takeRefund"), ("takeRefund", "claim"), ("executeBurn", "forfeit"), ("cancelJob", "closeJob"),
+    ("scaleJob", "scaleJob"), ("scaleJob", "cancelJob"), ("closeJob", "scaleJob"), ("claim", "scaleJob"),
 ])
 def test_reentrancy_through_token_rejected(world: World, outer: str, inner: str) -> None:
     r = reentrant_setup(world)
@@ -492,6 +495,8 @@ def test_stranger_cannot_manage_a_job(world: World) -> None:
         "topUp": lambda: world.escrow.top_up(job, 1, sender=world.csp2),
         "updateSpec": lambda: world.escrow.update_spec(job, b"\x66" * 32, sender=world.csp2),
         "cancelJob": lambda: world.escrow.cancel_job(job, sender=world.csp2),  # would refund to the CSP anyway
+        "scaleJob up": lambda: world.escrow.scale_job(job, 3, b"\x66" * 32, sender=world.csp2),  # csp2 would pay
+        "scaleJob down": lambda: world.escrow.scale_job(job, 1, b"\x66" * 32, sender=world.csp2),
     }
     for label, attempt in attempts.items():
         with pytest.raises(reverts.JobEscrowNotJobOwner) as err:

@@ -1,6 +1,6 @@
 """JobEscrow as a state machine: random sequences of everything the escrow does, against a Python model.
 
-Hypothesis drives jobs (create, top up, cancel, close), the epoch clock, quorum-signed epoch reports
+Hypothesis drives jobs (create, top up, scale up and down, cancel, close), the epoch clock, quorum-signed epoch reports
 (valid ones with random cumulative node pay, refunds and burns, sometimes promising more node pay
 than they allocate, and deliberately broken ones), claims by owners and keepers, forfeits, refunds
 and burns, CSP admissions and license sanctions, in random order. A model of every job's accounts
@@ -246,6 +246,13 @@ class EscrowMachine(RuleBasedStateMachine):
     def ended(self, job: ModelJob) -> bool:
         return job.status == JobStatus.ACTIVE and self.epoch >= job.start_epoch + job.epochs
 
+    def scale_from(self, job: ModelJob) -> int:
+        """The first epoch a scale of ``job`` now would apply to."""
+        return max(self.epoch + 1, job.start_epoch)
+
+    def scalable(self, job: ModelJob) -> bool:
+        return job.status == JobStatus.ACTIVE and self.scale_from(job) < job.start_epoch + job.epochs
+
     def at_or_before_start(self, job: ModelJob) -> bool:
         """Cancellable, or (in its start epoch) just no longer: the boundary cancel must get right."""
         return job.status == JobStatus.ACTIVE and self.epoch <= job.start_epoch and not job.allocated
@@ -373,11 +380,76 @@ class EscrowMachine(RuleBasedStateMachine):
             return
         assert job is not None
         w.escrow.cancel_job(job_id, sender=sender)
+        self.move(w.escrow.address, job.csp, job.deposited - job.reclaimed)  # less what scale-downs returned
         job.reclaimed = job.deposited
         job.status = JobStatus.CANCELLED
-        self.move(w.escrow.address, job.csp, job.deposited)
         self.dirty_jobs.add(job_id)
         event("job cancelled")
+
+    @precondition(lambda self: self.jobs)
+    @rule(data=st.data())
+    def scale_job(self, data: st.DataObject) -> None:
+        """The CSP changes a job's replica count from the next epoch (or its start) to its end: a
+        scale-up pulls price x added slots x remaining epochs, a scale-down returns the released
+        slots' share at once. Sometimes one the escrow refuses: not the owner, not active, ended,
+        unchanged, zero, a scale-up by an unadmitted CSP (a scale-down needs no admission), or a
+        scale-down whose refund reports already allocated."""
+        w = self.world
+        job_id = self.draw_job_id(data, self.scalable)
+        job = self.jobs.get(job_id)
+        owner = job.csp if job else w.csp
+        sender = owner if not chance(data, 8, "not the owner") else ({w.csp, w.csp2} - {owner}).pop()
+        current = job.replicas if job else 1
+        replicas = data.draw(st.sampled_from([0, current]), label="degenerate replicas") \
+            if chance(data, 8, "zero or unchanged") \
+            else data.draw(st.integers(1, 6).filter(lambda r: r != current), label="replicas")
+        spec = data.draw(st.binary(min_size=32, max_size=32), label="spec")
+        if job and sender == job.csp and replicas > job.replicas and not self.admitted(job.csp) \
+                and not chance(data, 3, "stay unadmitted"):
+            self.admit(job.csp)
+        failure: Failure | None = None
+        pull = refund = 0
+        if job is None:
+            failure = (reverts.JobEscrowUnknownJob, {"jobId": job_id})
+        elif sender != job.csp:
+            failure = (reverts.JobEscrowNotJobOwner, {"jobId": job_id, "caller": sender})
+        elif job.status != JobStatus.ACTIVE:
+            failure = (reverts.JobEscrowJobNotActive, {"jobId": job_id, "status": job.status})
+        elif replicas == 0:
+            failure = (reverts.JobEscrowInvalidShape, {"replicas": 0, "epochs": job.epochs,
+                                                       "pricePerNodeEpoch": job.price})
+        elif replicas == job.replicas:
+            failure = (reverts.JobEscrowReplicasUnchanged, {"jobId": job_id, "replicas": replicas})
+        elif not self.scalable(job):
+            failure = (reverts.JobEscrowJobEnded, {"jobId": job_id, "endEpoch": job.start_epoch + job.epochs})
+        else:
+            per_slot = job.price * (job.start_epoch + job.epochs - self.scale_from(job))
+            pull = per_slot * max(replicas - job.replicas, 0)
+            refund = per_slot * max(job.replicas - replicas, 0)
+            if refund > job.locked:
+                failure = (reverts.JobEscrowRefundExceedsLocked, {"jobId": job_id, "refund": refund,
+                                                                  "locked": job.locked})
+            elif pull and not self.admitted(job.csp):
+                failure = (reverts.JobEscrowCspNotAdmitted, {"csp": job.csp})
+        if failure is not None:
+            self.expect(failure, lambda: w.escrow.scale_job(job_id, replicas, spec, sender=sender))
+            return
+        assert job is not None
+        from_epoch = self.scale_from(job)
+        assert w.escrow.quote_scale(job_id, replicas) == (pull, refund, from_epoch)
+        if pull:
+            w.token.approve(w.escrow.address, pull, sender=sender)
+        receipt = w.escrow.scale_job(job_id, replicas, spec, sender=sender)
+        scaled = [e.args for e in w.escrow.events(receipt) if e.name == "JobScaled"]
+        assert scaled == [{"jobId": job_id, "previous": job.replicas, "current": replicas, "fromEpoch": from_epoch,
+                           "pulled": pull, "refunded": refund}]
+        job.replicas = replicas
+        job.deposited += pull
+        job.reclaimed += refund
+        self.move(job.csp, w.escrow.address, pull)
+        self.move(w.escrow.address, job.csp, refund)
+        self.dirty_jobs.add(job_id)
+        event("scaled " + ("up" if pull else "down"))
 
     @precondition(lambda self: any(self.ended(job) for job in self.jobs.values()))
     @rule(data=st.data())
@@ -400,7 +472,7 @@ class EscrowMachine(RuleBasedStateMachine):
         assert job is not None
         remainder = job.locked
         w.escrow.close_job(job_id, sender=w.outsider)
-        job.reclaimed = remainder
+        job.reclaimed += remainder  # on top of what scale-downs returned
         job.status = JobStatus.CLOSED
         self.move(w.escrow.address, job.csp, remainder)
         self.dirty_jobs.add(job_id)
@@ -536,12 +608,13 @@ class EscrowMachine(RuleBasedStateMachine):
             index = data.draw(st.integers(0, len(totals) - 1), label="bad index")
             t, job = totals[index], self.jobs[totals[index].job_id]
             by = 1 if chance(data, 2, "by one unit") else data.draw(st.integers(1, MAX_PRICE), label="by")
-            over = job.deposited + by  # what the report allocates
+            available = job.deposited - job.reclaimed  # scale-downs return part of an active job's deposit
+            over = available + by  # what the report allocates
             which = data.draw(st.sampled_from(["release", "refund", "burn"]), label="inflated")
             inflated = getattr(t, which) + over - (t.release + t.refund + t.burn)
             totals[index] = dataclasses.replace(t, **{which: inflated})
             failure = (reverts.JobEscrowExceedsDeposit, {"jobId": t.job_id, "allocated": over,
-                                                        "available": job.deposited})
+                                                        "available": available})
         elif defect == "decreased":
             bad = [i for i, t in enumerate(totals) if self.jobs[t.job_id].allocated]
             index = data.draw(st.sampled_from(bad), label="bad index")
