@@ -366,6 +366,15 @@ class CarJob(_JobBase):
     kind: Literal["car"]
     car: CarSection
 
+    @model_validator(mode="after")
+    def _in_place_needs_an_unavailable_budget(self) -> CarJob:
+        # a job with a udp port cannot run two versions of a replica side by side (the node's fronts
+        # carry tcp only): each replica that moves is down until its new container is up
+        if updated_in_place(self) and isinstance(self.update, RollingUpdate) and self.update.max_unavailable == 0:
+            raise _field_error("update", "a car job with a udp port is updated in place, a replica down at a "
+                                         "time: set max_unavailable >= 1 (or strategy: recreate)")
+        return self
+
 
 class WarJob(_JobBase):
     kind: Literal["war"]
@@ -400,6 +409,13 @@ def spec_hash(spec: JobSpec) -> bytes:
     implicit never change it; any real change does.
     """
     return normalized_spec_hash(spec.model_dump(mode="json"))
+
+
+def updated_in_place(spec: CarJob | WarJob | ChainDistJob) -> bool:
+    """Whether a job's replicas move to a new spec in place (stopped, then started again): a CAR
+    job with a udp port. The others' run behind the node's fronts, where a new revision starts
+    beside the serving one (``_fronted``)."""
+    return isinstance(spec, CarJob) and any(p.protocol != "tcp" for p in spec.ports)
 
 
 def revision_of(spec: JobSpec) -> str:

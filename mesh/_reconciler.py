@@ -35,7 +35,7 @@ from typing import Any, TypeVar
 import trio
 from docker.errors import DockerException
 
-from ._jobspec import CarJob, HttpHealth, JobSpec, RegistryAuth, TcpHealth, revision_of
+from ._jobspec import CarJob, HttpHealth, JobSpec, RegistryAuth, TcpHealth, revision_of, updated_in_place
 from ._runner_car import (
     CarRunner,
     CarRunnerError,
@@ -110,7 +110,7 @@ def registry_credentials(image: str, auth: RegistryAuth,
 def runs_in_place(spec: CarJob) -> bool:
     """Whether a CAR job's replicas run here, recreated in place on a spec change: those with a UDP
     port (a node's fronts carry TCP only). The others run behind fronts (``_runner_car_fronted``)."""
-    return any(p.protocol != "tcp" for p in spec.ports)
+    return updated_in_place(spec)
 
 
 def prepare_image(runner: CarRunner, spec: CarJob) -> None:

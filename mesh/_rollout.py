@@ -11,8 +11,8 @@ revision its replica runs and a revision it failed to reach, ``Claims.revisions`
 - a replica that runs nothing yet (just placed) starts on T, and one already on T stays there;
 - a replica on P moves to T once fewer than ``batch`` of the replicas below it are not yet done
   (running T and healthy, or running with no health check): replicas move in index order, at
-  most ``batch`` at a time (``batch_of``: the larger of ``max_unavailable`` and ``max_surge``, at
-  least 1; a ``recreate`` update moves every replica at once). Views lag by a sync wave, so a
+  most ``batch`` at a time (``batch_of``: ``max_surge`` behind fronts, at least 1;
+  ``max_unavailable`` in place; a ``recreate`` update moves every replica at once). Views lag by a sync wave, so a
   holder may start a moment before a lower replica's "done" is seen, never after it is undone;
 - a replica that is not done on T within ``progress_deadline_s`` of starting on it (or whose
   runner gave up on T: a replica behind fronts knows when T never got healthy) marks T as
@@ -36,7 +36,7 @@ from dataclasses import dataclass, replace
 
 import trio
 
-from ._jobspec import JobSpec, RecreateUpdate, revision_of
+from ._jobspec import JobSpec, RecreateUpdate, revision_of, updated_in_place
 from ._node import KnownJob, Node
 from ._placement import Claim
 from ._scheduler import Plan
@@ -53,10 +53,15 @@ RunningRevision = Callable[[int, int], tuple[str, ReplicaState, str] | None]
 
 
 def batch_of(spec: JobSpec) -> int:
-    """How many replicas may be on their way to a new revision at once."""
+    """How many replicas may be on their way to a new revision at once: a replica behind fronts
+    stays available while it moves (its new revision starts beside the old one, one extra
+    container), so ``max_surge`` of them, at least one; a replica updated in place is down while it
+    moves, so ``max_unavailable`` of them (the spec requires at least one); all with ``recreate``."""
     if isinstance(spec.update, RecreateUpdate):
         return ALL_AT_ONCE
-    return max(spec.update.max_unavailable, spec.update.max_surge, 1)
+    if updated_in_place(spec):
+        return max(spec.update.max_unavailable, 1)
+    return max(spec.update.max_surge, 1)
 
 
 @dataclass(frozen=True)

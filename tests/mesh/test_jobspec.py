@@ -200,11 +200,19 @@ def test_load_spec_names_the_file(tmp_path: Path) -> None:
         ("env:\n  N: 5\n", "env.N: Input should be a valid string"),
         ("health: {type: http, port: 80, timeout_s: 20}\n", "health.timeout_s: timeout_s must not exceed interval_s"),
         ("health: {type: command, argv: []}\n", "health.argv: Value should have at least 1 item"),
+        ("ports: [{container: 53, protocol: udp}]\n", "update: a car job with a udp port is updated in place"),
+        ("update: {strategy: rolling, progress_deadline_s: 1}\n", "update.progress_deadline_s: Input should be"),
     ],
 )
 def test_common_section_rules(section: str, expected: str) -> None:
     text = BASE.split("ports:\n")[0] + "car:\n  image: web:1\n" + section
     assert expected in str(error_of(text))
+
+
+def test_a_car_job_with_a_udp_port_takes_an_unavailable_budget_or_recreate() -> None:
+    udp = BASE.split("ports:\n")[0] + "car:\n  image: web:1\nports: [{container: 53, protocol: udp}]\n"
+    assert parse_spec(udp + "update: {strategy: rolling, max_unavailable: 1}\n")
+    assert parse_spec(udp + "update: {strategy: recreate}\n")
 
 
 def test_war_and_chaindist_rules() -> None:

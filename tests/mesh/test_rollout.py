@@ -15,7 +15,7 @@ import trio.testing
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mesh._jobspec import RecreateUpdate, RollingUpdate, revision_of
+from mesh._jobspec import Port, RecreateUpdate, RollingUpdate, revision_of
 from mesh._node import Node
 from mesh._rollout import ALL_AT_ONCE, ReplicaRevision, Rollouts, batch_of, choose
 from mesh._scheduler import Plan, run_scheduler
@@ -36,7 +36,13 @@ def test_revision_ignores_the_replica_count_and_the_update_strategy_only() -> No
         strategy="recreate")}))
     assert P != T
     assert batch_of(OLD) == 1  # the default: max_unavailable 0, max_surge 1
-    assert batch_of(OLD.model_copy(update={"update": RollingUpdate(max_unavailable=2, max_surge=0)})) == 2
+    # behind fronts a moving replica stays available: max_surge of them at once, at least one
+    assert batch_of(OLD.model_copy(update={"update": RollingUpdate(max_unavailable=2, max_surge=0)})) == 1
+    assert batch_of(OLD.model_copy(update={"update": RollingUpdate(max_unavailable=0, max_surge=3)})) == 3
+    # in place (a udp port) a moving replica is down: max_unavailable of them
+    udp = OLD.model_copy(update={"ports": (Port(container=53, protocol="udp"),),
+                                 "update": RollingUpdate(max_unavailable=2, max_surge=3)})
+    assert batch_of(udp) == 2
     assert batch_of(OLD.model_copy(update={"update": RecreateUpdate(strategy="recreate")})) == ALL_AT_ONCE
 
 
