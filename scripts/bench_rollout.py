@@ -15,6 +15,7 @@ Usage: ``python scripts/bench_rollout.py [--trials N]``.
 from __future__ import annotations
 
 import argparse
+import itertools
 import statistics
 import sys
 import tempfile
@@ -96,7 +97,7 @@ class Mesh:
 
     def reports(self, first: Node) -> dict[int, tuple[str, str]]:
         """Replica -> (revision, state) as its holder's runners say."""
-        out = {}
+        out: dict[int, tuple[str, str]] = {}
         for replica, holder in assignment(first, JOB).items():
             found = self.runners[holder].car.report(JOB, replica)
             if found is not None:
@@ -163,7 +164,7 @@ async def bench(engine: Any, trials: int, work: Path) -> dict[str, Any]:
                     await trio.sleep(0.02)
                 update_s.append(max(moved.values()))
                 done = [moved[r] for r in sorted(moved)]
-                replica_s += [done[0]] + [b - a for a, b in zip(done, done[1:], strict=False)]
+                replica_s += [done[0]] + [b - a for a, b in itertools.pairwise(done)]
                 print(f"trial {k}: {update_s[-1]:.2f} s (replicas done at {[round(t, 2) for t in done]})",
                       file=sys.stderr, flush=True)
             nursery.cancel_scope.cancel()
