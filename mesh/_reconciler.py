@@ -138,6 +138,7 @@ class Reconciler:
         self._inherited: set[tuple[int, int]] | None = None  # containers the first round found, not yet held
         self._grace_until = 0.0  # trio time the inherited ones stop being kept
         self._oom_reported: dict[tuple[int, int], tuple[str, str]] = {}  # replica -> (container, finished_at)
+        self.failed_revisions: dict[tuple[int, int], str] = {}  # replica -> a revision whose image is missing
         self.failures = 0  # rounds the engine failed
         self.rounds = 0  # rounds completed
 
@@ -155,12 +156,12 @@ class Reconciler:
         return ("starting" if status.health == "starting" else "running"), status.restarts
 
     def revision_of(self, job_id: int, replica: int) -> tuple[str, ReplicaState, str] | None:
-        """The spec revision a held replica's container runs here, its state, and "" (a replica
-        recreated in place has no failed rollout of its own to tell); None if it has no container."""
-        status = self.statuses.get((job_id, replica))
+        """The spec revision a held replica's container runs here, its state, and a revision whose
+        image the engine lacks ("": none); None if it has neither."""
+        status, failed = self.statuses.get((job_id, replica)), self.failed_revisions.get((job_id, replica), "")
         if status is None:
-            return None
-        return status.revision or "", self.state_of(job_id, replica)[0], ""
+            return ("", self.state_of(job_id, replica)[0], failed) if failed else None
+        return status.revision or "", self.state_of(job_id, replica)[0], failed
 
     def offer(self, plan: Plan) -> None:
         """The newest plan (called by the scheduler on every plan; never blocks)."""
@@ -211,6 +212,7 @@ class Reconciler:
             self.statuses.pop(key, None)
             self._retry_at.pop(key, None)
             self._oom_reported.pop(key, None)
+            self.failed_revisions.pop(key, None)
         found = {(s.job_id, s.replica): s for s in managed if s.version is None and s.role == "serve"}  # CAR's
         for job_id, replica in sorted(holding.items()):
             spec = specs.get(job_id)
@@ -252,6 +254,11 @@ class Reconciler:
             started = await self._engine(self.runner.status, *key)
             if started is not None:
                 self.statuses[key] = started
+        except ImageUnavailable as exc:
+            # this revision cannot start here (a running replica is left as it was): said at once,
+            # so a rolling update rolls back instead of waiting out its deadline
+            self.failed_revisions[key] = request.revision or ""
+            log.warning("replica did not start", extra={"job": key[0], "replica": key[1], "error": str(exc)})
         except CarRunnerError as exc:
             log.warning("replica did not start", extra={"job": key[0], "replica": key[1], "error": str(exc)})
 

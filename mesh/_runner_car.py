@@ -376,7 +376,8 @@ class CarRunner:
         """Run the replica and return its container id; adopts a running container of the same spec.
 
         A stopped container, or one of another spec, is removed and created anew; a stopped one
-        with the same spec counts as a restart (``deedmesh.restarts`` + 1).
+        with the same spec counts as a restart (``deedmesh.restarts`` + 1). ``ImageUnavailable``
+        before anything is removed if the engine lacks the image.
         """
         name = container_name(self._node, request.job_id, request.replica, request.name_suffix)
         restarts = 0
@@ -385,6 +386,8 @@ class CarRunner:
             current = parse_status(existing.attrs)
             if current.running and current.spec_hash == request.spec_hash():
                 return current.container_id
+            if not self._has_image(request.image):  # a running replica is not given up for nothing
+                raise ImageUnavailable(request.image, "not present; call ensure_image first")
             restarts = current.restarts + 1 if current.spec_hash == request.spec_hash() else 0
             self._remove(existing, request.stop_timeout_s)
         return self._create_and_start(request, name, restarts)
