@@ -186,9 +186,13 @@ class FrontedReplica(Generic[SpecT]):
             state = "running"
         else:
             state = "healthy" if self.healthy else "unhealthy"
+        # a revision counts as failed only if the replica could not move to it: a WAR commit whose
+        # build broke under the revision already serving is the commit's failure, not the spec's
+        revision = None if serving is None else serving.revision
+        key = self._failed_key
+        failed_revision = key[1] if key is not None and key[1] != revision else ""
         return ReplicaReport(state, self._restarts, None if serving is None else serving.version, failed, reason,
-                             None if serving is None else serving.revision,
-                             "" if self._failed_key is None else self._failed_key[1])
+                             revision, failed_revision)
 
     def front_port(self, container_port: int) -> int | None:
         """The node port serving ``container_port`` (the spec's host port, or one the OS picked)."""

@@ -169,6 +169,7 @@ async def test_a_pushed_commit_rolls_out_with_no_failed_request_and_a_broken_one
         report = war.report()
         assert (report.serving, report.state) == (second, "healthy")
         assert f"build of {broken} exited 3: refusing to build fail" == report.reason
+        assert report.failed_revision == ""  # a broken commit, not a spec revision the replica could not reach
         assert replica_containers(runner, 41) == [("serve", second)]  # the build container is gone too
         assert not (work / "41-0" / checkout_of(broken, war.spec)).exists()
         assert probe.serving("two")
