@@ -1,5 +1,6 @@
 """The node's cached view of the license contract: which node addresses may publish and be
-placed on (licensed, linked, status active). Gossip validators are synchronous and run per
+placed on (licensed, linked, status active); and of the oracle registry: the oracles, which may
+take part in the mesh (watch it, publish) but are never placed on. Gossip validators are synchronous and run per
 message, so they read this cache; a loop refreshes it from the chain every ``refresh_s``, so a
 status change on chain takes effect within one refresh interval.
 
@@ -15,7 +16,7 @@ from typing import TypeVar
 
 import trio
 
-from contracts import ChainError, LicenseRegistryClient, LicenseStatus
+from contracts import ChainError, LicenseRegistryClient, LicenseStatus, OracleRegistryClient
 
 from ._trio_types import TaskStatus
 
@@ -34,6 +35,11 @@ class ChainWorker:
             return await trio.to_thread.run_sync(fn)
 
 
+def fetch_oracles(oracles: OracleRegistryClient) -> frozenset[str]:
+    """The registered oracles (blocking)."""
+    return frozenset(oracles.oracles())
+
+
 def fetch_eligible(licenses: LicenseRegistryClient) -> frozenset[str]:
     """Every node address linked to an active license (blocking; one pass over all licenses)."""
     eligible = set()
@@ -48,8 +54,11 @@ class LicenseView:
     """The cached eligible set, and the loop that refreshes it."""
 
     def __init__(self, fetch: Callable[[], frozenset[str]], worker: ChainWorker, refresh_s: float = 5.0,
-                 block: Callable[[], int] | None = None) -> None:
+                 block: Callable[[], int] | None = None,
+                 fetch_oracles: Callable[[], frozenset[str]] | None = None) -> None:
         self._fetch = fetch
+        self._fetch_oracles = fetch_oracles
+        self._oracles: frozenset[str] = frozenset()
         self._worker = worker
         # the chain's latest block number: a view read at the same block needs no second pass over
         # every license (the contract's answers, expiry included, change only with a new block)
@@ -64,6 +73,9 @@ class LicenseView:
     def is_eligible(self, address: str) -> bool:
         return address in self._eligible
 
+    def is_oracle(self, address: str) -> bool:
+        return address in self._oracles
+
     @property
     def eligible(self) -> frozenset[str]:
         return self._eligible
@@ -74,6 +86,8 @@ class LicenseView:
             block = None if self._block is None else await self._worker.run(self._block)
             unchanged = block is not None and block == self._read_at
             fresh = self._eligible if unchanged else await self._worker.run(self._fetch)
+            if self._fetch_oracles is not None and not unchanged:
+                self._oracles = await self._worker.run(self._fetch_oracles)
             self._read_at = block
         except ChainError as exc:
             self.failures += 1

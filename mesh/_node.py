@@ -143,13 +143,17 @@ class Node:
 
     def __init__(self, config: NodeConfig, identity: NodeIdentity, transport: Transport, capacity: Capacity,
                  is_eligible: Callable[[str], bool], wall_ms: Callable[[], int],
-                 bootstrap: Sequence[str] = (), escrow: tuple[int, str] | None = None) -> None:
+                 bootstrap: Sequence[str] = (), escrow: tuple[int, str] | None = None,
+                 is_oracle: Callable[[str], bool] = lambda _: False) -> None:
         self.config = config
         self.identity = identity
         self.address = identity.address
         self.transport = transport
         self.membership = Membership(config.liveness)
-        self.gossip = GossipState(now_ms=wall_ms, is_eligible=is_eligible)
+        # who may take part at all: licensed nodes, and the oracles of the oracle registry, which
+        # watch the mesh (and run nothing: placement asks ``is_eligible``, licensed nodes only)
+        self._is_oracle = is_oracle
+        self.gossip = GossipState(now_ms=wall_ms, is_eligible=self.may_participate)
         self.store = RecordStore()
         self.capacities: dict[str, Capacity] = {}
         self.capacity_received_ms: dict[str, int] = {}  # origin -> our wall clock when its capacity changed
@@ -302,8 +306,12 @@ class Node:
         raise TransportError(address, "not connected and no address to dial")
 
     def is_eligible(self, address: str) -> bool:
-        """The license view's verdict on ``address``."""
+        """The license view's verdict on ``address``: a licensed node that may run replicas."""
         return self._is_eligible(address)
+
+    def may_participate(self, address: str) -> bool:
+        """Whether ``address`` may be a neighbour and publish: a licensed node or a registered oracle."""
+        return self._is_eligible(address) or self._is_oracle(address)
 
     def _advertisement(self) -> Capacity:
         return self._capacity.model_copy(update={"addrs": tuple(self.transport.addrs())[:8]})
@@ -394,8 +402,8 @@ class Node:
         self.frames["received"][0] += 1
         self.frames["received"][1] += len(msg.data)
         address = self.transport.address_of(peer)
-        if address is None or not self._is_eligible(address):
-            # [REJECT] frames from a peer that is not a licensed node: close the connection
+        if address is None or not self.may_participate(address):
+            # [REJECT] frames from a peer that is not a licensed node (or an oracle): close the connection
             self._cut(peer, "unlicensed")
             return
         if msg.oversized or len(msg.data) > MAX_FRAME_BYTES:
@@ -531,7 +539,7 @@ class Node:
                 self.store.add_neighbour(peer)
                 self._dirty.set()  # a new neighbour gets our full state
             address = self.transport.address_of(peer)
-            if address is None or not self._is_eligible(address):
+            if address is None or not self.may_participate(address):
                 self._cut(peer, "unlicensed")
             elif (self.membership.state(address) is PeerState.DEAD
                   and now - max(self._neighbours[peer], self._heard.get(peer, 0.0)) > self._grace_s()):
@@ -542,7 +550,7 @@ class Node:
         self._trim(now)
         oldest = self._wall_ms() - self.config.forget_after_s * 1000
         for origin, state in self.membership.peers().items():
-            if not self._is_eligible(origin) or (state is PeerState.DEAD
+            if not self.may_participate(origin) or (state is PeerState.DEAD
                                                  and (self.membership.last_beat_ms(origin) or 0) < oldest):
                 self._forget(origin)
 
@@ -678,7 +686,7 @@ class Node:
         quiet: list[tuple[str, ...]] = []
         for origin, cap in sorted(self.capacities.items()):
             if (origin in connected or not cap.addrs or cap.addrs[0] in self._dialing
-                    or not self._is_eligible(origin)):
+                    or not self.may_participate(origin)):
                 continue
             if self.membership.state(origin) in (PeerState.ALIVE, PeerState.SUSPECT):  # suspect: late
                 alive.append((self._lag_ms.get(origin, 0), origin, cap.addrs))
@@ -750,9 +758,12 @@ def _wall_ms() -> int:
 @asynccontextmanager
 async def open_node(config: NodeConfig, identity: NodeIdentity, transport: Transport, capacity: Capacity,
                     is_eligible: Callable[[str], bool], wall_ms: Callable[[], int] = _wall_ms,
-                    bootstrap: Sequence[str] = (), escrow: tuple[int, str] | None = None) -> AsyncIterator[Node]:
-    """Run a node on ``transport`` until the block exits; then stop every loop and close it."""
-    node = Node(config, identity, transport, capacity, is_eligible, wall_ms, bootstrap, escrow)
+                    bootstrap: Sequence[str] = (), escrow: tuple[int, str] | None = None,
+                    is_oracle: Callable[[str], bool] = lambda _: False) -> AsyncIterator[Node]:
+    """Run a node on ``transport`` until the block exits; then stop every loop and close it.
+    ``is_eligible``: licensed nodes (they run replicas); ``is_oracle``: registered oracles, which
+    may be neighbours and publish too (an oracle is a mesh participant, ``Node.may_participate``)."""
+    node = Node(config, identity, transport, capacity, is_eligible, wall_ms, bootstrap, escrow, is_oracle)
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(node._run)

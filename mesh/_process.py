@@ -42,7 +42,7 @@ from ._identity import NodeIdentity
 from ._job_check import JobCheck
 from ._job_desk import JobDesk
 from ._job_events import JobEvents
-from ._license_view import ChainWorker, LicenseView, fetch_eligible
+from ._license_view import ChainWorker, LicenseView, fetch_eligible, fetch_oracles
 from ._logs import PROTOCOL as LOGS_PROTOCOL
 from ._logs import LogDesk
 from ._membership import LivenessConfig
@@ -180,7 +180,10 @@ async def serve_node(identity: NodeIdentity, settings: NodeSettings, token_file:
     chain = await trio.to_thread.run_sync(Chain.connect, settings.rpc)
     licenses = await trio.to_thread.run_sync(license_registry, chain, settings)
     worker = ChainWorker()  # one thread at a time talks to the chain, for the license view and the job desk
-    view = LicenseView(lambda: fetch_eligible(licenses), worker, settings.license_refresh_s, block=chain.block_number)
+    # with a deployment record, the oracle registry's oracles may take part too (they watch the mesh)
+    oracles = None if settings.deployment is None else Deployment.load(settings.deployment).oracles(chain)
+    view = LicenseView(lambda: fetch_eligible(licenses), worker, settings.license_refresh_s, block=chain.block_number,
+                       fetch_oracles=None if oracles is None else partial(fetch_oracles, oracles))
     # jobs need the escrow: only a node started with a deployment record accepts and relays them
     escrow = None if settings.deployment is None else Deployment.load(settings.deployment).escrow(chain)
     token = operator_token(token_file)
@@ -199,7 +202,7 @@ async def serve_node(identity: NodeIdentity, settings: NodeSettings, token_file:
         gossip = NodeConfig(liveness=LivenessConfig(heartbeat_interval_ms=settings.heartbeat_interval_ms),
                             target_peers=settings.target_peers)
         async with open_node(gossip, identity, transport, detect_capacity(tags), view.is_eligible,
-                             bootstrap=settings.bootstrap,
+                             bootstrap=settings.bootstrap, is_oracle=view.is_oracle,
                              escrow=None if escrow is None else (chain.chain_id, escrow.address)) as node:
             desk, logs, events = None, None, JobEvents()
             runners: Runners | NativeRunners | None = None  # (they need the escrow's jobs)

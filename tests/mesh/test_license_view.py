@@ -5,7 +5,7 @@ from __future__ import annotations
 import trio
 
 from contracts import ChainUnreachable, LicenseStatus
-from mesh._license_view import ChainWorker, LicenseView, fetch_eligible
+from mesh._license_view import ChainWorker, LicenseView, fetch_eligible, fetch_oracles
 
 from ..contracts.world import World, build_world
 
@@ -63,3 +63,23 @@ async def test_no_new_block_no_second_pass_over_the_licenses() -> None:
     await view.refresh()
     assert fetched == [7, 8]
     assert not view.is_eligible("0xabc")
+
+
+async def test_the_oracle_registrys_oracles_are_known_and_follow_the_chain() -> None:
+    from contracts import Chain
+
+    world: World = await trio.to_thread.run_sync(lambda: build_world(Chain.embedded()))
+    view = LicenseView(lambda: fetch_eligible(world.licenses), ChainWorker(), refresh_s=0.05,
+                       block=world.chain.block_number, fetch_oracles=lambda: fetch_oracles(world.oracles))
+    registered = [k.address for k in world.oracle_keys]
+    async with trio.open_nursery() as nursery:
+        await nursery.start(view.run)
+        assert all(view.is_oracle(a) for a in registered)
+        assert not any(view.is_eligible(a) for a in registered)  # an oracle is not a node: never placed on
+        assert not any(view.is_oracle(n.address) for n in world.nodes)
+        await trio.to_thread.run_sync(lambda: world.oracles.remove_oracle(registered[0], sender=world.admin))
+        with trio.fail_after(10):
+            while view.is_oracle(registered[0]):
+                await view.refreshed.wait()
+        assert all(view.is_oracle(a) for a in registered[1:])
+        nursery.cancel_scope.cancel()

@@ -190,6 +190,31 @@ async def test_unlicensed_peers_are_cut_off_and_banned_ones_dropped_mid_run(
         assert nodes[0].state_of(IDS[1].address) is PeerState.ALIVE
 
 
+async def test_a_registered_oracle_takes_part_but_is_never_placed_on(autojump_clock: trio.testing.MockClock) -> None:
+    from mesh._scheduler import nodes_of, view_of
+
+    network = MemoryNetwork()
+    licensed, oracle = {i.address for i in IDS[:2]}, IDS[2]
+    async with AsyncExitStack() as stack:
+        nodes = [await stack.enter_async_context(open_node(
+            NodeConfig(), i, network.endpoint(i.address), capacity(), licensed.__contains__, wall(),
+            is_oracle=lambda a: a == oracle.address)) for i in IDS[:3]]
+        # every participant (the oracle too) hears the others: the oracle is kept, not cut
+        await until(lambda: all(len(n.membership.alive()) == 2 for n in nodes))
+        assert nodes[0].gossip.counters[("peer", "REJECT", "unlicensed")] == 0
+        assert nodes[0].may_participate(oracle.address)
+        assert not nodes[0].is_eligible(oracle.address)
+        # its capacity says runner:car, yet placement sees it as ineligible: it never holds a replica
+        await until(lambda: oracle.address in nodes[0].capacities)
+        _, _, capacities, eligible, alive = view_of(nodes[0])
+        info = {n.address: n for n in nodes_of(capacities, eligible, alive)}
+        assert info[oracle.address].alive
+        assert not info[oracle.address].eligible
+    async with mesh(MemoryNetwork(), IDS[:3], eligible=licensed) as nodes:  # the same, unregistered: cut off
+        await until(lambda: nodes[0].gossip.counters[("peer", "REJECT", "unlicensed")] >= 1)
+        assert nodes[0].state_of(oracle.address) is None
+
+
 async def test_forged_replayed_and_oversized_sync_traffic_is_rejected_counted_and_cut(
         autojump_clock: trio.testing.MockClock) -> None:
     network = MemoryNetwork()
