@@ -1,0 +1,238 @@
+"""The audit's reading of the chain (``_audit``): a deployment's whole history, into a frozen
+``ChainRecord`` read at one pinned block."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from contracts import (
+    Chain,
+    ChainError,
+    ChainUnreachable,
+    Claim,
+    Deployment,
+    Epoch,
+    Job,
+    JobEscrowClient,
+    JobId,
+    JobTotals,
+    LicenseId,
+    OracleRegistryClient,
+    TokenClient,
+    TokenUnits,
+    escrow_domain,
+    to_checksum_address,
+)
+
+ESCROW_EVENTS = ("JobCreated", "JobToppedUp", "JobScaled", "JobSpecUpdated", "JobCancelled", "JobClosed",
+                 "EpochSettled", "JobAllocated", "JobAllocationSkipped", "Claimed", "Forfeited", "RefundTaken",
+                 "BurnExecuted")
+REGISTRY_EVENTS = ("OracleAdded", "OracleRemoved", "ThresholdChanged")
+# Many public JSON-RPC endpoints refuse eth_getLogs over more than 10,000 blocks.
+LOG_CHUNK_BLOCKS = 10_000
+
+
+# ---------------------------------------------------------------------------------- the record
+
+
+@dataclass(frozen=True, order=True)
+class Position:
+    """Where a log sits in the chain's history (orders events across transactions and blocks)."""
+
+    block: int
+    tx_index: int
+    log_index: int
+
+
+@dataclass(frozen=True)
+class ChainEvent:
+    name: str
+    args: Mapping[str, Any]
+    at: Position
+    tx_hash: str
+
+
+@dataclass(frozen=True)
+class ReportCall:
+    """The arguments of one ``submitReport`` transaction."""
+
+    epoch: int
+    root: bytes
+    totals: tuple[JobTotals, ...]
+    signatures: tuple[bytes, ...]
+
+
+@dataclass(frozen=True)
+class PayoutCall:
+    """The arguments of one ``claim`` or ``forfeit`` transaction."""
+
+    function: str
+    claims: tuple[Claim, ...]
+
+
+@dataclass(frozen=True)
+class ChainRecord:
+    """A deployment's history and its escrow's state at ``to_block``, as read from the chain."""
+
+    deployment: Deployment
+    chain_id: int
+    from_block: int
+    to_block: int
+    oracle_registry: str  # the registry the escrow itself consults (its immutable)
+    escrow_events: tuple[ChainEvent, ...]
+    registry_events: tuple[ChainEvent, ...]
+    report_calls: Mapping[str, ReportCall]  # by transaction hash
+    payout_calls: Mapping[str, PayoutCall]  # by transaction hash
+    undecodable: Mapping[str, str]  # transaction hash -> why its calldata could not be read
+    from_epoch: int  # reports of earlier epochs, and payouts before the first later one, not decoded
+    jobs: Mapping[int, Job]  # getJob for ids 1..lastJobId
+    roots: Mapping[int, bytes]  # rootOf per settled epoch
+    balances: Mapping[str, int]  # the escrow's balance of each job token
+
+    @property
+    def domain(self) -> dict[str, Any]:
+        return escrow_domain(self.chain_id, self.deployment.job_escrow)
+
+
+def collect(chain: Chain, deployment: Deployment, *, from_epoch: int = 0, to_block: int | None = None,
+            log_chunk_blocks: int = LOG_CHUNK_BLOCKS) -> ChainRecord:
+    """Read everything the audit needs, pinned at ``to_block`` (default: the latest block).
+
+    ``DeploymentError`` if the record is for another chain; ``ChainError`` if the chain fails."""
+    deployment.check_chain(chain)
+    head = chain.block_number() if to_block is None else to_block
+    escrow = deployment.escrow(chain)
+    _, registry_address = _read(chain, escrow.contract.functions.registries(), head)
+    registry = OracleRegistryClient(chain, str(registry_address))
+    escrow_events = _events(chain, escrow, ESCROW_EVENTS, deployment.block, head, log_chunk_blocks)
+    registry_events = _events(chain, registry, REGISTRY_EVENTS, deployment.block, head, log_chunk_blocks)
+
+    settled = [e for e in escrow_events if e.name == "EpochSettled"]
+    audited = {e.tx_hash: e for e in settled if e.args["epoch"] >= from_epoch}
+    payouts_from = min((e.at for e in audited.values()), default=Position(head + 1, 0, 0))
+    report_calls: dict[str, ReportCall] = {}
+    payout_calls: dict[str, PayoutCall] = {}
+    undecodable: dict[str, str] = {}
+    for e in escrow_events:
+        wanted = (e.name == "EpochSettled" and e.tx_hash in audited) or (
+            e.name in ("Claimed", "Forfeited") and e.at >= payouts_from)
+        if not wanted or e.tx_hash in report_calls or e.tx_hash in payout_calls or e.tx_hash in undecodable:
+            continue
+        decoded = _decode_call(chain, escrow, e.tx_hash)
+        if isinstance(decoded, str):
+            undecodable[e.tx_hash] = decoded
+        elif e.name == "EpochSettled" and decoded[0] == "submitReport":
+            report_calls[e.tx_hash] = _report_call(decoded[1])
+        elif e.name in ("Claimed", "Forfeited") and decoded[0] in ("claim", "forfeit"):
+            payout_calls[e.tx_hash] = PayoutCall(decoded[0], tuple(_claim(c) for c in decoded[1]["claims"]))
+        else:
+            undecodable[e.tx_hash] = f"transaction {e.tx_hash} called {decoded[0]}, which does not emit {e.name}"
+
+    last_job_id = int(_read(chain, escrow.contract.functions.lastJobId(), head))
+    jobs = {job_id: _read_job(chain, escrow, job_id, head) for job_id in range(1, last_job_id + 1)}
+    roots = {int(e.args["epoch"]): bytes(_read(chain, escrow.contract.functions.rootOf(e.args["epoch"]), head))
+             for e in settled}
+    balances = {token: int(_read(chain, TokenClient(chain, token).contract.functions.balanceOf(escrow.address),
+                                 head))
+                for token in sorted({job.token for job in jobs.values()})}
+    return ChainRecord(deployment=deployment, chain_id=chain.chain_id, from_block=deployment.block, to_block=head,
+                       oracle_registry=registry.address, escrow_events=escrow_events,
+                       registry_events=registry_events, report_calls=report_calls, payout_calls=payout_calls,
+                       undecodable=undecodable, from_epoch=from_epoch, jobs=jobs, roots=roots, balances=balances)
+
+
+def _events(chain: Chain, client: Any, names: Sequence[str], from_block: int, to_block: int,
+            chunk: int) -> tuple[ChainEvent, ...]:
+    """The contract's logs of ``names``: one eth_getLogs per chunk for all of them, decoded by topic."""
+    by_topic = {_bytes(getattr(client.contract.events, n).topic): getattr(client.contract.events, n) for n in names}
+    found: list[ChainEvent] = []
+    start = from_block
+    while start <= to_block:
+        end = min(start + chunk - 1, to_block)
+        try:
+            logs = chain.w3.eth.get_logs({"address": client.address, "fromBlock": start, "toBlock": end})
+        except Exception as exc:
+            raise _chain_error(chain, f"eth_getLogs {client.address} {start}..{end}", exc) from exc
+        for log in logs:
+            event = by_topic.get(bytes(log["topics"][0])) if log["topics"] else None
+            if event is None:
+                continue
+            decoded = event().process_log(log)
+            found.append(ChainEvent(str(decoded["event"]), _plain(decoded["args"]),
+                                    Position(int(log["blockNumber"]), int(log["transactionIndex"]),
+                                             int(log["logIndex"])),
+                                    "0x" + bytes(log["transactionHash"]).hex()))
+        start = end + 1
+    return tuple(sorted(found, key=lambda e: e.at))
+
+
+def _decode_call(chain: Chain, escrow: JobEscrowClient, tx_hash: str) -> tuple[str, dict[str, Any]] | str:
+    """(function name, arguments) of a transaction sent to the escrow, or why there are none."""
+    try:
+        tx = chain.w3.eth.get_transaction(tx_hash)  # type: ignore[arg-type]
+    except Exception as exc:
+        raise _chain_error(chain, f"eth_getTransactionByHash {tx_hash}", exc) from exc
+    to = tx.get("to")
+    if to is None or to_checksum_address(to) != escrow.address:
+        return (f"transaction {tx_hash} was sent to {to}, not the escrow: its calldata is another contract's "
+                f"(a relayer or multisig), which this audit cannot read")
+    try:
+        fn, params = escrow.contract.decode_function_input(tx["input"])
+    except Exception as exc:  # eth_abi's decoding errors
+        return f"calldata of {tx_hash} does not decode against the escrow's ABI: {exc}"
+    return str(fn.fn_name), _plain(params)
+
+
+def _report_call(params: Mapping[str, Any]) -> ReportCall:
+    return ReportCall(int(params["epoch"]), bytes(params["root"]),
+                      tuple(JobTotals(JobId(t["jobId"]), TokenUnits(t["release"]), TokenUnits(t["refund"]),
+                                      TokenUnits(t["burn"])) for t in params["totals"]),
+                      tuple(bytes(s) for s in params["signatures"]))
+
+
+def _claim(c: Mapping[str, Any]) -> Claim:
+    return Claim(JobId(c["jobId"]), LicenseId(c["licenseId"]), Epoch(c["epoch"]), TokenUnits(c["cumulative"]),
+                 tuple(bytes(p) for p in c["proof"]))
+
+
+def _read_job(chain: Chain, escrow: JobEscrowClient, job_id: int, block: int) -> Job:
+    call = escrow.job_call(job_id)
+    try:
+        raw = chain.w3.eth.call({"to": call.address, "data": call.data}, block_identifier=block)  # type: ignore[typeddict-item]
+    except Exception as exc:
+        raise _chain_error(chain, f"getJob({job_id}) at block {block}", exc) from exc
+    return call.decode(bytes(raw))  # type: ignore[no-any-return]
+
+
+def _read(chain: Chain, fn: Any, block: int) -> Any:
+    try:
+        return fn.call(block_identifier=block)
+    except Exception as exc:
+        raise _chain_error(chain, f"{fn.fn_name} at block {block}", exc) from exc
+
+
+def _chain_error(chain: Chain, what: str, exc: Exception) -> ChainError:
+    if isinstance(exc, ChainError):
+        return exc
+    if isinstance(exc, ConnectionError) or type(exc).__name__ in {"ConnectionError", "ReadTimeout"}:
+        return ChainUnreachable(chain.url, str(exc))
+    return ChainError(f"{what}: {type(exc).__name__}: {exc}")
+
+
+def _plain(value: Any) -> Any:
+    """web3's AttributeDicts and lists as plain dicts and lists (HexBytes as bytes)."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, bytes | bytearray):
+        return bytes(value)
+    return value
+
+
+def _bytes(value: str | bytes) -> bytes:
+    return bytes.fromhex(value.removeprefix("0x")) if isinstance(value, str) else bytes(value)
+
+

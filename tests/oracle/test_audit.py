@@ -1,0 +1,596 @@
+"""``deedmesh audit`` re-derives a real settlement history from the chain and the published
+reports, balances it, and names every tamper: an edited report file, totals unlike the signed ones,
+a signature by an oracle not registered at that block, an amount that does not add up, and tokens
+the escrow holds for no job. Conservation holds on chain at the end of every test.
+
+The history (one per chain backend, reverted to a snapshot around every test): four jobs from
+epoch s, A topped up and scaled up before its start, B scaled down mid-job, C closed after its
+grace with an epoch no report covered, D cancelled; two epochs settled with quorum-signed reports
+(epoch s by oracles 0, 1, 3; then oracle 3 is removed, oracle 4 added and the threshold lowered to
+2; epoch s+1 by oracles 2 and 4), claims in batches, refunds, burns, and a blacklisted license's
+pay forfeited.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner, Result
+from eth_account.signers.local import LocalAccount
+
+from contracts import (
+    EMBEDDED,
+    Chain,
+    JobId,
+    JobStatus,
+    JobTotals,
+    LicenseStatus,
+    SettlementPolicy,
+    TokenUnits,
+    epoch_report,
+    release_leaf,
+    sign,
+    totals_hash,
+)
+from oracle import MerkleTree
+from oracle._audit import (
+    AMOUNTS_NOT_VERIFIED,
+    AuditFailed,
+    AuditOptions,
+    AuditReport,
+    ChainEvent,
+    ChainRecord,
+    Check,
+    audit,
+    check,
+    check_signatures,
+    collect,
+    load_published_reports,
+)
+from oracle._audit_chain import PayoutCall
+from oracle._audit_cli import EXIT_AUDIT_FAILED, audit_command
+from oracle._settlement import compute_share_outcome
+from tests.contracts.world import PRICE, World, build_world, key
+
+Slot = tuple[int, int] | None  # (license, availability) of the node that served the slot, or nobody
+
+
+@dataclass
+class History:
+    world: World
+    s: int  # the first settled epoch
+    a: JobId  # topped up, scaled up before its start
+    b: JobId  # scaled down mid-job; one of its licenses blacklisted and forfeited
+    c: JobId  # closed after its grace, its second epoch never reported
+    d: JobId  # cancelled before its start
+    docs: dict[int, dict[str, Any]]  # the published report of each epoch
+    pay: dict[int, dict[tuple[int, int], int]]  # cumulative pay per epoch
+    totals: dict[int, list[JobTotals]]
+    removed: LocalAccount  # signed epoch s, removed before epoch s+1
+    added: LocalAccount  # added after epoch s, signed epoch s+1
+
+    @property
+    def chain(self) -> Chain:
+        return self.world.chain
+
+    def assert_conserved(self, *, balance: bool = True) -> None:
+        jobs = None if balance else range(1, self.world.escrow.last_job_id() + 1)
+        self.world.assert_conserved(jobs)
+
+
+def _epoch(served: dict[int, list[Slot]], policy: SettlementPolicy, pay: dict[tuple[int, int], int],
+           totals: dict[int, list[int]]) -> None:
+    """Add one epoch's outcomes (SETTLEMENT.md, as oracle/_settlement computes them) to the cumulative amounts."""
+    for job, slots in served.items():
+        cumulative = totals.setdefault(job, [0, 0, 0])
+        for slot in slots:
+            if slot is None:  # nobody served it: the CSP's
+                cumulative[1] += PRICE
+                continue
+            license_id, availability = slot
+            out = compute_share_outcome(PRICE, availability, policy)
+            cumulative[0] += out.node
+            cumulative[1] += out.refund
+            cumulative[2] += out.burn
+            if out.node:
+                pay[(job, license_id)] = pay.get((job, license_id), 0) + out.node
+
+
+def _settle(w: World) -> History:
+    csp, admin, esc = w.csp, w.admin, w.escrow
+    lic = w.license_ids
+    s = esc.current_epoch() + 1
+    a = w.new_job(replicas=2, epochs=3, start_epoch=s)
+    b = w.new_job(replicas=3, epochs=3, start_epoch=s)
+    c = w.new_job(replicas=1, epochs=2, start_epoch=s)
+    d = w.new_job(replicas=1, epochs=1, start_epoch=s)
+    w.token.approve(esc.address, PRICE, sender=csp)
+    esc.top_up(a, PRICE, sender=csp)
+    pull, _, _ = esc.quote_scale(a, 3)
+    w.token.approve(esc.address, pull, sender=csp)
+    esc.scale_job(a, 3, b"\xa3" * 32, sender=csp)
+    esc.cancel_job(d, sender=csp)
+    policy = esc.get_job(a).policy
+
+    served: dict[int, dict[int, list[Slot]]] = {
+        s: {a: [(lic[0], 255), (lic[1], 255), (lic[2], 100)],  # the third withheld
+            b: [(lic[3], 255), (lic[4], 0), None],  # one burned, one unserved
+            c: [(lic[0], 255)]},
+        s + 1: {a: [(lic[0], 255), (lic[1], 255), (lic[2], 255)],
+                b: [(lic[3], 255), (lic[4], 255), (lic[2], 255)]},  # c: no report covers its second epoch
+    }
+    pay_now: dict[tuple[int, int], int] = {}
+    totals_now: dict[int, list[int]] = {}
+    pays: dict[int, dict[tuple[int, int], int]] = {}
+    totals: dict[int, list[JobTotals]] = {}
+    trees: dict[int, MerkleTree] = {}
+
+    def post(epoch: int, signers: list[LocalAccount]) -> None:
+        _epoch(served[epoch], policy, pay_now, totals_now)
+        pays[epoch] = dict(pay_now)
+        totals[epoch] = [JobTotals(JobId(j), TokenUnits(r), TokenUnits(f), TokenUnits(bn))
+                         for j, (r, f, bn) in sorted(totals_now.items())]
+        trees[epoch] = w.post_report(epoch, pays[epoch], totals[epoch], signers=signers)
+
+    def claim(epoch: int, *pairs: tuple[int, int]) -> None:
+        esc.claim([w.claim_of(trees[epoch], epoch, j, li, pays[epoch][(j, li)]) for j, li in pairs], sender=admin)
+
+    w.advance_to_epoch(s + 1)
+    removed, added = w.oracle_keys[3], key(104)
+    post(s, [w.oracle_keys[0], w.oracle_keys[1], removed])
+    claim(s, (a, lic[0]), (b, lic[3]), (c, lic[0]))
+    esc.take_refund([a, b], sender=csp)
+    esc.execute_burn([b], sender=admin)
+    esc.scale_job(b, 2, b"\xb2" * 32, sender=csp)  # from epoch s+2: returns one slot-epoch now
+
+    w.oracles.remove_oracle(removed.address, sender=admin)
+    w.oracles.add_oracle(added.address, sender=admin)
+    w.oracles.set_threshold(2, sender=admin)
+
+    w.advance_to_epoch(s + 2)
+    post(s + 1, [w.oracle_keys[2], added])
+    claim(s + 1, (a, lic[0]), (a, lic[1]))  # one transaction, two claims
+    claim(s + 1, (b, lic[3]))
+    w.licenses.set_status(lic[4], LicenseStatus.BLACKLISTED, sender=admin)
+    esc.forfeit([w.claim_of(trees[s + 1], s + 1, b, lic[4], pays[s + 1][(b, lic[4])])], sender=admin)
+    esc.execute_burn([a, b], sender=admin)
+
+    w.advance_to_epoch(s + 4)  # c's end (s+2) plus the grace (2 epochs)
+    esc.close_job(c, sender=csp)
+
+    docs = {
+        # the simple published form: objects, and an extra field the audit ignores
+        s: {"epoch": s, "root": "0x" + trees[s].root.hex(), "note": "published by the oracles",
+            "totals": [{"job_id": t.job_id, "release": t.release, "refund": t.refund, "burn": t.burn}
+                       for t in totals[s]],
+            "pay": [{"job_id": j, "license_id": li, "cumulative": amount} for (j, li), amount in pays[s].items()]},
+        # oracle/_report.py's form: arrays, and the totals hash stated
+        s + 1: {"epoch": s + 1, "root": "0x" + trees[s + 1].root.hex(),
+                "totals_hash": "0x" + totals_hash(totals[s + 1]).hex(),
+                "totals": [[t.job_id, t.release, t.refund, t.burn] for t in totals[s + 1]],
+                "pay": [[j, li, amount] for (j, li), amount in sorted(pays[s + 1].items())]},
+    }
+    return History(w, s, a, b, c, d, docs, pays, totals, removed, added)
+
+
+@pytest.fixture(scope="module")
+def _history(chain: Chain) -> History:
+    return _settle(build_world(chain))
+
+
+@pytest.fixture
+def history(_history: History) -> Iterator[History]:
+    snap = _history.chain.snapshot()
+    try:
+        yield _history
+    finally:
+        _history.chain.revert_to(snap)
+
+
+def _write(directory: Path, doc: dict[str, Any]) -> Path:
+    """Store ``doc`` content-addressed: ``<sha256 of its bytes>.json``."""
+    raw = json.dumps(doc, indent=2, sort_keys=True).encode()
+    path = directory / f"{hashlib.sha256(raw).hexdigest()}.json"
+    path.write_bytes(raw)
+    return path
+
+
+@pytest.fixture
+def reports(history: History, tmp_path: Path) -> dict[int, Path]:
+    """The published reports, one file per epoch, under tmp_path / "reports"."""
+    directory = tmp_path / "reports"
+    directory.mkdir()
+    return {epoch: _write(directory, doc) for epoch, doc in history.docs.items()}
+
+
+def _audit(history: History, reports: dict[int, Path], **options: Any) -> AuditReport:
+    directory = {path.parent for path in reports.values()} or set()
+    return audit(history.chain, history.world.dep, reports=sorted(directory), options=AuditOptions(**options))
+
+
+def _checks(report: AuditReport) -> set[tuple[Check, int | None, int | None]]:
+    return {(f.check, f.job_id, f.epoch) for f in report.errors}
+
+
+def _record_and_published(history: History, reports: dict[int, Path]) -> tuple[ChainRecord, list[Any]]:
+    published, problems = load_published_reports([next(iter(reports.values())).parent])
+    assert problems == []
+    return collect(history.chain, history.world.dep), published
+
+
+def _settled_tx(record: ChainRecord, epoch: int) -> str:
+    return next(e.tx_hash for e in record.escrow_events if e.name == "EpochSettled" and e.args["epoch"] == epoch)
+
+
+def _cli(history: History, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, *args: str,
+         root: bool = False) -> Result:
+    """Run ``deedmesh audit`` in process: through the deedmesh group (the entry point) with ``root``,
+    else the command itself. The embedded chain lives in this process, so connecting to it is patched."""
+    chain = history.chain
+    if chain.kind == EMBEDDED:
+        monkeypatch.setattr(Chain, "connect", staticmethod(lambda url, **kw: chain))
+    record = tmp_path / "deployment.json"
+    record.write_text(history.world.dep.to_json())
+    argv = ["--rpc", chain.url, "--deployment", str(record), *args]
+    if not root:
+        return CliRunner().invoke(audit_command, argv)
+    from mesh._cli import cli
+
+    logger = logging.getLogger()
+    handlers, level = logger.handlers[:], logger.level
+    try:  # the group installs its own log handler on the root logger; pytest's must come back
+        return CliRunner().invoke(cli, ["--json", "audit", *argv])
+    finally:
+        logger.handlers[:] = handlers
+        logger.setLevel(level)
+
+
+# ---------------------------------------------------------------------------------- balanced
+
+
+def test_a_settled_history_audits_balanced(history: History, reports: dict[int, Path]) -> None:
+    w, s = history.world, history.s
+    report = _audit(history, reports)
+    assert report.ok, [f.line for f in report.findings]
+    assert report.findings == ()
+    report.raise_for_findings()
+    assert report.not_verified == (AMOUNTS_NOT_VERIFIED,)  # honest about the hook
+    assert [(e.epoch, e.report) for e in report.epochs] == [(s, "ok"), (s + 1, "ok")]
+    assert [e.threshold for e in report.epochs] == [3, 2]
+    assert [e.payouts for e in report.epochs] == [3, 4]
+
+    accounts = {j.job_id: j for j in report.jobs}
+    assert set(accounts) == {history.a, history.b, history.c, history.d}
+    for job_id, acc in accounts.items():
+        job = w.escrow.get_job(job_id)
+        assert acc.conservation() == job.conservation()
+        assert acc.held == job.held
+        assert (acc.status, acc.replicas, acc.reclaimed) == (job.status, job.replicas, job.reclaimed)
+    a, b, c, d = (accounts[j] for j in (history.a, history.b, history.c, history.d))
+    assert a.deposited == PRICE * (2 * 3 + 1 + 3)  # create, top-up, scale-up pull for the 3 epochs
+    assert a.claimable == history.pay[s + 1][(history.a, w.license_ids[2])]  # never claimed
+    assert b.reclaimed == PRICE
+    assert b.forfeited > 0
+    assert (c.status, c.reclaimed, c.locked) == (JobStatus.CLOSED, PRICE, 0)  # its unreported epoch
+    assert (d.status, d.reclaimed, d.allocations) == (JobStatus.CANCELLED, PRICE, ())
+    assert [x.epoch for x in c.allocations] == [s, s + 1]
+    assert [(bal.balance, bal.held) for bal in report.balances] == [(w.token.balance_of(w.escrow.address),
+                                                                   sum(x.held for x in report.jobs))]
+    history.assert_conserved()
+
+
+def test_an_oracle_removed_after_a_report_still_counts_for_it(history: History, reports: dict[int, Path]) -> None:
+    w = history.world
+    assert not w.oracles.is_oracle(history.removed.address)  # gone now
+    report = _audit(history, reports)
+    first, second = report.epochs
+    assert history.removed.address in first.signers  # but registered at epoch s's block
+    assert history.added.address not in first.oracles
+    assert history.added.address in second.signers
+    assert history.removed.address not in second.oracles
+    assert report.ok
+    history.assert_conserved()
+
+
+def test_cli_json_through_the_deedmesh_group_exits_0(history: History, reports: dict[int, Path],
+                                                      monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    out = _cli(history, monkeypatch, tmp_path, "--reports", str(reports[history.s].parent), root=True)
+    assert out.exit_code == 0, out.output
+    summary = json.loads(out.stdout)
+    assert summary["ok"] is True
+    assert summary["discrepancies"] == []
+    assert summary["warnings"] == []
+    assert [e["epoch"] for e in summary["epochs"]] == [history.s, history.s + 1]
+    for job in summary["jobs"]:
+        c = job["conservation"]
+        assert c["deposited"] == c["released"] + c["refunded"] + c["burned"] + c["locked"]
+    history.assert_conserved()
+
+
+def test_cli_text_prints_tables_and_the_verdict(history: History, reports: dict[int, Path],
+                                                monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    out = _cli(history, monkeypatch, tmp_path, "--reports", str(reports[history.s].parent))
+    assert out.exit_code == 0, out.output
+    for words in ("epochs settled", "jobs (rebuilt from events)", "cumulative allocations", "balanced and verified",
+                  "not verified"):
+        assert words in out.stdout
+    history.assert_conserved()
+
+
+def test_a_missing_report_warns_unless_reports_are_required(history: History, reports: dict[int, Path],
+                                                            monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    s = history.s
+    reports.pop(s + 1).unlink()
+    report = _audit(history, reports)
+    assert report.ok
+    assert [(f.check, f.epoch) for f in report.warnings] == [(Check.REPORT_MISSING, s + 1)]
+    out = _cli(history, monkeypatch, tmp_path, "--reports", str(reports[s].parent), "--require-reports", "--json")
+    assert out.exit_code == EXIT_AUDIT_FAILED
+    assert [(d["check"], d["epoch"]) for d in json.loads(out.stdout)["discrepancies"]] == [("report-missing", s + 1)]
+    assert f"report-missing: job - epoch {s + 1}: no published report" in out.stderr
+    history.assert_conserved()
+
+
+def test_from_epoch_and_job_narrow_the_audit(history: History, reports: dict[int, Path]) -> None:
+    s = history.s
+    report = _audit(history, reports, from_epoch=s + 1, job_id=history.b)
+    assert report.ok
+    assert [e.epoch for e in report.epochs] == [s + 1]
+    assert [j.job_id for j in report.jobs] == [history.b]
+    history.assert_conserved()
+
+
+# ---------------------------------------------------------------------------------- (1) an edited report file
+
+
+def test_an_edited_report_file_is_caught(history: History, reports: dict[int, Path], monkeypatch: pytest.MonkeyPatch,
+                                         tmp_path: Path) -> None:
+    s, a, lic = history.s, history.a, history.world.license_ids[0]
+    path = reports[s]
+    doc = json.loads(path.read_text())
+    entry = next(p for p in doc["pay"] if (p["job_id"], p["license_id"]) == (a, lic))
+    entry["cumulative"] += 1  # one pay amount, in place, the file name kept
+    path.write_text(json.dumps(doc, indent=2, sort_keys=True))
+    report = _audit(history, reports)
+    assert _checks(report) == {(Check.REPORT_CONTENT_HASH, None, s), (Check.REPORT_ROOT, None, s),
+                               (Check.REPORT_PAY, a, s)}
+    assert report.epochs[0].report == "mismatch"
+    assert any(f"license {lic} pay {entry['cumulative']}, a claim proved {entry['cumulative'] - 1}" in f.detail
+               for f in report.errors)
+    with pytest.raises(AuditFailed) as failed:
+        report.raise_for_findings()
+    assert failed.value.exit_code == EXIT_AUDIT_FAILED
+
+    out = _cli(history, monkeypatch, tmp_path, "--reports", str(path.parent))
+    assert out.exit_code == EXIT_AUDIT_FAILED
+    assert f"DISCREPANCY report-root: job - epoch {s}:" in out.stdout
+    assert f"DISCREPANCY report-pay: job {a} epoch {s}:" in out.stdout
+    history.assert_conserved()
+
+
+def test_an_edited_report_with_its_root_recomputed_differs_from_the_chain(history: History,
+                                                                          reports: dict[int, Path]) -> None:
+    s, b = history.s, history.b
+    original = reports.pop(s + 1)
+    doc = json.loads(original.read_text())
+    original.unlink()  # replaced by the altered one
+    pay = {(j, li): amount for j, li, amount in doc["pay"]}
+    moved = next(k for k in pay if k[0] == b)
+    pay[moved] -= 5  # pay moved between two licenses: the job's total unchanged
+    pay[next(k for k in pay if k[0] == b and k != moved)] += 5
+    doc["pay"] = [[j, li, amount] for (j, li), amount in sorted(pay.items())]
+    doc["root"] = "0x" + MerkleTree(release_leaf(j, li, amount) for (j, li), amount in pay.items()).root.hex()
+    reports[s + 1] = _write(reports[s].parent, doc)  # consistent in itself, content-addressed
+    report = _audit(history, reports)
+    assert (Check.REPORT_ROOT_ON_CHAIN, None, s + 1) in _checks(report)
+    assert (Check.REPORT_ROOT, None, s + 1) not in _checks(report)
+    assert {(f.check, f.job_id) for f in report.errors if f.check is Check.REPORT_PAY} <= {(Check.REPORT_PAY, b)}
+    history.assert_conserved()
+
+
+# ---------------------------------------------------------------------------------- (2) totals unlike the chain's
+
+
+def test_a_report_whose_totals_differ_from_the_signed_ones_is_caught(history: History,
+                                                                     reports: dict[int, Path]) -> None:
+    s, a = history.s, history.a
+    original = reports.pop(s)
+    doc = json.loads(original.read_text())
+    original.unlink()  # replaced by the altered one
+    entry = next(t for t in doc["totals"] if t["job_id"] == a)
+    entry["refund"] -= 1
+    entry["burn"] += 1  # the job's sum unchanged: only the split differs
+    reports[s] = _write(reports[s + 1].parent, doc)
+    reports[s].with_name("ignored.txt").write_text("not a report")
+    report = _audit(history, reports)
+    assert _checks(report) == {(Check.REPORT_TOTALS, a, s)}
+    (finding,) = report.errors
+    signed = next(t for t in history.totals[s] if t.job_id == a)
+    assert f"signed {signed.release}/{signed.refund}/{signed.burn}" in finding.detail
+    history.assert_conserved()
+
+
+def test_a_malformed_report_file_is_a_discrepancy_not_a_crash(history: History, reports: dict[int, Path]) -> None:
+    broken = reports[history.s].parent / "broken.json"
+    broken.write_text(json.dumps({"epoch": history.s, "root": "0x12", "totals": [], "pay": []}))
+    report = _audit(history, reports)
+    assert [(f.check, "root must be" in f.detail) for f in report.errors] == [(Check.REPORT_MALFORMED, True)]
+    history.assert_conserved()
+
+
+# ---------------------------------------------------------------------------------- (3) signatures at that block
+
+
+def test_a_signature_by_an_oracle_removed_before_the_report_is_caught(history: History,
+                                                                      reports: dict[int, Path]) -> None:
+    s = history.s
+    record, published = _record_and_published(history, reports)
+    tx = _settled_tx(record, s + 1)
+    call = record.report_calls[tx]
+    message = epoch_report(record.domain, s + 1, call.root, totals_hash(call.totals))
+    forged = [sign(message, history.removed.key), call.signatures[0]]  # removed before epoch s+1's block
+    report = check(replace(record, report_calls={**record.report_calls, tx: replace(call, signatures=tuple(forged))}),
+                   published)
+    assert _checks(report) == {(Check.SIGNER_NOT_REGISTERED, None, s + 1), (Check.QUORUM_NOT_REACHED, None, s + 1)}
+    assert any(history.removed.address in f.detail for f in report.errors)
+    history.assert_conserved()
+
+
+def test_quorum_is_judged_by_the_oracle_set_and_threshold_at_that_block(history: History,
+                                                                        reports: dict[int, Path]) -> None:
+    s = history.s
+    record, published = _record_and_published(history, reports)
+    tx = _settled_tx(record, s)
+    call = record.report_calls[tx]
+
+    def with_signatures(signatures: list[bytes]) -> AuditReport:
+        altered = replace(call, signatures=tuple(signatures))
+        return check(replace(record, report_calls={**record.report_calls, tx: altered}), published)
+
+    # two signatures meet today's threshold (2), not the 3 in force when epoch s settled
+    dropped = with_signatures(list(call.signatures[:2]))
+    assert (Check.QUORUM_NOT_REACHED, None, s) in _checks(dropped)
+    assert (Check.SIGNER_COUNT, None, s) in _checks(dropped)  # the event counted 3
+    # an oracle added after epoch s did not count for it
+    message = epoch_report(record.domain, s, call.root, totals_hash(call.totals))
+    later = with_signatures([*call.signatures[:2], sign(message, history.added.key)])
+    assert _checks(later) == {(Check.SIGNER_NOT_REGISTERED, None, s), (Check.QUORUM_NOT_REACHED, None, s)}
+    history.assert_conserved()
+
+
+def test_malformed_and_duplicate_signatures_are_refused_as_the_registry_would(history: History) -> None:
+    w = history.world
+    domain = w.escrow.domain()
+    root, thash = b"\x01" * 32, b"\x02" * 32
+    message = epoch_report(domain, 7, root, thash)
+    good = [sign(message, k.key) for k in w.oracle_keys[:3]]
+    n = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
+    s_value = int.from_bytes(good[0][32:64], "big")
+    high_s = good[0][:32] + (n - s_value).to_bytes(32, "big") + bytes([55 - good[0][64]])  # the malleable twin
+    v_zero = good[1][:64] + bytes([good[1][64] - 27])
+    oracles = frozenset(k.address for k in w.oracle_keys)
+    signers, findings = check_signatures(7, root, thash, [high_s, v_zero, good[2], good[2], good[2][:64]],
+                                         domain=domain, oracles=oracles, threshold=1, block=1)
+    assert signers == (w.oracle_keys[2].address,)
+    assert [f.check for f in findings] == [Check.SIGNATURE_INVALID, Check.SIGNATURE_INVALID, Check.SIGNER_DUPLICATE,
+                                           Check.SIGNATURE_INVALID]
+    assert "upper half" in findings[0].detail
+    assert "not 27 or 28" in findings[1].detail
+    assert "64 bytes" in findings[3].detail
+    signers, findings = check_signatures(7, root, thash, good, domain=domain, oracles=oracles, threshold=3, block=1)
+    assert len(signers) == 3
+    assert findings == []
+    history.assert_conserved()
+
+
+# ---------------------------------------------------------------------------------- (4) amounts
+
+
+def test_tokens_sent_straight_to_the_escrow_unbalance_it(history: History, reports: dict[int, Path],
+                                                        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    w = history.world
+    w.token.transfer(w.escrow.address, 7, sender=w.csp2)  # on chain: held for no job
+    report = _audit(history, reports)
+    assert _checks(report) == {(Check.ESCROW_BALANCE, None, None)}
+    assert "+7 unaccounted" in report.errors[0].detail
+    out = _cli(history, monkeypatch, tmp_path, "--reports", str(reports[history.s].parent), "--json")
+    assert out.exit_code == EXIT_AUDIT_FAILED
+    assert [d["check"] for d in json.loads(out.stdout)["discrepancies"]] == ["escrow-balance"]
+    # one job's audit does not cover the escrow-wide balance, and says so
+    one = _audit(history, reports, job_id=history.a)
+    assert one.ok
+    assert any("escrow token balance" in item for item in one.not_verified)
+    history.assert_conserved(balance=False)  # every job still conserves; the escrow holds 7 more
+
+
+def _alter_event(record: ChainRecord, name: str, job_id: int, **args: int) -> ChainRecord:
+    index = next(i for i, e in enumerate(record.escrow_events) if e.name == name and e.args["jobId"] == job_id)
+    old: ChainEvent = record.escrow_events[index]
+    events = list(record.escrow_events)
+    events[index] = replace(old, args={**old.args, **args})
+    return replace(record, escrow_events=tuple(events))
+
+
+def test_an_altered_refund_or_claim_amount_is_named(history: History, reports: dict[int, Path]) -> None:
+    s, a, b = history.s, history.a, history.b
+    record, published = _record_and_published(history, reports)
+    refund = next(e for e in record.escrow_events if e.name == "RefundTaken" and e.args["jobId"] == a)
+    altered = check(_alter_event(record, "RefundTaken", a, amount=refund.args["amount"] - 1), published)
+    # the job's rule and state, and the escrow's balance: the events now leave 1 unit the escrow does not hold
+    assert {(f.check, f.job_id) for f in altered.errors} == {(Check.LEDGER, a), (Check.JOB_STATE, a),
+                                                            (Check.ESCROW_BALANCE, None)}
+    assert any("refunded: events give" in f.detail for f in altered.errors)
+
+    claimed = next(e for e in record.escrow_events if e.name == "Claimed" and e.args["jobId"] == b)
+    altered = check(_alter_event(record, "Claimed", b, amount=claimed.args["amount"] + 3), published)
+    assert {(f.check, f.job_id, f.epoch) for f in altered.errors} >= {(Check.CLAIM_AMOUNT, b, s)}
+    # 3 more than epoch s allocated to B's release: its claimable term goes negative
+    assert {f.check for f in altered.errors} == {Check.CLAIM_AMOUNT, Check.LEDGER, Check.JOB_STATE,
+                                                 Check.ESCROW_BALANCE}
+    assert any(f.check is Check.LEDGER and "claimable is -3" in f.detail for f in altered.errors)
+    history.assert_conserved()
+
+
+def test_a_claim_whose_calldata_does_not_prove_its_leaf_is_caught(history: History, reports: dict[int, Path]) -> None:
+    s, a = history.s, history.a
+    record, published = _record_and_published(history, reports)
+    tx, call = next((tx, call) for tx, call in record.payout_calls.items() if len(call.claims) == 2)
+    first = call.claims[0]
+    forged = PayoutCall(call.function, (replace(first, cumulative=first.cumulative + 1), call.claims[1]))
+    report = check(replace(record, payout_calls={**record.payout_calls, tx: forged}), published)
+    assert _checks(report) == {(Check.CLAIM_PROOF, a, s + 1), (Check.CLAIM_AMOUNT, a, s + 1)}
+    history.assert_conserved()
+
+
+def test_amounts_replayed_from_events_follow_the_escrow_rules(history: History, reports: dict[int, Path]) -> None:
+    s, b, c = history.s, history.b, history.c
+    record, published = _record_and_published(history, reports)
+    scaled = next(e for e in record.escrow_events if e.name == "JobScaled" and e.args["jobId"] == b)
+    altered = check(_alter_event(record, "JobScaled", b, refunded=scaled.args["refunded"] + 1), published)
+    assert any(f.check is Check.LEDGER and f.job_id == b and "epochs left" in f.detail for f in altered.errors)
+    closed = next(e for e in record.escrow_events if e.name == "JobClosed")
+    altered = check(_alter_event(record, "JobClosed", c, reclaimed=closed.args["reclaimed"] - 1), published)
+    assert any(f.check is Check.LEDGER and "unallocated remainder" in f.detail for f in altered.errors)
+    assert any(f.check is Check.JOB_STATE and f.job_id == c for f in altered.errors)
+    allocated = [i for i, e in enumerate(record.escrow_events)
+                 if e.name == "JobAllocated" and e.args["epoch"] == s + 1 and e.args["jobId"] == b]
+    events = list(record.escrow_events)
+    events[allocated[0]] = replace(events[allocated[0]], args={**events[allocated[0]].args, "burn": 0})
+    altered = check(replace(record, escrow_events=tuple(events)), published)
+    assert (Check.ALLOCATION, b, s + 1) in _checks(altered)
+    assert any(f.check is Check.LEDGER and "decreased" in f.detail for f in altered.errors)
+    history.assert_conserved()
+
+
+# ---------------------------------------------------------------------------------- what the audit cannot read
+
+
+def test_a_report_relayed_through_another_contract_is_flagged_unverifiable(history: History,
+                                                                            reports: dict[int, Path]) -> None:
+    s = history.s
+    record, published = _record_and_published(history, reports)
+    tx = _settled_tx(record, s)
+    calls = {k: v for k, v in record.report_calls.items() if k != tx}
+    relayed = replace(record, report_calls=calls, undecodable={tx: f"transaction {tx} was sent to a multisig"})
+    report = check(relayed, published)
+    assert _checks(report) == {(Check.REPORT_CALLDATA, None, s)}
+    assert "signatures not verified" in report.errors[0].detail
+    assert report.epochs[0].signers == ()
+    history.assert_conserved()
+
+
+def test_a_deployment_record_for_another_chain_exits_4(history: History, monkeypatch: pytest.MonkeyPatch,
+                                                       tmp_path: Path) -> None:
+    elsewhere = replace(history.world.dep, chain_id=history.world.dep.chain_id + 1)
+    monkeypatch.setattr(history.world, "dep", elsewhere)
+    out = _cli(history, monkeypatch, tmp_path, root=True)
+    assert out.exit_code == 4
+    assert json.loads(out.stdout)["error"] == "DeploymentError"
+    history.assert_conserved()
