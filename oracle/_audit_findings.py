@@ -38,6 +38,7 @@ class Check(enum.StrEnum):
     REPORT_ROOT = "report-root"  # the report's pay leaves do not hash to its root
     REPORT_ROOT_ON_CHAIN = "report-root-on-chain"  # the report's root is not the one on chain
     REPORT_TOTALS = "report-totals"  # the report's totals are not the signed ones
+    REPORT_AMOUNTS = "report-amounts"  # an amount does not follow from what the report cites (verify_report)
     REPORT_PAY = "report-pay"  # pay unlike a proven claim, or not adding up to the release total
 
 

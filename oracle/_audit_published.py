@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from contracts import (
     JobId,
     JobTotals,
@@ -18,10 +20,12 @@ from contracts import (
 
 from ._audit_findings import Check, Finding
 from ._merkle import MerkleTree
+from ._report import EpochReport, ReportError, verify_report
 
 # A report with no node pay has no leaves; the oracles post the root of the one zero leaf, zero.
 EMPTY_PAY_ROOT = bytes(32)
-AMOUNTS_NOT_VERIFIED = "amounts from availability (oracle/_report.verify_report is not wired in yet)"
+AMOUNTS_NOT_VERIFIED = ("amounts from availability (a published report in the minimal format cites nothing to "
+                        "recompute from)")
 
 
 # ---------------------------------------------------------------------------------- published reports
@@ -141,15 +145,33 @@ def compute_pay_root(pay: Sequence[PayLeaf]) -> bytes:
 
 def verify_report_amounts(report: PublishedReport, previous: PublishedReport | None, *, domain: dict[str, Any],
                           oracles: frozenset[str], threshold: int) -> list[Finding] | None:
-    """HOOK for oracle/_report.verify_report: recompute every amount of ``report`` from what it
-    cites (signed observations, median availability and tenures, each job's price and policy,
-    ``previous``'s cumulative amounts) and name each amount that differs. ``oracles`` and
-    ``threshold`` are the registry's at the block the report landed in.
+    """Recompute every amount of ``report`` from what it cites (``oracle/_report.verify_report``:
+    the signed observations, their medians, each job's price and policy, ``previous``'s cumulative
+    amounts) and name what differs. ``oracles`` and ``threshold`` are the registry's at the block
+    the report landed in. None (not verified) for a report in the minimal format, which cites
+    nothing to recompute from. The chain inputs a report cites are taken as cited here: reading
+    them back at ``inputs.block`` is not done yet."""
+    full = _epoch_report(report)
+    if full is None:
+        return None
+    before = None if previous is None else _epoch_report(previous)
+    if full.previous_id is not None and (before is None or before.content_id() != full.previous_id):
+        return [Finding(Check.REPORT_AMOUNTS, f"{report.source}: builds on report {full.previous_id}, which is not "
+                                              "the published report of the epoch before", epoch=report.epoch)]
+    try:
+        verify_report(full, domain, oracles, threshold, before)
+    except ReportError as exc:
+        return [Finding(Check.REPORT_AMOUNTS, f"{report.source}: {exc}", epoch=report.epoch)]
+    return []
 
-    To wire in once that module is final: ``verify_report(EpochReport.model_validate(report.document),
-    domain, oracles, threshold, previous EpochReport or None)``, each ``ReportError`` becoming a
-    finding that names its field; then read the chain inputs it cites back at ``inputs.block``.
-    Until then it returns None (not verified) and the audit lists ``AMOUNTS_NOT_VERIFIED``."""
-    return None
+
+def _epoch_report(report: PublishedReport) -> EpochReport | None:
+    """The report in the oracles' full format, or None if it is not in it."""
+    if "observations" not in report.document:
+        return None
+    try:
+        return EpochReport.model_validate(dict(report.document))
+    except ValidationError:
+        return None
 
 
