@@ -170,7 +170,7 @@ def _epoch_report(report: PublishedReport) -> EpochReport | None:
     if "observations" not in report.document:
         return None
     try:
-        return EpochReport.model_validate(dict(report.document))
+        return EpochReport.model_validate_json(json.dumps(dict(report.document)))
     except ValidationError:
         return None
 

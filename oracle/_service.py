@@ -1,0 +1,316 @@
+"""An oracle at work: it watches the mesh and, with the other registered oracles, agrees on one
+report per epoch and lands its root on chain.
+
+Each oracle runs a mesh participant of its own (``mesh.open_node`` with its registered key) and:
+
+1. **watches** (``_watch.Watcher``): every epoch's log of nodes up and down and replica holders;
+2. once an epoch has ended (plus ``settle_s``, for the last beats to arrive), **observes** it: the
+   log replayed, ``_observe.compute_observation``, signed (``_report.sign_observation``) and kept;
+3. **agrees**, in rounds. Round r of epoch e is led by ``_report.leader(e, r, oracles)``; the
+   leader asks every oracle for its observation over ``PROTOCOL`` (libp2p streams to the oracles'
+   own participants), keeps the usable ones (``select_observations``: signed by distinct
+   registered oracles, complete, not equivocating), reads the chain inputs at the latest block
+   (``_inputs.read_inputs``), builds the report (``build_report``, cumulative over the previous
+   settled report) and asks every oracle to sign it. A follower signs only what it re-derives
+   itself (``verify_report``, and the inputs read again at the cited block); with t signatures,
+   its own included, the leader submits the root on chain. A round that has not landed within
+   ``round_s`` gives way to the next leader in line, so a silent, slow or faulty leader costs one
+   round; fewer than t honest oracles finalize nothing (the epoch stays locked: SETTLEMENT.md);
+4. **publishes**: every settled report is kept content-addressed (``<dir>/reports/<sha256>.json``)
+   and served over ``PROTOCOL`` ("report"); an oracle that did not take part fetches it, since the
+   next report builds on it.
+
+Chain calls are blocking (web3) and go through one lock-guarded worker thread (eth-tester is not
+thread-safe). Keys never leave the process and are never logged.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import trio
+from eth_account import Account
+
+from contracts import Chain, ChainError, Deployment, sign
+from mesh import Message, Node
+
+from ._inputs import read_inputs
+from ._observe import compute_observation
+from ._report import (
+    EpochReport,
+    Observation,
+    ReportError,
+    build_report,
+    leader,
+    select_observations,
+    sign_observation,
+    verify_report,
+)
+from ._watch import EpochClock, Watcher, epoch_log, replay
+
+if TYPE_CHECKING:  # trio-typing's TaskStatus is the one mypy sees (mesh/_trio_types.py)
+    from trio_typing import TaskStatus
+else:
+    TaskStatus = trio.TaskStatus
+
+log = logging.getLogger("deedmesh.oracle")
+T = TypeVar("T")
+
+PROTOCOL = "/deedmesh/oracle/1"
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # a report of 10,000 nodes is ~12 MB (BENCHMARKS.md)
+
+
+@dataclass(frozen=True)
+class OracleConfig:
+    settle_s: float = 1.0  # after an epoch ends, how long until it is observed (the last beats arrive)
+    round_s: float = 10.0  # a leader's time to land the root before the next one takes over
+    request_s: float = 5.0  # one exchange with another oracle
+    poll_s: float = 0.5  # how often the chain is asked whether an epoch landed
+
+
+class ChainGate:
+    """Blocking chain calls, one at a time, in a worker thread."""
+
+    def __init__(self) -> None:
+        self._lock = trio.Lock()
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        async with self._lock:
+            return await trio.to_thread.run_sync(fn, *args)
+
+
+@dataclass
+class Oracle:
+    """One oracle (module docstring). ``private_key`` signs observations, reports and its
+    ``submitReport`` transactions; ``chain`` must be able to send from it (``Chain.add_signer``)."""
+
+    node: Node
+    private_key: bytes
+    chain: Chain
+    deployment: Deployment
+    clock: EpochClock
+    directory: Path
+    gate: ChainGate
+    config: OracleConfig = OracleConfig()
+    observations: dict[int, Observation] = field(default_factory=dict)  # epoch -> ours
+    reports: dict[int, EpochReport] = field(default_factory=dict)  # epoch -> the settled report we hold
+    settled: set[int] = field(default_factory=set)  # epochs whose root we saw on chain
+    led: list[tuple[int, int, str]] = field(default_factory=list)  # (epoch, round, outcome) of rounds we led
+
+    def __post_init__(self) -> None:
+        self.address = Account.from_key(self.private_key).address
+        self.domain = self.deployment.escrow(self.chain).domain()
+        self.watcher = Watcher(self.node, self.clock, self.directory / "watch")
+        self.node.transport.set_handler(PROTOCOL, self.answer, max_request_bytes=MAX_MESSAGE_BYTES,
+                                        timeout_s=self.config.round_s)
+        (self.directory / "reports").mkdir(parents=True, exist_ok=True)
+
+    # ------------------------------------------------------------------ running
+    async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self.watcher.run)
+            task_status.started()
+            while True:
+                now = self.node.now_ms()
+                ended = self.clock.epoch_at(now) - 1
+                if ended >= 0:
+                    await self.settle(ended)
+                _, next_end = self.clock.bounds(self.clock.epoch_at(self.node.now_ms()))
+                await trio.sleep(max(0.0, (next_end - self.node.now_ms()) / 1000) + self.config.settle_s)
+
+    async def settle(self, epoch: int) -> None:
+        """Take part in ``epoch``'s agreement until its root is on chain (module docstring, 2-4)."""
+        if epoch in self.settled:
+            return
+        self.observe(epoch)
+        round_ = 0
+        while not await self._landed(epoch):
+            oracles, threshold = await self._oracle_set()
+            if round_ >= len(oracles) or self.clock.epoch_at(self.node.now_ms()) > epoch + 1:
+                # every oracle led a round, or the next epoch ended meanwhile: no quorum for this
+                # one; its amounts stay locked (SETTLEMENT.md) and the agreement moves on
+                log.warning("no quorum for an epoch; it stays locked", extra={"epoch": epoch, "rounds": round_})
+                return
+            with trio.move_on_after(self.config.round_s):
+                if leader(epoch, round_, oracles).lower() == self.address.lower():
+                    outcome = await self._lead(epoch, round_, oracles, threshold)
+                    self.led.append((epoch, round_, outcome))
+                    log.info("led a round: %s", outcome, extra={"epoch": epoch, "round": round_, "outcome": outcome})
+                while not await self._landed(epoch):  # noqa: ASYNC110 (the chain has no event to wait on)
+                    await trio.sleep(self.config.poll_s)
+            round_ += 1
+        await self._keep_settled(epoch)
+
+    def observe(self, epoch: int) -> Observation | None:
+        """Our signed observation of ``epoch`` (made once, from the watch log), or None if we saw none."""
+        if epoch in self.observations:
+            return self.observations[epoch]
+        path = epoch_log(self.watcher.dir, epoch)
+        if not path.exists():
+            return None
+        start, end = self.clock.bounds(epoch)
+        seen = replay(path.read_text().splitlines(), start, end)
+        observed = compute_observation(start, end, watched=seen.watched, alive=seen.alive, held=seen.held)
+        self.observations[epoch] = sign_observation(self.domain, epoch, observed, self.private_key)
+        return self.observations[epoch]
+
+    # ------------------------------------------------------------------ leading
+    async def _lead(self, epoch: int, round_: int, oracles: frozenset[str], threshold: int) -> str:
+        escrow = self.deployment.escrow(self.chain)
+        if await self.gate.run(escrow.current_epoch) <= epoch:  # the chain's clock is the one that counts
+            return "the chain's clock has not passed the epoch yet"
+        collected = [o for o in [self.observe(epoch)] if o is not None]
+        for answer in await self._ask_all(oracles, {"kind": "observation", "epoch": epoch}):
+            if isinstance(answer.get("observation"), dict):
+                try:
+                    collected.append(Observation.model_validate_json(json.dumps(answer["observation"])))
+                except ValueError:
+                    continue
+        start, end = self.clock.bounds(epoch)
+        chosen = select_observations(collected, self.domain, oracles, epoch, start, end).observations
+        if len(chosen) < threshold:
+            return f"{len(chosen)} usable observations, {threshold} needed"
+        previous = await self._previous(epoch)
+        nodes = {n for o in chosen for n, _ in o.availability} | {t[2] for o in chosen for t in o.tenure}
+        inputs = await self.gate.run(read_inputs, self.chain, self.deployment, epoch, nodes)
+        try:
+            report = build_report(epoch, chosen, inputs, previous, threshold)
+        except ReportError as exc:
+            return f"no report: {exc}"
+        signatures = {self.address.lower(): sign(report.message(self.domain), self.private_key)}
+        for answer in await self._ask_all(oracles, {"kind": "sign", "report": json.loads(report.model_dump_json())}):
+            signature = answer.get("signature")
+            signer = answer.get("oracle")
+            members = {o.lower() for o in oracles}
+            if isinstance(signature, str) and isinstance(signer, str) and signer.lower() in members:
+                signatures[signer.lower()] = bytes.fromhex(signature.removeprefix("0x"))
+        if len(signatures) < threshold:
+            return f"{len(signatures)} signatures, {threshold} needed"
+        self._store(report)
+        try:
+            await self.gate.run(lambda: escrow.submit_report(epoch, report.root_bytes, report.job_totals(),
+                                                             list(signatures.values())[:len(oracles)],
+                                                             sender=self.address))
+        except ChainError as exc:
+            return f"submission failed: {exc}"
+        return "submitted"
+
+    async def _ask_all(self, oracles: frozenset[str], message: dict[str, Any]) -> list[dict[str, Any]]:
+        """``message`` to every other oracle at once; the answers that came in time."""
+        answers: list[dict[str, Any]] = []
+        data = json.dumps(message).encode()
+
+        async def ask(address: str) -> None:
+            with trio.move_on_after(self.config.request_s):
+                try:
+                    peer = await self.node.peer_of(address)
+                    raw = await self.node.transport.request(peer, PROTOCOL, data, timeout_s=self.config.request_s,
+                                                            max_response_bytes=MAX_MESSAGE_BYTES)
+                    answer = json.loads(raw)
+                except Exception as exc:  # an oracle that is down, slow or speaks nonsense is one answer less
+                    log.debug("no answer from an oracle: %s", str(exc)[:200], extra={"oracle": address})
+                    return
+                if isinstance(answer, dict):
+                    answers.append(answer)
+
+        async with trio.open_nursery() as nursery:
+            for address in sorted(oracles):
+                if address.lower() != self.address.lower():
+                    nursery.start_soon(ask, address)
+        return answers
+
+    # ------------------------------------------------------------------ answering
+    async def answer(self, request: Message) -> bytes:
+        """The other oracles' requests (module docstring): our observation, our signature on a
+        report we re-derive, or a settled report."""
+        if request.oversized:
+            return json.dumps({"error": "oversized"}).encode()
+        try:
+            message = json.loads(request.data)
+            kind, epoch = message["kind"], int(message.get("epoch", message.get("report", {}).get("epoch", -1)))
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return json.dumps({"error": "malformed"}).encode()
+        if kind == "observation":
+            mine = self.observe(epoch) if epoch < self.clock.epoch_at(self.node.now_ms()) else None
+            body: dict[str, Any] = ({"error": "none"} if mine is None
+                                    else {"observation": json.loads(mine.model_dump_json())})
+        elif kind == "sign":
+            body = await self._sign(message["report"])
+        elif kind == "report":
+            held = self.reports.get(epoch)
+            body = {"error": "none"} if held is None else {"report": json.loads(held.model_dump_json())}
+        else:
+            body = {"error": "unknown kind"}
+        return json.dumps(body).encode()
+
+    async def _sign(self, raw: Any) -> dict[str, Any]:
+        """Sign a proposed report only if it follows from what it cites and the chain agrees."""
+        try:
+            report = EpochReport.model_validate_json(json.dumps(raw))
+            oracles, threshold = await self._oracle_set()
+            verify_report(report, self.domain, oracles, threshold, await self._previous(report.epoch))
+            nodes = {n.node for n in report.inputs.nodes} | {n for n, _ in report.availability} \
+                | {t[2] for t in report.tenure}
+            ours = await self.gate.run(read_inputs, self.chain, self.deployment, report.epoch, nodes,
+                                       report.inputs.block)
+            if ours != report.inputs:
+                return {"error": "chain inputs differ from the chain at the cited block"}
+        except (ReportError, ValueError, ChainError) as exc:
+            log.warning("refused to sign a report", extra={"error": str(exc)[:300]})
+            return {"error": str(exc)[:300]}
+        return {"oracle": self.address, "signature": "0x" + sign(report.message(self.domain), self.private_key).hex()}
+
+    # ------------------------------------------------------------------ the chain and the store
+    async def _oracle_set(self) -> tuple[frozenset[str], int]:
+        registry = self.deployment.oracles(self.chain)
+        members = await self.gate.run(registry.oracles)
+        return frozenset(members), int(await self.gate.run(registry.threshold))
+
+    async def _landed(self, epoch: int) -> bool:
+        if epoch in self.settled:
+            return True
+        escrow = self.deployment.escrow(self.chain)
+        if await self.gate.run(escrow.next_epoch) > epoch:
+            self.settled.add(epoch)
+            return True
+        return False
+
+    async def _previous(self, epoch: int) -> EpochReport | None:
+        """The settled report the one for ``epoch`` builds on: the latest settled epoch before it."""
+        escrow = self.deployment.escrow(self.chain)
+        for earlier in range(epoch - 1, -1, -1):
+            if await self.gate.run(escrow.root_of, earlier) != bytes(32) or earlier in self.reports:
+                return self.reports.get(earlier) or await self._fetch(earlier)
+        return None
+
+    async def _keep_settled(self, epoch: int) -> None:
+        if epoch not in self.reports:
+            await self._fetch(epoch)
+
+    async def _fetch(self, epoch: int) -> EpochReport | None:
+        """A settled report we do not hold, from any oracle that does (checked against the chain)."""
+        oracles, _ = await self._oracle_set()
+        escrow = self.deployment.escrow(self.chain)
+        root = await self.gate.run(escrow.root_of, epoch)
+        for answer in await self._ask_all(oracles, {"kind": "report", "epoch": epoch}):
+            try:
+                report = EpochReport.model_validate_json(json.dumps(answer["report"]))
+            except (KeyError, ValueError):
+                continue
+            if report.epoch == epoch and report.root_bytes == root:
+                self._store(report)
+                return report
+        return None
+
+    def _store(self, report: EpochReport) -> None:
+        self.reports[report.epoch] = report
+        path = self.directory / "reports" / f"{report.content_id()}.json"
+        if not path.exists():
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(report.model_dump_json())
+            tmp.replace(path)
