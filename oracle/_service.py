@@ -12,7 +12,8 @@ Each oracle runs a mesh participant of its own (``mesh.open_node`` with its regi
    registered oracles, complete, not equivocating), reads the chain inputs at the latest block
    (``_inputs.read_inputs``), builds the report (``build_report``, cumulative over the previous
    settled report) and asks every oracle to sign it. A follower signs only what it re-derives
-   itself (``verify_report``, and the inputs read again at the cited block); with t signatures,
+   itself (``verify_report``, and the inputs read again at the cited block) and that agrees with
+   what it saw itself (``disagreement``: colluders cannot finalize with honest signatures); with t signatures,
    its own included, the leader submits the root on chain. A round that has not landed within
    ``round_s`` gives way to the next leader in line, so a silent, slow or faulty leader costs one
    round; fewer than t honest oracles finalize nothing (the epoch stays locked: SETTLEMENT.md);
@@ -71,6 +72,34 @@ class OracleConfig:
     round_s: float = 10.0  # a leader's time to land the root before the next one takes over
     request_s: float = 5.0  # one exchange with another oracle
     poll_s: float = 0.5  # how often the chain is asked whether an epoch landed
+
+
+AVAILABILITY_TOLERANCE = 16  # of 255: how far an agreed availability may be from an oracle's own
+TENURE_TOLERANCE_BPS = 600  # of the epoch: how far an agreed tenure (or alive time) may be from its own
+
+
+def disagreement(report: EpochReport, own: Observation | None) -> str | None:
+    """Why an oracle that watched the whole epoch (``own`` complete) will not sign ``report``: an
+    agreed value further from its own than honest oracles' measurements differ (the sampling and
+    the liveness detection make them differ by a few percent). With at most f oracles lying and
+    the medians over more than 2f observations this never trips; when liars are as many as the
+    honest oracles a median can be theirs, and then the honest oracles refuse it: colluders
+    cannot finalize with honest signatures (None: no objection)."""
+    if own is None or not own.complete:
+        return None
+    mine = dict(own.availability)
+    for node, value in report.availability:
+        if abs(value - mine.get(node, 0)) > AVAILABILITY_TOLERANCE:
+            return f"availability of {node}: agreed {value}, seen {mine.get(node, 0)}"
+    slack = (own.end_ms - own.start_ms) * TENURE_TOLERANCE_BPS // 10_000
+    held = {tuple(row[:3]): tuple(row[3:]) for row in own.tenure}
+    agreed_rows = {tuple(row[:3]): tuple(row[3:]) for row in report.tenure}
+    width = max((len(v) for v in (*held.values(), *agreed_rows.values())), default=0)
+    for key in sorted(set(held) | set(agreed_rows)):  # a replica's holder left out is a disagreement too
+        agreed, seen = agreed_rows.get(key, (0,) * width), held.get(key, (0,) * width)
+        if any(abs(a - b) > slack for a, b in zip(agreed, seen, strict=False)):
+            return f"tenure of {key}: agreed {agreed}, seen {seen}"
+    return None
 
 
 class ChainGate:
@@ -182,6 +211,8 @@ class Oracle:
             report = build_report(epoch, chosen, inputs, previous, threshold)
         except ReportError as exc:
             return f"no report: {exc}"
+        if (objection := disagreement(report, self.observe(epoch))) is not None:
+            return f"our own report is not what we saw: {objection}"
         signatures = {self.address.lower(): sign(report.message(self.domain), self.private_key)}
         for answer in await self._ask_all(oracles, {"kind": "sign", "report": json.loads(report.model_dump_json())}):
             signature = answer.get("signature")
@@ -260,6 +291,8 @@ class Oracle:
                                        report.inputs.block)
             if ours != report.inputs:
                 return {"error": "chain inputs differ from the chain at the cited block"}
+            if (objection := disagreement(report, self.observe(report.epoch))) is not None:
+                return {"error": f"not what this oracle saw: {objection}"}
         except (ReportError, ValueError, ChainError) as exc:
             log.warning("refused to sign a report", extra={"error": str(exc)[:300]})
             return {"error": str(exc)[:300]}
