@@ -1,5 +1,6 @@
-"""One oracle's observation of one epoch, from what it recorded: each node's availability and who
-held each replica for how long. Pure: intervals in, integers out; no clock, no I/O.
+"""One oracle's observation of one epoch, from what it recorded: each node's availability, who
+held each replica for how long, and for how much of that time the holder was seen alive. Pure:
+intervals in, integers out; no clock, no I/O.
 
 Inputs are intervals in ms on the oracle's clock (``_watch.replay`` produces them): the epoch
 ``[start_ms, end_ms)``; ``watched``, the spans in which the oracle was actually watching; ``alive``,
@@ -10,19 +11,26 @@ Spans may overlap or spill outside the epoch: each is clipped to the epoch and t
 
 Rules (every oracle applies the same ones, so honest oracles that saw the same thing agree):
 
-- **availability** = ``floor(255 * alive_ms / epoch_ms)``. Unwatched time counts as not seen alive:
-  an oracle never reports more than it saw (a node it saw for all it watched of a 95 %-covered
-  epoch gets 242, and the median over the other oracles decides).
+- **availability** = ``floor(255 * alive_ms / epoch_ms)``, per node over the whole epoch. Unwatched
+  time counts as not seen alive: an oracle never reports more than it saw (a node it saw for all it
+  watched of a 95 %-covered epoch gets 242, and the median over the other oracles decides). It is
+  for auditors and displays; money is judged on the tenure (SETTLEMENT.md rule 2, below).
 - **tenure** of (job, replica, node) = the ms it held the replica within the watched epoch. At any
   instant a replica has at most one holder: where the input has two, the one whose span started
   first keeps the instant (the incumbent: a claim is only taken over once it lapses), ties going to
   the lower node address. So a replica's tenures never sum above the epoch length.
+- **alive in tenure** of (job, replica, node) = the ms of that tenure in which the node was also
+  seen alive (its alive spans intersected with the instants it held the replica). Never above the
+  tenure. A node's share of the slot is judged by ``compute_tenure_availability`` of the two:
+  a node that served its tenure well and then died is judged on the tenure alone; a holder whose
+  beats stopped arriving while it kept the claim is judged on exactly that time.
 - **coverage**: the ms of the epoch the oracle watched. Below ``MIN_COVERAGE_BPS`` of the epoch the
   observation is incomplete and aggregation does not use it: an oracle restarted mid-epoch abstains
   honestly instead of reporting every node as down for the time it was away.
 
 Node addresses come out lower-case (one spelling, and cheap to normalize for 10,000 nodes); entries
-with zero availability or zero tenure are left out (absent means zero).
+with zero availability or zero tenure are left out (absent means zero). A tenure entry with zero
+alive-in-tenure is kept: that is what withholds or burns the holder's share.
 """
 
 from __future__ import annotations
@@ -41,18 +49,20 @@ Span = tuple[int, int]
 AliveSpan = tuple[str, int, int]  # (node, from_ms, to_ms)
 HeldSpan = tuple[int, int, str, int, int]  # (job, replica, node, from_ms, to_ms)
 TenureKey = tuple[int, int, str]  # (job, replica, node)
+TenureEntry = tuple[int, int, str, int, int]  # (job, replica, node, tenure_ms, alive_ms)
 
 
 @dataclass(frozen=True)
 class Observed:
     """What one oracle saw of ``[start_ms, end_ms)``: sorted ``(node, availability)`` and
-    ``(job, replica, node, tenure_ms)`` entries, and the ms of the epoch it watched."""
+    ``(job, replica, node, tenure_ms, alive_ms)`` entries (``alive_ms``: of the tenure, the ms the
+    node was seen alive), and the ms of the epoch it watched."""
 
     start_ms: int
     end_ms: int
     coverage_ms: int
     availability: tuple[tuple[str, int], ...]
-    tenure: tuple[tuple[int, int, str, int], ...]
+    tenure: tuple[TenureEntry, ...]
 
     @property
     def complete(self) -> bool:
@@ -69,6 +79,14 @@ def compute_availability(alive_ms: int, epoch_ms: int) -> int:
     if epoch_ms <= 0 or not 0 <= alive_ms <= epoch_ms:
         raise ValueError("need 0 <= alive_ms <= epoch_ms and a non-empty epoch")
     return AVAILABILITY_MAX * alive_ms // epoch_ms
+
+
+def compute_tenure_availability(alive_ms: int, tenure_ms: int) -> int:
+    """A holder's availability during its tenure (SETTLEMENT.md rule 2): ``floor(255 * alive_ms /
+    tenure_ms)``, 0 for no tenure, for ``0 <= alive_ms <= tenure_ms``."""
+    if tenure_ms == 0 and alive_ms == 0:
+        return 0
+    return compute_availability(alive_ms, tenure_ms)
 
 
 def merge_spans(spans: Iterable[Span]) -> list[Span]:
@@ -102,19 +120,24 @@ def _length(spans: Iterable[Span]) -> int:
     return sum(b - a for a, b in spans)
 
 
-def compute_tenures(held: Iterable[tuple[str, int, int]]) -> dict[str, int]:
-    """One replica's tenure per node from its ``(node, from_ms, to_ms)`` spans, overlaps resolved
+def compute_tenure_spans(held: Iterable[tuple[str, int, int]]) -> dict[str, list[Span]]:
+    """One replica's instants per node from its ``(node, from_ms, to_ms)`` spans, overlaps resolved
     for the incumbent (module docstring): each instant goes to the span covering it that started
     first, ties to the lower node address. Equivalently, sweeping the spans in that order, a span
-    counts only from where every earlier span has ended."""
-    tenures: dict[str, int] = defaultdict(int)
+    counts only from where every earlier span has ended. Each node's spans come merged."""
+    pieces: dict[str, list[Span]] = defaultdict(list)
     covered_until: int | None = None
     for node, a, b in sorted(held, key=lambda s: (s[1], s[0], s[2])):
         start = a if covered_until is None else max(a, covered_until)
         if start < b:
-            tenures[node] += b - start
+            pieces[node].append((start, b))
         covered_until = b if covered_until is None else max(covered_until, b)
-    return {node: ms for node, ms in tenures.items() if ms > 0}
+    return {node: merge_spans(spans) for node, spans in pieces.items()}
+
+
+def compute_tenures(held: Iterable[tuple[str, int, int]]) -> dict[str, int]:
+    """One replica's tenure (ms) per node: the length of its ``compute_tenure_spans``."""
+    return {node: _length(spans) for node, spans in compute_tenure_spans(held).items()}
 
 
 def compute_observation(start_ms: int, end_ms: int, *, watched: Iterable[Span], alive: Iterable[AliveSpan],
@@ -125,20 +148,23 @@ def compute_observation(start_ms: int, end_ms: int, *, watched: Iterable[Span], 
         raise ValueError("an epoch needs end_ms > start_ms")
     seen = intersect_spans(merge_spans(watched), [(start_ms, end_ms)])
 
-    alive_by_node: dict[str, list[Span]] = defaultdict(list)
+    alive_raw: dict[str, list[Span]] = defaultdict(list)
     for node, a, b in alive:
-        alive_by_node[node.lower()].append((a, b))
+        alive_raw[node.lower()].append((a, b))
+    alive_by_node = {node: intersect_spans(merge_spans(spans), seen) for node, spans in alive_raw.items()}
     availability = []
     for node, spans in alive_by_node.items():
-        a = compute_availability(_length(intersect_spans(merge_spans(spans), seen)), epoch_ms)
-        if a:
+        if a := compute_availability(_length(spans), epoch_ms):
             availability.append((node, a))
 
     held_by_replica: dict[tuple[int, int], list[tuple[str, int, int]]] = defaultdict(list)
     for job, replica, node, a, b in held:
         for clipped in intersect_spans([(a, b)] if a < b else [], seen):
             held_by_replica[(job, replica)].append((node.lower(), *clipped))
-    tenure = [(job, replica, node, ms) for (job, replica), spans in held_by_replica.items()
-              for node, ms in compute_tenures(spans).items()]
+    tenure: list[TenureEntry] = []
+    for (job, replica), holders in held_by_replica.items():
+        for node, owned in compute_tenure_spans(holders).items():
+            alive_ms = _length(intersect_spans(owned, alive_by_node.get(node, [])))
+            tenure.append((job, replica, node, _length(owned), alive_ms))
     return Observed(start_ms=start_ms, end_ms=end_ms, coverage_ms=_length(seen),
                     availability=tuple(sorted(availability)), tenure=tuple(sorted(tenure)))

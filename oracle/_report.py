@@ -1,31 +1,32 @@
-"""Signed observations, their median, the epoch report and a follower's check of it. Pure: keys,
-chain reads and time are the caller's; every oracle and the auditor compute the same bytes.
+"""The epoch report: the medians of the cited observations, the settlement of every slot, and a
+follower's check of it. Pure: keys, chain reads and time are the caller's; every oracle and the
+auditor compute the same bytes.
 
 The round, in the style of Chainlink OCR (issue 6):
 
-1. Each oracle signs its observation of the epoch (``_observe``): ``sign_observation``. The EIP-712
-   struct ``Observation(uint64 epoch, bytes32 digest)``, under the escrow's domain, binds the chain,
-   the escrow and the epoch; ``digest`` is the keccak of the observation's canonical JSON (sorted
-   keys, no spaces) without its signature. Its type name differs from ``EpochReport``'s, so no
-   observation signature can pass for a report signature.
+1. Each oracle signs its observation of the epoch (``_observe`` computes it, ``_observation``
+   signs it under the escrow's domain): ``sign_observation``.
 2. The leader of the round (``leader``) keeps the usable ones (``select_observations``): signed by a
-   distinct member of the oracle set, for this epoch, complete (coverage, ``_observe``). An oracle
-   that signed two different observations of one epoch equivocated: both are dropped, and it
-   neither votes nor counts toward the threshold (exact copies of one observation count once).
-3. ``build_report`` takes the per-node MEDIAN availability and the per-(job, replica, node) median
-   tenure over at least ``threshold`` of them, reads each job's price, replica count and policy and
-   each node's license and standing from ``ChainInputs`` (read by the leader at one block, cited),
-   settles every slot of every job active in the epoch (``_settlement``), adds it to the previous
-   report's cumulative amounts and builds the Merkle tree of node pay.
+   distinct member of the oracle set, for this epoch, complete; an oracle that equivocated is left
+   out entirely (``_observation``).
+3. ``build_report`` takes, over at least ``threshold`` of them, the per-node MEDIAN availability
+   (over the whole epoch: for auditors and displays) and, per (job, replica, node), the median
+   tenure and the median ms of that tenure the node was seen alive; reads each job's price,
+   replica count and policy and each node's license and standing from ``ChainInputs`` (read by the
+   leader at one block, cited); settles every slot of every job active in the epoch
+   (``_settlement``), each share judged by its holder's availability during its tenure; adds it to
+   the previous report's cumulative amounts and builds the Merkle tree of node pay.
 4. Followers run ``verify_report`` (it rebuilds the report from what it cites) and sign
    ``report.message(domain)``; any oracle submits the root and totals with t signatures.
 
 Medians: a node (or tenure) absent from an observation counts as 0 there; with an even count the
 LOWER median is taken (the smaller of the two middle values: nothing is paid on a value only half
 the oracles vouch for). With n observations of which f < n/2 are arbitrary, every median lies
-between the smallest and the largest honest value. A replica's median tenures can sum above the
-epoch (each median comes from different oracles); then they are scaled down in proportion,
-rounding down, so that they fit.
+between the smallest and the largest honest value. The tenure and the alive-in-tenure of an entry
+are medians taken separately (possibly of different oracles), so the alive ms is clipped to the
+tenure. A replica's median tenures can sum above the epoch (each median comes from different
+oracles); then each tenure and its alive ms are scaled down in the same proportion, rounding down,
+so that they fit and the share of the tenure seen alive stays (to the rounding).
 
 Settlement per slot (shared/SETTLEMENT.md): a tenure entry for a replica >= the job's count this
 epoch, or for a job not active this epoch, pays nothing. A holder with no license in the inputs
@@ -36,23 +37,21 @@ the last report, whichever epoch that had: an epoch no report settled stays lock
 paid on a guess) and the escrow returns it to the CSP when the job is closed after its grace
 period (``closeJob``).
 
-Errors: ``ReportError`` is the base of ``ObservationRejected`` (oracle, reason),
-``NotEnoughObservations`` (have, need) and ``ReportMismatch`` (field, detail).
+Errors (``_report_errors``): ``ReportError`` is the base of ``ObservationRejected`` (oracle,
+reason), ``NotEnoughObservations`` (have, need) and ``ReportMismatch`` (field, detail). The
+observation model and its helpers live in ``_observation`` and are re-exported here.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 from collections import defaultdict
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from itertools import groupby
-from typing import Annotated, Any, TypeVar, cast
+from typing import Any
 
-import coincurve
-from eth_account import Account
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
 from contracts import (
     Claim,
@@ -68,217 +67,76 @@ from contracts import (
     digest,
     epoch_report,
     keccak,
-    sign,
-    to_checksum_address,
 )
 
 from ._merkle import MerkleTree
-from ._observe import Observed, is_complete
+from ._observation import (
+    OBSERVATION_TYPE,
+    SECP256K1_N,
+    UINT64,
+    Availability,
+    FrozenModel,
+    Natural,
+    NodeAddress,
+    Observation,
+    Selection,
+    TenureRow,
+    canonical_json,
+    check_strictly_increasing,
+    memo,
+    observation_message,
+    recover_observer,
+    select_observations,
+    sign_observation,
+    verify_observation,
+)
+from ._observe import TenureKey, compute_tenure_availability
+from ._report_errors import NotEnoughObservations, ObservationRejected, ReportError, ReportMismatch
 from ._settlement import Standing, compute_share_outcome, split_by_tenure
 
-SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
-UINT64 = 2**64
+__all__ = [
+    "EMPTY_ROOT",
+    "OBSERVATION_TYPE",
+    "SECP256K1_N",
+    "UINT64",
+    "UINT128",
+    "Aggregate",
+    "ChainInputs",
+    "EpochReport",
+    "JobInput",
+    "NodeInput",
+    "NotEnoughObservations",
+    "Observation",
+    "ObservationRejected",
+    "ReportError",
+    "ReportMismatch",
+    "Selection",
+    "aggregate",
+    "build_report",
+    "claim",
+    "compute_replicas_at",
+    "leader",
+    "lower_median",
+    "observation_message",
+    "proof",
+    "recover_observer",
+    "select_observations",
+    "sign_observation",
+    "standing_of",
+    "verify_observation",
+    "verify_report",
+]
+
 UINT128 = 2**128
 EMPTY_ROOT = bytes(32)  # no node pay yet: no leaf hashes to zero, so nothing proves against it
-
-_DOMAIN_TYPE = [
-    {"name": "name", "type": "string"},
-    {"name": "version", "type": "string"},
-    {"name": "chainId", "type": "uint256"},
-    {"name": "verifyingContract", "type": "address"},
-]
-OBSERVATION_TYPE = [{"name": "epoch", "type": "uint64"}, {"name": "digest", "type": "bytes32"}]
-
-NodeAddress = Annotated[str, Field(pattern=r"^0x[0-9a-f]{40}$")]  # lower-case, as ``_observe`` writes them
-Availability = Annotated[int, Field(ge=0, le=255)]
-Natural = Annotated[int, Field(ge=0)]
-_T = TypeVar("_T")
-_OBSERVATION_BODY = ("availability", "coverage_ms", "end_ms", "epoch", "oracle", "start_ms", "tenure")
 _LEAF_KIND = (1).to_bytes(32, "big")  # the leaf's first word: LEAF_RELEASE, a uint8
 _WORD_ONE = (32).to_bytes(32, "big")  # abi.encode of a lone dynamic array starts with its offset, 0x20
-
-
-# ------------------------------------------------------------------ errors
-
-
-class ReportError(Exception):
-    """An observation or a report the rules refuse (module docstring: the subclasses)."""
-
-
-class ObservationRejected(ReportError):
-    def __init__(self, oracle: str, reason: str) -> None:
-        super().__init__(f"observation of {oracle}: {reason}")
-        self.oracle, self.reason = oracle, reason
-
-
-class NotEnoughObservations(ReportError):
-    def __init__(self, have: int, need: int) -> None:
-        super().__init__(f"{have} usable observations, {need} needed")
-        self.have, self.need = have, need
-
-
-class ReportMismatch(ReportError):
-    def __init__(self, field: str, detail: str) -> None:
-        super().__init__(f"report field {field!r} does not follow from what it cites: {detail}")
-        self.field, self.detail = field, detail
-
-
-class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
-
-
-def _canonical(value: Any) -> bytes:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
-
-
-def _memo(model: BaseModel, name: str, fields: tuple[str, ...], compute: Callable[[], _T]) -> _T:
-    """``compute()`` remembered on the frozen ``model`` for as long as the ``fields`` it reads are the
-    same objects: ``model_copy(update=...)`` copies the memo but replaces fields, so a value derived
-    from fields that were replaced is never served."""
-    sources = tuple(model.__dict__[f] for f in fields)
-    slot = model.__dict__.get(name)
-    if slot is not None and all(a is b for a, b in zip(slot[0], sources, strict=True)):
-        return cast(_T, slot[1])
-    value = compute()
-    model.__dict__[name] = (sources, value)
-    return value
-
-
-def _strictly_increasing(keys: Sequence[Any], what: str) -> None:
-    for i in range(1, len(keys)):
-        if keys[i - 1] >= keys[i]:
-            raise ValueError(f"{what} must be sorted with no duplicates (at index {i})")
-
-
-# ------------------------------------------------------------------ observations
-
-
-class Observation(_Frozen):
-    """One oracle's signed observation of an epoch (``_observe.Observed`` plus who and the signature)."""
-
-    epoch: int = Field(ge=0, lt=UINT64)
-    oracle: str = Field(pattern=r"^0x[0-9a-fA-F]{40}$")
-    start_ms: Natural
-    end_ms: Natural
-    coverage_ms: Natural
-    availability: tuple[tuple[NodeAddress, Availability], ...]
-    tenure: tuple[tuple[Natural, Natural, NodeAddress, Natural], ...]  # (job, replica, node, ms)
-    signature: str = Field(pattern=r"^0x[0-9a-f]{130}$")
-
-    @field_validator("oracle")
-    @classmethod
-    def _checksummed(cls, v: str) -> str:
-        return to_checksum_address(v)
-
-    @model_validator(mode="after")
-    def _canonical_shape(self) -> Observation:
-        epoch_ms = self.end_ms - self.start_ms
-        if epoch_ms <= 0 or self.coverage_ms > epoch_ms:
-            raise ValueError("need start_ms < end_ms and coverage_ms within the epoch")
-        _strictly_increasing([node for node, _ in self.availability], "availability")
-        _strictly_increasing([t[:3] for t in self.tenure], "tenure")
-        if any(t[3] > epoch_ms for t in self.tenure):
-            raise ValueError("a tenure is longer than the epoch")
-        return self
-
-    @property
-    def complete(self) -> bool:
-        return is_complete(self.coverage_ms, self.end_ms - self.start_ms)
-
-    def body(self) -> dict[str, Any]:
-        """Everything but the signature, JSON-ready (tuples encode as arrays)."""
-        return {"availability": self.availability, "coverage_ms": self.coverage_ms, "end_ms": self.end_ms,
-                "epoch": self.epoch, "oracle": self.oracle, "start_ms": self.start_ms, "tenure": self.tenure}
-
-    def body_digest(self) -> bytes:
-        """keccak of the canonical JSON of ``body()``: what the signature covers (~20 ms for 10,000 nodes,
-        so remembered)."""
-        return _memo(self, "_memo_body_digest", _OBSERVATION_BODY, lambda: keccak(_canonical(self.body())))
-
-
-def observation_message(domain: dict[str, Any], epoch: int, body_digest: bytes) -> dict[str, Any]:
-    """The full EIP-712 ``Observation`` message (for ``contracts.sign`` and ``contracts.digest``)."""
-    return {"types": {"EIP712Domain": _DOMAIN_TYPE, "Observation": OBSERVATION_TYPE}, "domain": domain,
-            "primaryType": "Observation", "message": {"epoch": epoch, "digest": body_digest}}
-
-
-def sign_observation(domain: dict[str, Any], epoch: int, observed: Observed, private_key: bytes | str) -> Observation:
-    """``observed`` signed by the oracle holding ``private_key`` (its address is the ``oracle`` field)."""
-    unsigned = Observation(epoch=epoch, oracle=Account.from_key(private_key).address, start_ms=observed.start_ms,
-                           end_ms=observed.end_ms, coverage_ms=observed.coverage_ms,
-                           availability=observed.availability, tenure=observed.tenure, signature="0x" + "00" * 65)
-    signature = sign(observation_message(domain, epoch, unsigned.body_digest()), private_key)
-    return unsigned.model_copy(update={"signature": "0x" + signature.hex()})
-
-
-def recover_observer(observation: Observation, domain: dict[str, Any]) -> str | None:
-    """The checksummed address that signed ``observation`` under ``domain``, or None if the signature
-    is unusable: v not 27/28, r or s out of range, or s above n/2 (the malleable twin of a valid one)."""
-    sig = bytes.fromhex(observation.signature[2:])
-    r, s, v = int.from_bytes(sig[:32], "big"), int.from_bytes(sig[32:64], "big"), sig[64]
-    if v not in (27, 28) or not (0 < r < SECP256K1_N and 0 < s <= SECP256K1_N // 2):
-        return None
-    message_digest = digest(observation_message(domain, observation.epoch, observation.body_digest()))
-    try:
-        public = coincurve.PublicKey.from_signature_and_message(sig[:64] + bytes([v - 27]), message_digest,
-                                                                hasher=None)
-    except ValueError:
-        return None
-    return to_checksum_address("0x" + keccak(public.format(compressed=False)[1:])[-20:].hex())
-
-
-def verify_observation(observation: Observation, domain: dict[str, Any], oracle_set: Collection[str]) -> None:
-    """Raise ``ObservationRejected`` unless ``observation`` is signed by its ``oracle``, a member of
-    ``oracle_set``."""
-    signer = recover_observer(observation, domain)
-    if signer is None or signer != observation.oracle:
-        raise ObservationRejected(observation.oracle, "signature does not recover to the oracle")
-    if signer.lower() not in {o.lower() for o in oracle_set}:
-        raise ObservationRejected(observation.oracle, "not in the oracle set")
-
-
-@dataclass(frozen=True)
-class Selection:
-    """What a leader may cite (``observations``, sorted by oracle) and what it left out, with why."""
-
-    observations: tuple[Observation, ...]
-    equivocators: frozenset[str]
-    rejected: tuple[tuple[str, str], ...]  # (oracle, reason)
-
-
-def select_observations(observations: Iterable[Observation], domain: dict[str, Any], oracle_set: Collection[str],
-                        epoch: int, start_ms: int, end_ms: int) -> Selection:
-    """The usable observations of ``epoch`` ``[start_ms, end_ms)`` (module docstring, step 2)."""
-    by_oracle: dict[str, dict[bytes, Observation]] = defaultdict(dict)
-    rejected: list[tuple[str, str]] = []
-    for obs in observations:
-        try:
-            verify_observation(obs, domain, oracle_set)
-        except ObservationRejected as exc:
-            rejected.append((obs.oracle, exc.reason))
-            continue
-        if obs.epoch != epoch or (obs.start_ms, obs.end_ms) != (start_ms, end_ms):
-            rejected.append((obs.oracle, "not of this epoch"))
-            continue
-        by_oracle[obs.oracle][obs.body_digest()] = obs
-    chosen: list[Observation] = []
-    equivocators = frozenset(oracle for oracle, seen in by_oracle.items() if len(seen) > 1)
-    for oracle, seen in by_oracle.items():
-        if oracle in equivocators:
-            rejected.append((oracle, "equivocated: signed two different observations of the epoch"))
-            continue
-        (obs,) = seen.values()
-        if obs.complete:
-            chosen.append(obs)
-        else:
-            rejected.append((oracle, "incomplete: watched too little of the epoch"))
-    return Selection(tuple(sorted(chosen, key=lambda o: o.oracle.lower())), equivocators, tuple(sorted(rejected)))
 
 
 # ------------------------------------------------------------------ chain inputs
 
 
-class JobInput(_Frozen):
+class JobInput(FrozenModel):
     """A job as the escrow had it at the cited block, with the replica count valid for the epoch
     (a job scaled later pays this epoch at the old count: ``compute_replicas_at``)."""
 
@@ -319,7 +177,7 @@ def compute_replicas_at(epoch: int, replicas_now: int, scalings: Iterable[tuple[
     return replicas_now if first_previous is None else first_previous
 
 
-class NodeInput(_Frozen):
+class NodeInput(FrozenModel):
     """A node's license and its standing during the epoch (``standing_of`` the license status)."""
 
     node: NodeAddress
@@ -334,7 +192,7 @@ def standing_of(status: LicenseStatus) -> Standing:
     return Standing.ACTIVE if status is LicenseStatus.ACTIVE else Standing.RESTRICTED
 
 
-class ChainInputs(_Frozen):
+class ChainInputs(FrozenModel):
     """What the leader read from the chain at ``block`` for the epoch ``[start_ms, end_ms)`` (the
     escrow's epoch clock); followers read the same block and compare."""
 
@@ -349,8 +207,8 @@ class ChainInputs(_Frozen):
     def _sorted(self) -> ChainInputs:
         if self.end_ms <= self.start_ms:
             raise ValueError("an epoch needs end_ms > start_ms")
-        _strictly_increasing([j.job_id for j in self.jobs], "jobs")
-        _strictly_increasing([n.node for n in self.nodes], "nodes")
+        check_strictly_increasing([j.job_id for j in self.jobs], "jobs")
+        check_strictly_increasing([n.node for n in self.nodes], "nodes")
         return self
 
 
@@ -370,10 +228,12 @@ def _median_with_zeros(values: list[int], n: int) -> int:
 
 @dataclass(frozen=True)
 class Aggregate:
-    """The medians: sorted ``(node, availability)`` and ``(job, replica, node, tenure_ms)``, zeros left out."""
+    """The medians: sorted ``(node, availability)`` over the whole epoch and ``(job, replica, node,
+    tenure_ms, alive_ms)`` (``alive_ms``: of the tenure, the ms the node was seen alive), zero
+    availabilities and zero tenures left out."""
 
     availability: tuple[tuple[str, int], ...]
-    tenure: tuple[tuple[int, int, str, int], ...]
+    tenure: tuple[tuple[int, int, str, int, int], ...]
 
 
 def aggregate(observations: Sequence[Observation], threshold: int) -> Aggregate:
@@ -398,30 +258,34 @@ def aggregate(observations: Sequence[Observation], threshold: int) -> Aggregate:
     epoch_ms = observations[0].end_ms - observations[0].start_ms
 
     by_node: dict[str, list[int]] = defaultdict(list)
-    by_key: dict[tuple[int, int, str], list[int]] = defaultdict(list)
+    by_key: dict[TenureKey, list[int]] = defaultdict(list)  # tenure, alive, tenure, alive, ...: one list a key
     for obs in observations:
         for node, a in obs.availability:
             by_node[node].append(a)
-        for job, replica, node, ms in obs.tenure:
-            by_key[(job, replica, node)].append(ms)
+        for job, replica, node, ms, alive_ms in obs.tenure:
+            pairs = by_key[(job, replica, node)]
+            pairs.append(ms)
+            pairs.append(alive_ms)
     availability = sorted((node, m) for node, values in by_node.items() if (m := _median_with_zeros(values, n)))
-    medians = sorted((key, m) for key, values in by_key.items() if (m := _median_with_zeros(values, n)))
+    medians = sorted((key, t, min(_median_with_zeros(pairs[1::2], n), t)) for key, pairs in by_key.items()
+                     if (t := _median_with_zeros(pairs[::2], n)))
 
-    tenure: list[tuple[int, int, str, int]] = []
+    tenure: list[tuple[int, int, str, int, int]] = []
     for _, entries in groupby(medians, key=lambda entry: entry[0][:2]):  # one replica at a time
         group = list(entries)
-        total = sum(ms for _, ms in group)
-        for (job, replica, node), ms in group:
-            clipped = ms if total <= epoch_ms else ms * epoch_ms // total
-            if clipped:
-                tenure.append((job, replica, node, clipped))
+        total = sum(t for _, t, _ in group)
+        for (job, replica, node), t, alive_ms in group:
+            if total > epoch_ms:  # both in the same proportion: the share of the tenure seen alive stays
+                t, alive_ms = t * epoch_ms // total, alive_ms * epoch_ms // total
+            if t:
+                tenure.append((job, replica, node, t, alive_ms))
     return Aggregate(tuple(availability), tuple(tenure))
 
 
 # ------------------------------------------------------------------ the report
 
 
-class EpochReport(_Frozen):
+class EpochReport(FrozenModel):
     """An epoch's agreed report: what it cites (observations, chain inputs, the previous report),
     what follows from them (medians; this epoch's and the cumulative amounts; node pay), and the
     two values the escrow checks (``root``, ``totals_hash``). Amounts are token units."""
@@ -431,8 +295,8 @@ class EpochReport(_Frozen):
     previous_epoch: int | None
     observations: tuple[Observation, ...]  # sorted by oracle
     inputs: ChainInputs
-    availability: tuple[tuple[NodeAddress, Availability], ...]
-    tenure: tuple[tuple[Natural, Natural, NodeAddress, Natural], ...]
+    availability: tuple[tuple[NodeAddress, Availability], ...]  # medians over the whole epoch: not money
+    tenure: tuple[TenureRow, ...]  # medians: (job, replica, node, tenure_ms, alive_ms), what shares are judged by
     settled: tuple[tuple[Natural, Natural, Natural, Natural], ...]  # this epoch: (job, release, refund, burn)
     totals: tuple[tuple[Natural, Natural, Natural, Natural], ...]  # cumulative, job ids strictly increasing
     pay: tuple[tuple[Natural, Natural, Natural], ...]  # cumulative (job, license, amount > 0), sorted
@@ -441,8 +305,8 @@ class EpochReport(_Frozen):
 
     @model_validator(mode="after")
     def _canonical_shape(self) -> EpochReport:
-        _strictly_increasing([row[0] for row in self.totals], "totals")  # the escrow requires it
-        _strictly_increasing([row[:2] for row in self.pay], "pay")
+        check_strictly_increasing([row[0] for row in self.totals], "totals")  # the escrow requires it
+        check_strictly_increasing([row[:2] for row in self.pay], "pay")
         return self
 
     def job_totals(self) -> list[JobTotals]:
@@ -464,8 +328,8 @@ class EpochReport(_Frozen):
     def content_id(self) -> str:
         """sha256 (hex) of the report's canonical JSON (sorted keys, no spaces): its name where
         reports are stored. Remembered: the next report cites it."""
-        return _memo(self, "_memo_content_id", tuple(type(self).model_fields),
-                     lambda: hashlib.sha256(_canonical(self._json())).hexdigest())
+        return memo(self, "_memo_content_id", tuple(type(self).model_fields),
+                    lambda: hashlib.sha256(canonical_json(self._json())).hexdigest())
 
     def _json(self) -> dict[str, Any]:
         # model_dump(mode="json") costs ~0.3 s for 10,000 nodes; json.dumps takes tuples as arrays
@@ -477,13 +341,13 @@ class EpochReport(_Frozen):
     @property
     def tree(self) -> MerkleTree | None:
         """The Merkle tree of node pay (None when nobody has earned anything yet), built once."""
-        return _memo(self, "_memo_tree", ("pay",), lambda: _pay_tree(self.pay))
+        return memo(self, "_memo_tree", ("pay",), lambda: _pay_tree(self.pay))
 
     @property
     def pay_of(self) -> dict[tuple[int, int], int]:
         """Cumulative node pay by (job, license)."""
-        return _memo(self, "_memo_pay_of", ("pay",),
-                     lambda: {(job, license_id): amount for job, license_id, amount in self.pay})
+        return memo(self, "_memo_pay_of", ("pay",),
+                    lambda: {(job, license_id): amount for job, license_id, amount in self.pay})
 
 
 def _release_leaf(job: int, license_id: int, amount: int) -> bytes:
@@ -507,7 +371,17 @@ def _pay_tree(pay: Sequence[tuple[int, int, int]]) -> MerkleTree | None:
 def build_report(epoch: int, observations: Sequence[Observation], inputs: ChainInputs,
                  previous: EpochReport | None, threshold: int) -> EpochReport:
     """The report of ``epoch`` (module docstring, step 3) from complete observations of distinct
-    oracles (signatures already checked: ``select_observations``)."""
+    oracles (signatures already checked: ``select_observations``).
+
+    Each slot's ``price`` is split among its holders by their median tenure (SETTLEMENT.md rule 1;
+    unheld time is the CSP's). Each holder's share is judged (``compute_share_outcome``: released,
+    withheld or burned per the job's policy, standing first) by its availability DURING ITS TENURE,
+    as SETTLEMENT.md rule 2 says: ``a = floor(255 * alive_ms / tenure_ms)`` of its median entry
+    (``_observe.compute_tenure_availability``), not by the node's availability over the epoch. So a
+    node that served its replica while alive and then died is paid for its tenure, the rest of the
+    slot going to whoever held it next or to the CSP; and a node that kept the claim while its beats
+    did not arrive is judged on exactly that time. The whole-epoch ``availability`` is reported, for
+    auditors and displays, and moves no money."""
     cited = tuple(sorted(observations, key=lambda o: o.oracle.lower()))
     for obs in cited:
         if obs.epoch != epoch or (obs.start_ms, obs.end_ms) != (inputs.start_ms, inputs.end_ms):
@@ -516,11 +390,12 @@ def build_report(epoch: int, observations: Sequence[Observation], inputs: ChainI
         raise ReportError(f"the previous report is of epoch {previous.epoch}, not before {epoch}")
     medians = aggregate(cited, threshold)
     epoch_ms = inputs.end_ms - inputs.start_ms
-    availability = dict(medians.availability)
     nodes = {n.node: n for n in inputs.nodes}
     slots: dict[tuple[int, int], dict[str, int]] = defaultdict(dict)
-    for job_id, replica, node, ms in medians.tenure:
+    judged: dict[TenureKey, int] = {}  # availability during the tenure, 0-255
+    for job_id, replica, node, ms, alive_ms in medians.tenure:
         slots[(job_id, replica)][node] = ms
+        judged[(job_id, replica, node)] = compute_tenure_availability(alive_ms, ms)
 
     totals: dict[int, list[int]] = {j: [r, f, b] for j, r, f, b in previous.totals} if previous else {}
     pay: dict[tuple[int, int], int] = dict(previous.pay_of) if previous else {}
@@ -538,7 +413,8 @@ def build_report(epoch: int, observations: Sequence[Observation], inputs: ChainI
                 if holder is None:  # no license: earns nothing, the CSP's
                     refund += share
                     continue
-                out = compute_share_outcome(share, availability.get(node, 0), job.policy, holder.standing)
+                out = compute_share_outcome(share, judged[(job.job_id, replica, node)], job.policy,
+                                            holder.standing)
                 release, refund, burn = release + out.node, refund + out.refund, burn + out.burn
                 if out.node:
                     key = (job.job_id, holder.license_id)
@@ -560,7 +436,7 @@ def build_report(epoch: int, observations: Sequence[Observation], inputs: ChainI
         availability=medians.availability, tenure=medians.tenure, settled=tuple(settled), totals=total_rows,
         pay=pay_rows, root="0x" + (tree.root if tree else EMPTY_ROOT).hex(),
         totals_hash="0x" + _totals_hash(total_rows).hex())
-    report.__dict__["_memo_tree"] = ((report.pay,), tree)  # built once (``_memo``)
+    report.__dict__["_memo_tree"] = ((report.pay,), tree)  # built once (``memo``)
     return report
 
 

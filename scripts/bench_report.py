@@ -4,9 +4,10 @@ Merkle proof, and a follower to check the report; and how much memory that takes
 ``benchmarks/report.json``.
 
 Pure Python, one process, no chain and no mesh: the functions every oracle runs
-(``oracle._observe``, ``oracle._report``). The epoch is 1 h. Every node holds one replica; 10 % of
-the nodes are down for part of the epoch (each oracle sees the outage start up to 2 s apart), 2 %
-of the replicas change hands mid-epoch, and one oracle lies (random availability for every node).
+(``oracle._observe``, ``oracle._observation``, ``oracle._report``). The epoch is 1 h. Every node
+holds one replica; 10 % of the nodes are down for part of the epoch (each oracle sees the outage
+start up to 2 s apart), 2 % of the replicas change hands mid-epoch, and one oracle lies (random
+availability for every node, and a random time alive within every tenure: what shares are judged by).
 The measured report builds on a previous one (epoch - 1), so it carries 10,000 cumulative pay
 leaves forward as a running system does. Observations reach the leader as JSON (decoded and their
 signatures checked, as from the mesh); the follower gets the report as JSON.
@@ -113,7 +114,9 @@ def observe(epoch: int, nodes: list[str], replicas: int, oracle: int, seed: int,
     if liar:
         rng = random.Random(oracle)
         observed = Observed(observed.start_ms, observed.end_ms, observed.coverage_ms,
-                            tuple((n, rng.randrange(256)) for n, _ in observed.availability), observed.tenure)
+                            tuple((n, rng.randrange(256)) for n, _ in observed.availability),
+                            tuple((job, replica, n, ms, rng.randrange(ms + 1))
+                                  for job, replica, n, ms, _ in observed.tenure))
     return observed
 
 

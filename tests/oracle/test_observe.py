@@ -1,5 +1,5 @@
-"""An oracle's observation: availability and tenures from its intervals, clipped, merged and
-overlap-free; coverage decides whether it may vote."""
+"""An oracle's observation: availability, tenures and the time alive within each tenure from its
+intervals, clipped, merged and overlap-free; coverage decides whether it may vote."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ from oracle._observe import (
     MIN_COVERAGE_BPS,
     compute_availability,
     compute_observation,
+    compute_tenure_availability,
+    compute_tenure_spans,
     compute_tenures,
     intersect_spans,
     is_complete,
@@ -48,7 +50,7 @@ def test_addresses_are_lower_cased_and_unseen_nodes_left_out() -> None:
     obs = compute_observation(START, END, watched=EPOCH, alive=[(mixed, START, END), (B, END, END + 5)],
                               held=[(1, 0, mixed, START, END)])
     assert obs.availability == ((mixed.lower(), 255),)
-    assert obs.tenure == ((1, 0, mixed.lower(), 100_000),)
+    assert obs.tenure == ((1, 0, mixed.lower(), 100_000, 100_000),)
 
 
 def test_unwatched_time_counts_as_not_seen_and_makes_the_observation_incomplete() -> None:
@@ -57,7 +59,7 @@ def test_unwatched_time_counts_as_not_seen_and_makes_the_observation_incomplete(
                               held=[(1, 0, A, START, END)])
     assert obs.coverage_ms == 50_000
     assert dict(obs.availability) == {A: 127}  # seen for the half it watched
-    assert obs.tenure == ((1, 0, A, 50_000),)
+    assert obs.tenure == ((1, 0, A, 50_000, 50_000),)  # alive in tenure: only what it watched
     assert not obs.complete
 
 
@@ -80,7 +82,7 @@ def test_a_restarted_oracle_counts_both_watched_stretches() -> None:
 def test_the_incumbent_keeps_a_replica_two_nodes_claim_at_once() -> None:
     held = [(7, 0, A, START, START + 60_000), (7, 0, B, START + 40_000, END)]
     obs = compute_observation(START, END, watched=EPOCH, alive=[], held=held)
-    assert obs.tenure == ((7, 0, A, 60_000), (7, 0, B, 40_000))
+    assert obs.tenure == ((7, 0, A, 60_000, 0), (7, 0, B, 40_000, 0))  # nobody seen alive
 
 
 def test_simultaneous_claims_go_to_the_lower_address() -> None:
@@ -91,7 +93,39 @@ def test_simultaneous_claims_go_to_the_lower_address() -> None:
 def test_replicas_and_jobs_are_kept_apart() -> None:
     held = [(1, 0, A, START, END), (1, 1, A, START, END), (2, 0, A, START, START + 1)]
     obs = compute_observation(START, END, watched=EPOCH, alive=[], held=held)
-    assert obs.tenure == ((1, 0, A, 100_000), (1, 1, A, 100_000), (2, 0, A, 1))
+    assert obs.tenure == ((1, 0, A, 100_000, 0), (1, 1, A, 100_000, 0), (2, 0, A, 1, 0))
+
+
+def test_availability_during_a_tenure_is_its_alive_share_scaled_to_255() -> None:
+    assert compute_tenure_availability(60_000, 60_000) == 255
+    assert compute_tenure_availability(30_000, 60_000) == 127
+    assert compute_tenure_availability(0, 60_000) == 0
+    assert compute_tenure_availability(0, 0) == 0  # no tenure: nothing to judge, nothing paid
+    with pytest.raises(ValueError, match="alive_ms"):
+        compute_tenure_availability(1, 0)
+
+
+def test_a_holder_that_died_and_was_replaced_was_alive_for_all_its_tenure() -> None:
+    # A serves replica 0 for 60 s and dies; its claim lapses and B takes the replica 5 s later
+    alive = [(A, START, START + 60_000), (B, START + 50_000, END)]
+    held = [(1, 0, A, START, START + 60_000), (1, 0, B, START + 65_000, END)]
+    obs = compute_observation(START, END, watched=EPOCH, alive=alive, held=held)
+    assert obs.tenure == ((1, 0, A, 60_000, 60_000), (1, 0, B, 35_000, 35_000))
+    assert dict(obs.availability) == {A: 153, B: 127}  # over the epoch: for display, not for money
+
+
+def test_a_holder_whose_beats_stopped_arriving_is_alive_for_part_of_its_tenure() -> None:
+    alive = [(A, START, START + 30_000), (A, START + 70_000, END)]  # 40 s without beats, still the holder
+    obs = compute_observation(START, END, watched=EPOCH, alive=alive, held=[(1, 0, A, START, END)])
+    assert obs.tenure == ((1, 0, A, 100_000, 60_000),)
+
+
+def test_alive_in_tenure_counts_only_the_instants_the_node_kept() -> None:
+    # B's claim overlaps the incumbent A's: B holds from 60 s only, and was alive only before that
+    alive = [(A, START, END), (B, START + 40_000, START + 60_000)]
+    held = [(7, 0, A, START, START + 60_000), (7, 0, B, START + 40_000, END)]
+    obs = compute_observation(START, END, watched=EPOCH, alive=alive, held=held)
+    assert obs.tenure == ((7, 0, A, 60_000, 60_000), (7, 0, B, 40_000, 0))  # kept: zero alive is news
 
 
 def test_an_empty_epoch_is_refused() -> None:
@@ -132,6 +166,45 @@ def test_each_instant_of_a_replica_goes_to_the_earliest_started_holder(spans: li
     assert compute_tenures(spans) == expected
 
 
+@given(held_spans)
+def test_a_replicas_tenure_spans_are_disjoint_and_measure_its_tenures(spans: list[tuple[str, int, int]]) -> None:
+    owned = compute_tenure_spans(spans)
+    assert {node: sum(b - a for a, b in s) for node, s in owned.items()} == compute_tenures(spans)
+    everyone = [span for s in owned.values() for span in s]
+    assert sum(b - a for a, b in everyone) == len(points(everyone))  # no instant held twice
+
+
+at, length, nodes = st.integers(-5, 35), st.integers(0, 20), st.sampled_from([A, B, C])  # a 30 ms epoch [0, 30)
+
+
+@given(st.lists(st.tuples(at, length), max_size=4), st.lists(st.tuples(nodes, at, length), max_size=8),
+       st.lists(st.tuples(st.integers(0, 1), nodes, at, length), max_size=8))
+def test_alive_in_tenure_is_each_watched_instant_the_holder_kept_and_was_seen_alive(
+        watched: list[tuple[int, int]], alive: list[tuple[str, int, int]],
+        held: list[tuple[int, str, int, int]]) -> None:
+    obs = compute_observation(0, 30, watched=[(a, a + d) for a, d in watched],
+                              alive=[(n, a, a + d) for n, a, d in alive],
+                              held=[(1, r, n, a, a + d) for r, n, a, d in held])
+    seen = points([(a, a + d) for a, d in watched]) & set(range(30))
+
+    def since(x: int, a: int) -> int:  # where the watched stretch of a span from ``a`` through ``x`` starts
+        while x - 1 >= a and x - 1 in seen:
+            x -= 1
+        return x
+
+    expected: dict[tuple[int, int, str], list[int]] = {}
+    for x in seen:  # instant by instant: the earliest-started holder (lower address on a tie) keeps x
+        for replica in (0, 1):
+            covering = sorted((since(x, a), n) for r, n, a, d in held if r == replica and a <= x < a + d)
+            if covering:
+                node = covering[0][1]
+                up = any(n == node and a <= x < a + d for n, a, d in alive)
+                entry = expected.setdefault((1, replica, node), [0, 0])
+                entry[0] += 1
+                entry[1] += up
+    assert {t[:3]: list(t[3:]) for t in obs.tenure} == expected
+
+
 epoch_spans = st.lists(st.tuples(st.integers(START - 20_000, END + 20_000), st.integers(0, 60_000)), max_size=6)
 
 
@@ -150,6 +223,6 @@ def test_an_observation_never_exceeds_what_was_watched(watched: list[tuple[int, 
     ceiling = 255 * obs.coverage_ms // (END - START)
     assert all(0 < a <= ceiling for _, a in obs.availability)
     for replica in (0, 1):
-        assert sum(ms for _, r, _, ms in obs.tenure if r == replica) <= obs.coverage_ms
+        assert sum(ms for _, r, _, ms, _ in obs.tenure if r == replica) <= obs.coverage_ms
     assert list(obs.tenure) == sorted(obs.tenure)
-    assert all(ms > 0 for *_, ms in obs.tenure)
+    assert all(0 <= alive_ms <= ms and ms > 0 for *_, ms, alive_ms in obs.tenure)

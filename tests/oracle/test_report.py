@@ -1,7 +1,12 @@
-"""Signed observations, medians, the epoch report and its verification; and a report built from four
-oracles' signed observations settling on chain."""
+"""Signed observations, medians, the epoch report (each share judged by its holder's availability
+during its tenure) and its verification; and a report built from four oracles' signed observations
+settling on chain."""
 
 from __future__ import annotations
+
+import json
+from itertools import groupby
+from typing import cast
 
 import pytest
 from eth_account import Account
@@ -49,6 +54,7 @@ from oracle._report import (
     verify_report,
 )
 from oracle._settlement import Standing
+from oracle._watch import replay
 from tests.contracts.world import World
 
 ORACLE_KEYS = sorted((Account.from_key((0x0B5E << 16 | i).to_bytes(32, "big")) for i in range(4)),
@@ -58,6 +64,7 @@ DOMAIN = escrow_domain(31337, "0x" + "e5" * 20)
 EPOCH = 12
 EPOCH_MS = 100_000
 START, END = EPOCH * EPOCH_MS, (EPOCH + 1) * EPOCH_MS
+EPOCH_SPAN = [(START, END)]
 NODES = ["0x" + f"{i + 1:02x}" * 20 for i in range(5)]  # lower-case, sorted
 A, B, C, D, E = NODES
 POLICY = SettlementPolicy(release_threshold=200, burn_floor=50, protocol_burn_bps=100)
@@ -70,11 +77,17 @@ def bounds(epoch: int) -> tuple[int, int]:
     return epoch * EPOCH_MS, (epoch + 1) * EPOCH_MS
 
 
-def observed(availability: dict[str, int], tenure: dict[tuple[int, int, str], int], *, epoch: int = EPOCH,
+Tenures = dict[tuple[int, int, str], int | tuple[int, int]]
+
+
+def observed(availability: dict[str, int], tenure: Tenures, *, epoch: int = EPOCH,
              coverage_ms: int = EPOCH_MS) -> Observed:
+    """An observation as ``_observe`` writes it; a tenure is ``(tenure_ms, alive_ms)``, or ``ms`` alone
+    for a holder seen alive throughout its tenure."""
     start, end = bounds(epoch)
+    rows = ((*k, *(v if isinstance(v, tuple) else (v, v))) for k, v in tenure.items())
     return Observed(start, end, coverage_ms, tuple(sorted((n, a) for n, a in availability.items() if a)),
-                    tuple(sorted((*k, ms) for k, ms in tenure.items() if ms)))
+                    tuple(sorted(row for row in rows if row[3])))
 
 
 def unsigned(oracle: str, obs: Observed, epoch: int = EPOCH) -> Observation:
@@ -100,9 +113,11 @@ def chain_inputs(jobs: tuple[JobInput, ...] = (), standings: dict[str, Standing]
 
 
 # The honest view of epoch EPOCH: A holds replica 0 all epoch and is always up; B holds replica 1
-# for 70 s and C for the last 30 s; C was up for 60 % of the epoch.
-HONEST = observed({A: 255, B: 255, C: 153}, {(1, 0, A): 100_000, (1, 1, B): 70_000, (1, 1, C): 30_000})
-LIAR = observed({A: 0, B: 255, C: 255}, {(1, 0, D): 100_000, (1, 1, B): 100_000})
+# for 70 s and C for the last 30 s; C was up for 60 % of the epoch and of its tenure (18 s of 30).
+HONEST = observed({A: 255, B: 255, C: 153}, {(1, 0, A): 100_000, (1, 1, B): 70_000, (1, 1, C): (30_000, 18_000)})
+# The liar: A never up, not even during its tenure; D held replica 0; C up all its tenure.
+LIAR = observed({A: 0, B: 255, C: 255}, {(1, 0, A): (100_000, 0), (1, 0, D): 100_000, (1, 1, B): 100_000,
+                                         (1, 1, C): 30_000})
 
 
 def signed_round(liar: bool = True) -> list[Observation]:
@@ -144,8 +159,10 @@ def test_an_altered_body_or_the_malleable_twin_of_a_signature_does_not_recover()
     {"availability": ((A, 1), (A, 2))},  # duplicate node
     {"availability": (("0x" + "AB" * 20, 1),)},  # not lower-case
     {"availability": ((A, 256),)},
-    {"tenure": ((1, 0, A, EPOCH_MS + 1),)},
-    {"tenure": ((1, 1, A, 5), (1, 0, A, 5))},
+    {"tenure": ((1, 0, A, EPOCH_MS + 1, 0),)},
+    {"tenure": ((1, 1, A, 5, 5), (1, 0, A, 5, 5))},
+    {"tenure": ((1, 0, A, 5, 6),)},  # alive longer than its tenure
+    {"tenure": ((1, 0, A, 5),)},  # no alive-in-tenure
     {"coverage_ms": EPOCH_MS + 1},
     {"end_ms": START},
 ])
@@ -176,10 +193,31 @@ def test_median_tenures_that_overfill_a_replica_are_scaled_down_to_fit() -> None
     views = [{(1, 0, A): 50_000, (1, 0, B): 50_000}, {(1, 0, B): 50_000, (1, 0, C): 50_000},
              {(1, 0, A): 50_000, (1, 0, C): 50_000}]
     obs = [unsigned(o, observed({}, v)) for o, v in zip(ORACLES, views, strict=False)]
-    assert aggregate(obs, 3).tenure == ((1, 0, A, 33_333), (1, 0, B, 33_333), (1, 0, C, 33_333))
+    assert aggregate(obs, 3).tenure == ((1, 0, A, 33_333, 33_333), (1, 0, B, 33_333, 33_333),
+                                        (1, 0, C, 33_333, 33_333))
+    # the alive ms shrink in the same proportion: the share of the tenure seen alive stays
+    halves = [{k: (ms, ms // 2) for k, ms in v.items()} for v in views]
+    obs = [unsigned(o, observed({}, v)) for o, v in zip(ORACLES, halves, strict=False)]
+    assert aggregate(obs, 3).tenure == ((1, 0, A, 33_333, 16_666), (1, 0, B, 33_333, 16_666),
+                                        (1, 0, C, 33_333, 16_666))
+
+
+def test_tenure_and_alive_in_tenure_are_medians_taken_apart_and_alive_never_exceeds_tenure() -> None:
+    views = [{(1, 0, A): (90_000, 10_000)}, {(1, 0, A): (50_000, 50_000)}, {(1, 0, A): (80_000, 80_000)},
+             {(1, 0, A): (60_000, 60_000)}]
+    obs = [unsigned(o, observed({}, v)) for o, v in zip(ORACLES, views, strict=True)]
+    assert aggregate(obs, 3).tenure == ((1, 0, A, 60_000, 50_000),)  # tenures [50, 60, 80, 90], alive [10, 50, ...]
+    views[1] = {(1, 0, A): (50_000, 0)}
+    views[3] = {(1, 0, A): (45_000, 45_000)}  # tenures [45, 50, 80, 90] -> 50; alive [0, 10, 45, 80] -> 10
+    obs = [unsigned(o, observed({}, v)) for o, v in zip(ORACLES, views, strict=True)]
+    assert aggregate(obs, 3).tenure == ((1, 0, A, 50_000, 10_000),)
+    views = [{(1, 0, A): (40_000, 40_000)}, {(1, 0, A): (90_000, 90_000)}, {(1, 0, A): (30_000, 30_000)}]
+    obs = [unsigned(o, observed({}, v)) for o, v in zip(ORACLES, views, strict=False)]
+    assert aggregate(obs, 3).tenure == ((1, 0, A, 40_000, 40_000),)
 
 
 values = st.dictionaries(st.sampled_from(NODES), st.integers(0, 255), max_size=5)
+tenure_and_alive = st.integers(0, EPOCH_MS).flatmap(lambda ms: st.tuples(st.just(ms), st.integers(0, ms)))
 
 
 @given(st.data(), st.integers(1, 7))
@@ -188,21 +226,24 @@ def test_a_lying_minority_cannot_move_a_median_outside_the_honest_values(data: s
     keys = [f"0x{i + 1:040x}" for i in range(n)]  # signatures are not checked here
     honest = [data.draw(values) for _ in range(n - liars)]
     lies = [data.draw(values) for _ in range(liars)]
-    # tenures: one honest holder per replica (A on 0, B on 1), liars claim anything for anyone
-    honest_t = [{(1, 0, A): data.draw(st.integers(0, EPOCH_MS)), (1, 1, B): data.draw(st.integers(0, EPOCH_MS))}
-                for _ in honest]
-    lies_t = [data.draw(st.dictionaries(st.tuples(st.just(1), st.integers(0, 1), st.sampled_from(NODES)),
-                                        st.integers(0, EPOCH_MS), max_size=6)) for _ in lies]
+    # tenures: one honest holder per replica (A on 0, B on 1), alive for some of it; liars claim
+    # anything for anyone, alive for as long as they like
+    honest_t: list[Tenures] = [{key: data.draw(tenure_and_alive) for key in ((1, 0, A), (1, 1, B))} for _ in honest]
+    lies_t: list[Tenures] = [data.draw(st.dictionaries(st.tuples(st.just(1), st.integers(0, 1), st.sampled_from(NODES)),
+                                                       tenure_and_alive, max_size=6)) for _ in lies]
     obs = [unsigned(k, observed(a, t)) for k, a, t in zip(keys, honest + lies, honest_t + lies_t, strict=True)]
     result = aggregate(obs, n)
     got = dict(result.availability)
     for node in NODES:
         seen = [h.get(node, 0) for h in honest]
         assert min(seen) <= got.get(node, 0) <= max(seen)
-    tenure = {t[:3]: t[3] for t in result.tenure}
+    tenure = {t[:3]: t[3:] for t in result.tenure}
     for key in {k for t in honest_t + lies_t for k in t}:
-        seen = [t.get(key, 0) for t in honest_t]
-        assert min(seen) <= tenure.get(key, 0) <= max(seen)
+        honest_values = [cast(tuple[int, int], t.get(key, (0, 0))) for t in honest_t]
+        got_tenure, got_alive = tenure.get(key, (0, 0))
+        assert min(v[0] for v in honest_values) <= got_tenure <= max(v[0] for v in honest_values)
+        assert min(v[1] for v in honest_values) <= got_alive <= max(v[1] for v in honest_values)
+        assert got_alive <= got_tenure
 
 
 def test_fewer_than_the_threshold_cannot_aggregate_or_build() -> None:
@@ -269,8 +310,9 @@ def test_outsiders_other_epochs_and_incomplete_observations_are_not_selected() -
 def test_the_lying_oracle_changes_nothing_and_the_report_settles_per_policy(honest_report: EpochReport) -> None:
     report = honest_report
     assert dict(report.availability) == {A: 255, B: 255, C: 153}
-    assert report.tenure == ((1, 0, A, 100_000), (1, 1, B, 70_000), (1, 1, C, 30_000))
-    # A: 1,000,000 released less 1 % burned; B: 700,000 less 1 %; C (153 < 200): 300,000 withheld
+    assert report.tenure == ((1, 0, A, 100_000, 100_000), (1, 1, B, 70_000, 70_000), (1, 1, C, 30_000, 18_000))
+    # A: 1,000,000 released less 1 % burned; B: 700,000 less 1 %; C (153 < 200 during its tenure):
+    # 300,000 withheld
     assert report.settled == ((1, 990_000 + 693_000, 300_000, 10_000 + 7_000),)
     assert report.totals == report.settled
     assert report.pay == ((1, 1, 990_000), (1, 2, 693_000))
@@ -279,6 +321,54 @@ def test_the_lying_oracle_changes_nothing_and_the_report_settles_per_policy(hone
     tree = MerkleTree([release_leaf(1, 1, 990_000), release_leaf(1, 2, 693_000)])
     assert report.root_bytes == tree.root
     assert [o.oracle for o in report.observations] == ORACLES
+
+
+def _watch_log(events: dict[int, dict[str, list[object]]]) -> list[str]:
+    """An oracle's log of epoch EPOCH (``_watch``): a sample every second, ``events`` at their second."""
+    lines = []
+    for at in range(START, END + 1, 1_000):
+        lines.append(json.dumps({"at": at, "watching": True}))
+        if at - START in events:
+            lines.append(json.dumps({"at": at, **events[at - START]}))
+    return lines
+
+
+def test_a_holder_that_died_after_serving_is_paid_for_its_tenure_and_the_rest_goes_to_the_next_holder() -> None:
+    # replica 0: A serves alive for 60 s and dies; its claim lapses 2 s later; nobody holds it for 3 s;
+    # B (up since 64 s) holds it to the end. Replica 1: C, all epoch.
+    log = _watch_log({0: {"up": [A, C], "held": [[1, 0, A], [1, 1, C]]}, 60_000: {"down": [A]},
+                      62_000: {"released": [[1, 0, A]]}, 64_000: {"up": [B]}, 65_000: {"held": [[1, 0, B]]}})
+    spans = replay(log, START, END)
+    view = compute_observation(START, END, watched=spans.watched, alive=spans.alive, held=spans.held)
+    observations = [sign_observation(DOMAIN, EPOCH, view, k.key) for k in ORACLE_KEYS]
+    chosen = select_observations(observations, DOMAIN, ORACLES, EPOCH, START, END).observations
+    report = build_report(EPOCH, chosen, chain_inputs(), None, 3)
+    assert report.tenure == ((1, 0, A, 62_000, 60_000), (1, 0, B, 35_000, 35_000), (1, 1, C, 100_000, 100_000))
+    # over the epoch A (153) and B (91) are below the release threshold (200); during their tenures
+    # they are at 246 and 255: both released, less the 1 % protocol burn
+    assert dict(report.availability) == {A: 153, B: 91, C: 255}
+    assert report.settled == ((1, 613_800 + 346_500 + 990_000, 30_000, 6_200 + 3_500 + 10_000),)  # 3 s unheld
+    assert report.pay == ((1, 1, 613_800), (1, 2, 346_500), (1, 3, 990_000))
+    verify_report(report, DOMAIN, ORACLES, 3, None)
+
+
+def test_a_holder_whose_beats_stopped_arriving_is_withheld_or_burned_per_policy() -> None:
+    # replica 0: A holds it all epoch but its beats stop for 40 s (153 during its tenure: withheld).
+    # replica 1: B for 60 s, then C, up until 90 s: 229 over the epoch, 191 during its tenure (withheld).
+    # replica 2: B for 80 s, then D, up until 82 s: 209 over the epoch, 25 during its tenure (burned).
+    s = START
+    alive = [(A, s, s + 30_000), (A, s + 70_000, END), (B, s, END), (C, s, s + 90_000), (D, s, s + 82_000)]
+    held = [(1, 0, A, s, END), (1, 1, B, s, s + 60_000), (1, 1, C, s + 60_000, END), (1, 2, B, s, s + 80_000),
+            (1, 2, D, s + 80_000, END)]
+    view = compute_observation(START, END, watched=EPOCH_SPAN, alive=alive, held=held)
+    report = build_report(EPOCH, [unsigned(o, view) for o in ORACLES], chain_inputs((job_input(replicas=3),)),
+                          None, 3)
+    assert report.tenure == ((1, 0, A, 100_000, 60_000), (1, 1, B, 60_000, 60_000), (1, 1, C, 40_000, 30_000),
+                             (1, 2, B, 80_000, 80_000), (1, 2, D, 20_000, 2_000))
+    assert dict(report.availability) == {A: 153, B: 255, C: 229, D: 209}  # C and D above 200 over the epoch
+    release, refund, burn = 594_000 + 792_000, 1_000_000 + 400_000, 6_000 + 8_000 + 200_000
+    assert report.settled == ((1, release, refund, burn),)
+    assert report.pay == ((1, 2, release),)
 
 
 def test_standing_decides_before_availability() -> None:
@@ -314,7 +404,7 @@ def test_the_replica_count_of_an_epoch_follows_the_scalings() -> None:
 
 def test_reports_accumulate_from_the_previous_one(honest_report: EpochReport) -> None:
     nxt = EPOCH + 1
-    view = observed({A: 255, B: 100}, {(1, 0, A): EPOCH_MS, (1, 1, B): EPOCH_MS}, epoch=nxt)
+    view = observed({A: 255, B: 102}, {(1, 0, A): EPOCH_MS, (1, 1, B): (EPOCH_MS, 40_000)}, epoch=nxt)
     report = build_report(nxt, [unsigned(o, view, nxt) for o in ORACLES], chain_inputs(epoch=nxt), honest_report, 3)
     assert report.previous_id == honest_report.content_id()
     assert report.previous_epoch == EPOCH
@@ -343,7 +433,7 @@ jobs_st = st.lists(st.builds(lambda r, p, s, e, pol: (r, p, s, e, pol), st.integ
                              st.integers(EPOCH - 2, EPOCH + 2), st.integers(1, 3), policies), min_size=1, max_size=4)
 views = st.tuples(st.dictionaries(st.sampled_from(NODES), st.integers(0, 255), max_size=5),
                   st.dictionaries(st.tuples(st.integers(1, 4), st.integers(0, 3), st.sampled_from(NODES)),
-                                  st.integers(1, EPOCH_MS), max_size=12))
+                                  tenure_and_alive.filter(lambda v: v[0] > 0), max_size=12))
 
 
 @settings(max_examples=60, deadline=None)
@@ -351,7 +441,7 @@ views = st.tuples(st.dictionaries(st.sampled_from(NODES), st.integers(0, 255), m
        st.lists(st.lists(views, min_size=3, max_size=3), min_size=1, max_size=3))
 def test_every_slot_epoch_adds_up_and_cumulative_amounts_never_decrease(
         jobs: list[tuple[int, int, int, int, SettlementPolicy]], standing: list[Standing],
-        rounds: list[list[tuple[dict[str, int], dict[tuple[int, int, str], int]]]]) -> None:
+        rounds: list[list[tuple[dict[str, int], Tenures]]]) -> None:
     standings = dict(zip(NODES[:4], standing, strict=True))  # E holds no license
     previous: EpochReport | None = None
     for offset, round_views in enumerate(rounds):
@@ -361,6 +451,10 @@ def test_every_slot_epoch_adds_up_and_cumulative_amounts_never_decrease(
         obs = [unsigned(o, observed(a, t, epoch=epoch), epoch) for o, (a, t) in zip(ORACLES, round_views,
                                                                                      strict=False)]
         report = build_report(epoch, obs, inputs, previous, 3)
+        for _, entries in groupby(report.tenure, key=lambda row: row[:2]):
+            rows = list(entries)
+            assert sum(row[3] for row in rows) <= EPOCH_MS
+            assert all(0 <= row[4] <= row[3] for row in rows)
         active = {j.job_id: j for j in inputs.jobs if j.is_active_in(epoch)}
         assert [row[0] for row in report.settled] == sorted(active)
         for job_id, release, refund, burn in report.settled:
@@ -405,6 +499,12 @@ def _altered_observation(report: EpochReport) -> EpochReport:
     return report.model_copy(update={"observations": tuple(obs)})
 
 
+def _altered_alive_in_tenure(report: EpochReport) -> EpochReport:
+    obs = list(report.observations)
+    obs[0] = obs[0].model_copy(update={"tenure": tuple((*row[:4], row[3]) for row in obs[0].tenure)})
+    return report.model_copy(update={"observations": tuple(obs)})
+
+
 @pytest.mark.parametrize(("tamper", "error", "field"), [
     (lambda r: r.model_copy(update={"totals": ((1, 1_683_001, 299_999, 17_000),)}), ReportMismatch, "totals"),
     (lambda r: r.model_copy(update={"root": "0x" + "11" * 32}), ReportMismatch, "root"),
@@ -412,15 +512,18 @@ def _altered_observation(report: EpochReport) -> EpochReport:
     (lambda r: r.model_copy(update={"availability": ((A, 255), (B, 255), (C, 255))}), ReportMismatch,
      "availability"),
     (lambda r: r.model_copy(update={"settled": ((1, 1_683_000, 300_000, 17_001),)}), ReportMismatch, "settled"),
+    (lambda r: r.model_copy(update={"tenure": (*r.tenure[:2], (1, 1, C, 30_000, 30_000))}), ReportMismatch,
+     "tenure"),
     (lambda r: r.model_copy(update={"totals_hash": "0x" + "22" * 32}), ReportMismatch, "totals_hash"),
     (lambda r: r.model_copy(update={"previous_id": "00" * 32}), ReportMismatch, "previous_id"),
     (_resigned, ObservationRejected, None),
     (_altered_observation, ObservationRejected, None),
+    (_altered_alive_in_tenure, ObservationRejected, None),
     (lambda r: r.model_copy(update={"observations": r.observations[:2]}), NotEnoughObservations, None),
     (lambda r: r.model_copy(update={"observations": (*r.observations[:2], r.observations[0])}),
      ObservationRejected, None),
-], ids=["totals", "root", "amount", "availability", "settled", "totals-hash", "previous", "signature",
-        "observation-body", "too-few", "same-oracle-twice"])
+], ids=["totals", "root", "amount", "availability", "settled", "alive-in-tenure", "totals-hash", "previous",
+        "signature", "observation-body", "observation-alive-in-tenure", "too-few", "same-oracle-twice"])
 def test_a_tampered_report_fails_verification_naming_what_differs(
         honest_report: EpochReport, tamper: object, error: type[ReportError], field: str | None) -> None:
     tampered = tamper(honest_report)  # type: ignore[operator]
@@ -472,15 +575,17 @@ def _inputs_at(world: World, job_id: int, epoch: int) -> ChainInputs:
 
 def _observations(world: World, keys: list[LocalAccount], job_id: int, epoch: int, inputs: ChainInputs,
                   liar: LocalAccount) -> list[Observation]:
-    """Node 0 holds replica 0 all epoch; node 1 holds replica 1 for 70 % of it, node 2 the rest and is
-    up 60 % of the epoch. ``liar`` says node 0 was never up and node 2 always was."""
+    """Node 0 holds replica 0 all epoch; node 1 holds replica 1 for 70 % of it, node 2 the rest: node 2
+    is up from 30 % to 90 % of the epoch, so for 2/3 of its tenure. ``liar`` says node 0 was never up
+    and node 2 always was."""
     start, end = inputs.start_ms, inputs.end_ms
     span = end - start
     n0, n1, n2 = (k.address for k in world.nodes[:3])
     held = [(job_id, 0, n0, start, end), (job_id, 1, n1, start, start + span * 7 // 10),
             (job_id, 1, n2, start + span * 7 // 10, end)]
     honest = compute_observation(start, end, watched=[(start, end)], held=held,
-                                 alive=[(n0, start, end), (n1, start, end), (n2, start, start + span * 6 // 10)])
+                                 alive=[(n0, start, end), (n1, start, end),
+                                        (n2, start + span * 3 // 10, start + span * 9 // 10)])
     lie = compute_observation(start, end, watched=[(start, end)], held=held,
                               alive=[(n1, start, end), (n2, start, end)])
     domain = world.escrow.domain()
@@ -510,7 +615,7 @@ def test_a_report_of_four_oracles_settles_on_chain_and_pays_a_claim(world: World
         world.escrow.submit_report(epoch, report.root_bytes, report.job_totals(),
                                    [sign(report.message(domain), k.key) for k in signers], sender=world.outsider)
 
-        # the liar moved nothing: node 0 earns its slot, node 2 (60 % up) is withheld for the CSP
+        # the liar moved nothing: node 0 earns its slot, node 2 (up 2/3 of its tenure) is withheld for the CSP
         price = 1_000_000
         assert report.settled == ((job_id, price * 99 // 100 + price * 7 // 10 * 99 // 100,
                                    price * 3 // 10, price // 100 + price * 7 // 10 // 100),)
