@@ -225,15 +225,18 @@ def scale(ctx: click.Context, job_id: int, replicas: int, via: str, keystore: Pa
     if replicas == funded.replicas:
         raise click.BadParameter(f"job {job_id} already runs {replicas} replicas", param_hint="REPLICAS")
     console = _console(ctx)
-    pull, refund, from_epoch = csp.escrow.quote_scale(job_id, replicas)
-    if pull:
+    pull, _, _ = csp.escrow.quote_scale(job_id, replicas)
+    if pull:  # the most it can cost: an epoch that ends before the transaction lands only lowers it
         with console.status(f"approving {pull} token units"):
             TokenClient(csp.chain, funded.token).approve(csp.escrow.address, pull, sender=csp.address)
     with console.status(f"scaling job {job_id} from {funded.replicas} to {replicas} replicas in the escrow"):
-        csp.escrow.scale_job(job_id, replicas, spec_hash(spec), sender=csp.address)
+        receipt = csp.escrow.scale_job(job_id, replicas, spec_hash(spec), sender=csp.address)
+    # what the escrow did, from its event (the quote is as of the block before)
+    scaled = next(e.args for e in csp.escrow.events(receipt) if e.name == "JobScaled")
     answer = csp.submit(via, job_id, spec, valid_for_s)
-    out: dict[str, Any] = {"job_id": job_id, "replicas": replicas, "previous": funded.replicas, "pulled": pull,
-                           "refunded": refund, "from_epoch": from_epoch, "nonce": answer.get("nonce"),
+    out: dict[str, Any] = {"job_id": job_id, "replicas": replicas, "previous": funded.replicas,
+                           "pulled": int(scaled["pulled"]), "refunded": int(scaled["refunded"]),
+                           "from_epoch": int(scaled["fromEpoch"]), "nonce": answer.get("nonce"),
                            "outcome": "submitted"}
     if wait:
         outcome, _ = _follow(via, job_id, revision_of(spec), replicas, timeout_s, console, "scale")

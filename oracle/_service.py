@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import trio
 from eth_account import Account
 
-from contracts import Chain, ChainError, Deployment, sign
+from contracts import Chain, ChainError, Deployment, recover, sign
 from mesh import Message, Node
 
 from ._inputs import read_inputs
@@ -100,6 +100,20 @@ def disagreement(report: EpochReport, own: Observation | None) -> str | None:
         if any(abs(a - b) > slack for a, b in zip(agreed, seen, strict=False)):
             return f"tenure of {key}: agreed {agreed}, seen {seen}"
     return None
+
+
+def _signature_of(answer: dict[str, Any], message: dict[str, Any]) -> tuple[str, bytes] | None:
+    """(signer, signature) from a follower's answer, if the signature recovers to the signer it names."""
+    signer, signature = answer.get("oracle"), answer.get("signature")
+    if not isinstance(signer, str) or not isinstance(signature, str):
+        return None
+    try:
+        raw = bytes.fromhex(signature.removeprefix("0x"))
+        if len(raw) != 65 or recover(message, raw).lower() != signer.lower():
+            return None
+    except ValueError:
+        return None
+    return signer.lower(), raw
 
 
 class ChainGate:
@@ -213,22 +227,21 @@ class Oracle:
             return f"no report: {exc}"
         if (objection := disagreement(report, self.observe(epoch))) is not None:
             return f"our own report is not what we saw: {objection}"
-        signatures = {self.address.lower(): sign(report.message(self.domain), self.private_key)}
+        message = report.message(self.domain)
+        signatures = {self.address.lower(): sign(message, self.private_key)}
+        members = {o.lower() for o in oracles}
         for answer in await self._ask_all(oracles, {"kind": "sign", "report": json.loads(report.model_dump_json())}):
-            signature = answer.get("signature")
-            signer = answer.get("oracle")
-            members = {o.lower() for o in oracles}
-            if isinstance(signature, str) and isinstance(signer, str) and signer.lower() in members:
-                signatures[signer.lower()] = bytes.fromhex(signature.removeprefix("0x"))
+            signature = _signature_of(answer, message)  # checked here: one bad signature would revert the lot
+            if signature is not None and signature[0] in members:
+                signatures[signature[0]] = signature[1]
         if len(signatures) < threshold:
             return f"{len(signatures)} signatures, {threshold} needed"
-        self._store(report)
         try:
             await self.gate.run(lambda: escrow.submit_report(epoch, report.root_bytes, report.job_totals(),
-                                                             list(signatures.values())[:len(oracles)],
-                                                             sender=self.address))
+                                                             list(signatures.values()), sender=self.address))
         except ChainError as exc:
             return f"submission failed: {exc}"
+        self._store(report)  # only a report that landed: the next one builds on it
         return "submitted"
 
     async def _ask_all(self, oracles: frozenset[str], message: dict[str, Any]) -> list[dict[str, Any]]:
@@ -316,13 +329,20 @@ class Oracle:
     async def _previous(self, epoch: int) -> EpochReport | None:
         """The settled report the one for ``epoch`` builds on: the latest settled epoch before it."""
         escrow = self.deployment.escrow(self.chain)
-        for earlier in range(epoch - 1, -1, -1):
-            if await self.gate.run(escrow.root_of, earlier) != bytes(32) or earlier in self.reports:
-                return self.reports.get(earlier) or await self._fetch(earlier)
-        return None
+        # a report with no node pay lands with a zero root: the chain's events say which landed
+        landed = {int(e.args["epoch"]) for e in await self.gate.run(escrow.logs, "EpochSettled",
+                                                                     self.deployment.block)}
+        earlier = max((e for e in landed if e < epoch), default=None)
+        if earlier is None:
+            return None
+        return self.reports.get(earlier) or await self._fetch(earlier)
 
     async def _keep_settled(self, epoch: int) -> None:
-        if epoch not in self.reports:
+        """Hold the report that landed for ``epoch`` (another leader's, if ours did not land)."""
+        root = await self.gate.run(self.deployment.escrow(self.chain).root_of, epoch)
+        held = self.reports.get(epoch)
+        if held is None or held.root_bytes != root:
+            self.reports.pop(epoch, None)
             await self._fetch(epoch)
 
     async def _fetch(self, epoch: int) -> EpochReport | None:
