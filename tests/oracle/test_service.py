@@ -74,8 +74,10 @@ class Setting:
 
 
 @asynccontextmanager
-async def settled_by(tmp_path: Path, kinds: list[type[Oracle] | None], round_s: float = 6.0) -> AsyncIterator[Setting]:
-    """The mesh, the chain and the oracles of ``kinds`` (None: that registered oracle is offline)."""
+async def settled_by(tmp_path: Path, kinds: list[type[Oracle] | None], round_s: float = 4.0) -> AsyncIterator[Setting]:
+    """The mesh, the chain and the oracles of ``kinds`` (None: that registered oracle is offline).
+    Rounds (``round_s``) are shorter than the 6-second epochs, so a second leader has its turn
+    within an epoch (an offline or killed first leader) before the agreement moves on."""
     chain = Chain.embedded()
     world = world_module.build_world(chain)
     nodes_keys, oracle_keys = world.nodes[:3], world.oracle_keys
@@ -217,7 +219,7 @@ async def test_a_leader_killed_mid_epoch_is_replaced_by_the_next(tmp_path: Path,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(world_module, "EPOCH_SECONDS", EPOCH_S)
     # rounds shorter than the epoch (as hours-long epochs have), so the next leader's turn comes
-    async with settled_by(tmp_path, [Oracle, Oracle, Oracle, Oracle], round_s=4.0) as setting:
+    async with settled_by(tmp_path, [Oracle, Oracle, Oracle, Oracle]) as setting:
         target = setting.start_epoch
         oracles = {o.address.lower(): (o, s) for o, s in zip(setting.oracles, setting.scopes, strict=True)}
         first = leader(target, 0, frozenset(oracles))
