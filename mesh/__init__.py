@@ -9,7 +9,8 @@ from ._membership import PeerState
 from ._node import Node, NodeConfig, open_node
 from ._scheduler import assignment, placeable_jobs
 from ._transport import Message
+from ._trio_types import TaskStatus
 
 # what oracles use: a mesh participant of their own, and the placement every node computes
-__all__ = ["EXIT_CODES", "Message", "Node", "NodeConfig", "PeerState", "assignment", "main", "open_node",
-           "placeable_jobs"]
+__all__ = ["EXIT_CODES", "Message", "Node", "NodeConfig", "PeerState", "TaskStatus", "assignment", "main",
+           "open_node", "placeable_jobs"]

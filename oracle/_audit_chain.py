@@ -104,7 +104,7 @@ def collect(chain: Chain, deployment: Deployment, *, from_epoch: int = 0, to_blo
     deployment.check_chain(chain)
     head = chain.block_number() if to_block is None else to_block
     escrow = deployment.escrow(chain)
-    _, registry_address = _read(chain, escrow.contract.functions.registries(), head)
+    _, registry_address = read_at(chain, escrow.contract.functions.registries(), head)
     registry = OracleRegistryClient(chain, str(registry_address))
     escrow_events = _events(chain, escrow, ESCROW_EVENTS, deployment.block, head, log_chunk_blocks)
     registry_events = _events(chain, registry, REGISTRY_EVENTS, deployment.block, head, log_chunk_blocks)
@@ -130,11 +130,11 @@ def collect(chain: Chain, deployment: Deployment, *, from_epoch: int = 0, to_blo
         else:
             undecodable[e.tx_hash] = f"transaction {e.tx_hash} called {decoded[0]}, which does not emit {e.name}"
 
-    last_job_id = int(_read(chain, escrow.contract.functions.lastJobId(), head))
-    jobs = {job_id: _read_job(chain, escrow, job_id, head) for job_id in range(1, last_job_id + 1)}
-    roots = {int(e.args["epoch"]): bytes(_read(chain, escrow.contract.functions.rootOf(e.args["epoch"]), head))
+    last_job_id = int(read_at(chain, escrow.contract.functions.lastJobId(), head))
+    jobs = {job_id: read_job_at(chain, escrow, job_id, head) for job_id in range(1, last_job_id + 1)}
+    roots = {int(e.args["epoch"]): bytes(read_at(chain, escrow.contract.functions.rootOf(e.args["epoch"]), head))
              for e in settled}
-    balances = {token: int(_read(chain, TokenClient(chain, token).contract.functions.balanceOf(escrow.address),
+    balances = {token: int(read_at(chain, TokenClient(chain, token).contract.functions.balanceOf(escrow.address),
                                  head))
                 for token in sorted({job.token for job in jobs.values()})}
     return ChainRecord(deployment=deployment, chain_id=chain.chain_id, from_block=deployment.block, to_block=head,
@@ -197,7 +197,8 @@ def _claim(c: Mapping[str, Any]) -> Claim:
                  tuple(bytes(p) for p in c["proof"]))
 
 
-def _read_job(chain: Chain, escrow: JobEscrowClient, job_id: int, block: int) -> Job:
+def read_job_at(chain: Chain, escrow: JobEscrowClient, job_id: int, block: int) -> Job:
+    """``getJob(job_id)`` as the escrow answered at ``block``."""
     call = escrow.job_call(job_id)
     try:
         raw = chain.w3.eth.call({"to": call.address, "data": call.data}, block_identifier=block)  # type: ignore[typeddict-item]
@@ -206,7 +207,8 @@ def _read_job(chain: Chain, escrow: JobEscrowClient, job_id: int, block: int) ->
     return call.decode(bytes(raw))  # type: ignore[no-any-return]
 
 
-def _read(chain: Chain, fn: Any, block: int) -> Any:
+def read_at(chain: Chain, fn: Any, block: int) -> Any:
+    """A contract view call (``contract.functions.x(...)``) at ``block``; chain failures as ``ChainError``."""
     try:
         return fn.call(block_identifier=block)
     except Exception as exc:

@@ -8,10 +8,10 @@ judge the same facts. Blocking (web3): run it in a worker thread.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
 
-from contracts import Chain, ChainError, Deployment, JobStatus, LicenseStatus, to_checksum_address
+from contracts import Chain, Deployment, JobStatus, LicenseStatus, to_checksum_address
 
+from ._audit_chain import read_at, read_job_at
 from ._report import ChainInputs, JobInput, NodeInput, compute_replicas_at, standing_of
 
 
@@ -22,7 +22,7 @@ def read_inputs(chain: Chain, deployment: Deployment, epoch: int, nodes: Iterabl
     if block is None:
         block = chain.block_number()
     block_hash = "0x" + bytes(chain.w3.eth.get_block(block)["hash"]).hex()
-    genesis, seconds, _ = _call(escrow.contract.functions.epochClock(), block)
+    genesis, seconds, _ = read_at(chain, escrow.contract.functions.epochClock(), block)
     start_ms, end_ms = (genesis + epoch * seconds) * 1000, (genesis + (epoch + 1) * seconds) * 1000
     scalings: dict[int, list[tuple[int, int, int]]] = {}
     for log in escrow.contract.events.JobScaled().get_logs(from_block=deployment.block, to_block=block):
@@ -30,26 +30,18 @@ def read_inputs(chain: Chain, deployment: Deployment, epoch: int, nodes: Iterabl
         scalings.setdefault(int(args["jobId"]), []).append((int(args["fromEpoch"]), int(args["previous"]),
                                                             int(args["current"])))
     jobs = []
-    for job_id in range(1, int(_call(escrow.contract.functions.lastJobId(), block)) + 1):
-        call = escrow.job_call(job_id)
-        job = call.decode(bytes(chain.w3.eth.call({"to": call.address, "data": call.data},  # type: ignore[typeddict-item]
-                                                  block_identifier=block)))
+    for job_id in range(1, int(read_at(chain, escrow.contract.functions.lastJobId(), block)) + 1):
+        job = read_job_at(chain, escrow, job_id, block)
         if job.status is not JobStatus.ACTIVE or not job.start_epoch <= epoch < job.start_epoch + job.epochs:
             continue
         replicas = compute_replicas_at(epoch, job.replicas, scalings.get(job_id, ()))
         jobs.append(JobInput.from_job(job, replicas))
     found = []
     for node in sorted({n.lower() for n in nodes}):
-        license_id = int(_call(licenses.contract.functions.licenseOfNode(to_checksum_address(node)), block))
+        license_id = int(read_at(chain, licenses.contract.functions.licenseOfNode(to_checksum_address(node)), block))
         if license_id:
-            status = LicenseStatus(_call(licenses.contract.functions.statusOf(license_id), block))
+            status = LicenseStatus(read_at(chain, licenses.contract.functions.statusOf(license_id), block))
             found.append(NodeInput(node=node, license_id=license_id, standing=standing_of(status)))
     return ChainInputs(block=block, block_hash=block_hash, start_ms=start_ms, end_ms=end_ms, jobs=tuple(jobs),
                        nodes=tuple(found))
 
-
-def _call(fn: Any, block: int) -> Any:
-    try:
-        return fn.call(block_identifier=block)
-    except Exception as exc:  # web3 raises many types; the caller sees one
-        raise ChainError(f"{fn.fn_name} at block {block}: {type(exc).__name__}: {exc}") from exc

@@ -32,13 +32,13 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import trio
 from eth_account import Account
 
 from contracts import Chain, ChainError, Deployment, recover, sign
-from mesh import Message, Node
+from mesh import Message, Node, TaskStatus
 
 from ._inputs import read_inputs
 from ._observe import compute_observation
@@ -53,11 +53,6 @@ from ._report import (
     verify_report,
 )
 from ._watch import EpochClock, Watcher, epoch_log, replay
-
-if TYPE_CHECKING:  # trio-typing's TaskStatus is the one mypy sees (mesh/_trio_types.py)
-    from trio_typing import TaskStatus
-else:
-    TaskStatus = trio.TaskStatus
 
 log = logging.getLogger("deedmesh.oracle")
 T = TypeVar("T")

@@ -26,16 +26,10 @@ import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import trio
 
-from mesh import Node, PeerState, assignment, placeable_jobs
-
-if TYPE_CHECKING:  # trio-typing's TaskStatus is the one mypy sees (mesh/_trio_types.py)
-    from trio_typing import TaskStatus
-else:
-    TaskStatus = trio.TaskStatus
+from mesh import Node, PeerState, TaskStatus, assignment, placeable_jobs
 
 log = logging.getLogger("deedmesh.oracle")
 
