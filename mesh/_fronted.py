@@ -463,6 +463,11 @@ class FrontedSupervisor(Generic[SpecT, R]):
         held = self.replicas.get((job_id, replica))
         return {} if held is None else {c: front.port for c, front in held.fronts.items()}
 
+    def versions(self, job_id: int, replica: int) -> tuple[str, str] | None:
+        """(version serving, version whose rollout failed) of a replica it runs, for the claim set."""
+        report = self.report(job_id, replica)
+        return None if report is None else (report.serving or "", report.failed or "")
+
     def report(self, job_id: int, replica: int) -> ReplicaReport | None:
         war = self.replicas.get((job_id, replica))
         return None if war is None else war.report()

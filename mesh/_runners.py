@@ -13,7 +13,7 @@ for ``job logs``. Behind it, by the job's kind:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,14 @@ from ._trio_types import TaskStatus
 from ._wire_claim import ReplicaState
 
 MAX_SHARD_S = 86_400 + ANSWER_MARGIN_S  # the longest a shard may run (the spec's limit), and its answer
+
+
+def war_rollout_lines(counters: Mapping[str, int]) -> list[str]:
+    """``/metrics`` lines of the WAR rollouts a node ran, by outcome."""
+    return ["# HELP deedmesh_war_rollouts_total WAR versions rolled out here, by outcome (interrupted: the remote, "
+            "registry or engine failed; tried again).", "# TYPE deedmesh_war_rollouts_total counter",
+            *(f'deedmesh_war_rollouts_total{{outcome="{o}"}} {counters[f"rollouts_{o}"]}'
+              for o in ("served", "failed", "interrupted"))]
 
 
 class Runners:
@@ -81,8 +89,7 @@ class Runners:
         return self.reconciler.revision_of(job_id, replica)
 
     def versions(self, job_id: int, replica: int) -> tuple[str, str] | None:
-        report = self.war.report(job_id, replica)
-        return None if report is None else (report.serving or "", report.failed or "")
+        return self.war.versions(job_id, replica)
 
     def endpoints(self, job_id: int, replica: int) -> dict[int, int]:
         """Container port -> the node port a replica here is reached at: its front's, or (run in
@@ -100,10 +107,7 @@ class Runners:
     def metrics(self) -> list[str]:
         """Prometheus lines on the WAR and ChainDist runners (``/metrics``)."""
         war = self.war.counters
-        lines = ["# HELP deedmesh_war_rollouts_total WAR versions rolled out here, by outcome (interrupted: the "
-                 "remote, registry or engine failed; tried again).", "# TYPE deedmesh_war_rollouts_total counter"]
-        lines += [f'deedmesh_war_rollouts_total{{outcome="{o}"}} {war[f"rollouts_{o}"]}'
-                  for o in ("served", "failed", "interrupted")]
+        lines = war_rollout_lines(war)
         lines += ["# HELP deedmesh_war_restarts_total Serving WAR versions restarted here after they exited.",
                   "# TYPE deedmesh_war_restarts_total counter", f"deedmesh_war_restarts_total {war['restarts']}"]
         car = self.car.counters
@@ -159,8 +163,7 @@ class NativeRunners:
         return self.war.revision_of(job_id, replica)
 
     def versions(self, job_id: int, replica: int) -> tuple[str, str] | None:
-        report = self.war.report(job_id, replica)
-        return None if report is None else (report.serving or "", report.failed or "")
+        return self.war.versions(job_id, replica)
 
     def results(self, job_id: int, replica: int) -> str | None:
         return None
@@ -169,11 +172,7 @@ class NativeRunners:
         return self.war.endpoints(job_id, replica)
 
     def metrics(self) -> list[str]:
-        war = self.war.counters
-        lines = ["# HELP deedmesh_war_rollouts_total WAR versions rolled out here, by outcome.",
-                 "# TYPE deedmesh_war_rollouts_total counter"]
-        return lines + [f'deedmesh_war_rollouts_total{{outcome="{o}"}} {war[f"rollouts_{o}"]}'
-                        for o in ("served", "failed", "interrupted")]
+        return war_rollout_lines(self.war.counters)
 
     def logs(self, job_id: int, replica: int, tail: int = 100) -> str:
         text = self.war.logs(job_id, replica, tail)
