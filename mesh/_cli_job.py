@@ -26,7 +26,7 @@ from eth_account import Account
 from rich.console import Console
 from rich.table import Table
 
-from contracts import Chain, Deployment, Epoch, JobParams, SettlementPolicy, TokenUnits
+from contracts import Chain, Deployment, Epoch, JobEscrowClient, JobParams, SettlementPolicy, TokenUnits
 
 from ._cli_client import call_node, via_option
 from ._errors import MeshError, RequestRefused, SubmissionRefused
@@ -84,9 +84,7 @@ def fund(ctx: click.Context, spec_file: Path, keystore: Path, password_file: Pat
         chain.add_signer(csp)
         escrow, token = record.escrow(chain), record.payment_token(chain)
         params = JobParams(spec_hash=spec_hash(spec), token=token.address, replicas=spec.replicas, epochs=epochs,
-                           # the epoch after the current one: a block mined across an epoch boundary
-                           # must not find the start in the past (nextEpoch() is the next to report)
-                           start_epoch=Epoch(escrow.current_epoch() + 1 if start_epoch is None else start_epoch),
+                           start_epoch=Epoch(next_epoch(chain, escrow) if start_epoch is None else start_epoch),
                            price_per_node_epoch=TokenUnits(price), policy=policy)
     with console.status(f"approving {params.deposit} token units"):
         token.approve(escrow.address, params.deposit, sender=csp.address)
@@ -99,6 +97,14 @@ def fund(ctx: click.Context, spec_file: Path, keystore: Path, password_file: Pat
     else:
         for k, v in out.items():
             click.echo(f"{k:12} {v}")
+
+
+def next_epoch(chain: Chain, escrow: JobEscrowClient) -> Epoch:
+    """The epoch after the current one, so a block mined across an epoch boundary does not find a
+    job's start in the past. "Now" is the later of the latest block's time and this machine's: a
+    quiet dev chain that mines on demand may hold an old block, which would name an epoch long gone."""
+    genesis, seconds, _ = escrow.epoch_clock()
+    return Epoch(max(0, max(chain.now(), int(time.time())) - genesis) // seconds + 1)
 
 
 def _csp_key(keystore: Path, password_file: Path | None) -> NodeIdentity:

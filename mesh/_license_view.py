@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import trio
 
@@ -30,9 +30,9 @@ class ChainWorker:
     def __init__(self) -> None:
         self._lock = trio.Lock()
 
-    async def run(self, fn: Callable[[], T]) -> T:
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
         async with self._lock:
-            return await trio.to_thread.run_sync(fn)
+            return await trio.to_thread.run_sync(fn, *args)
 
 
 def fetch_oracles(oracles: OracleRegistryClient) -> frozenset[str]:

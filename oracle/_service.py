@@ -32,13 +32,13 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import trio
 from eth_account import Account
 
-from contracts import Chain, ChainError, Deployment, recover, sign
-from mesh import Message, Node, TaskStatus
+from contracts import Chain, ChainError, Deployment, recover, reverts, sign
+from mesh import ChainWorker, Message, Node, TaskStatus
 
 from ._inputs import read_inputs
 from ._observe import compute_observation
@@ -55,7 +55,6 @@ from ._report import (
 from ._watch import EpochClock, Watcher, epoch_log, replay
 
 log = logging.getLogger("deedmesh.oracle")
-T = TypeVar("T")
 
 PROTOCOL = "/deedmesh/oracle/1"
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # a report of 10,000 nodes is ~12 MB (BENCHMARKS.md)
@@ -111,15 +110,7 @@ def _signature_of(answer: dict[str, Any], message: dict[str, Any]) -> tuple[str,
     return signer.lower(), raw
 
 
-class ChainGate:
-    """Blocking chain calls, one at a time, in a worker thread."""
-
-    def __init__(self) -> None:
-        self._lock = trio.Lock()
-
-    async def run(self, fn: Callable[..., T], *args: Any) -> T:
-        async with self._lock:
-            return await trio.to_thread.run_sync(fn, *args)
+ChainGate = ChainWorker  # blocking chain calls, one at a time, in a worker thread (the node's own kind)
 
 
 @dataclass
@@ -139,6 +130,8 @@ class Oracle:
     reports: dict[int, EpochReport] = field(default_factory=dict)  # epoch -> the settled report we hold
     settled: set[int] = field(default_factory=set)  # epochs whose root we saw on chain
     led: list[tuple[int, int, str]] = field(default_factory=list)  # (epoch, round, outcome) of rounds we led
+    # told each epoch's outcome: {"event": "settled", "epoch", "root", "rounds"} or {"event": "no-quorum", ...}
+    on_event: Callable[[dict[str, Any]], None] = lambda _: None
 
     def __post_init__(self) -> None:
         self.address = Account.from_key(self.private_key).address
@@ -147,24 +140,45 @@ class Oracle:
         self.node.transport.set_handler(PROTOCOL, self.answer, max_request_bytes=MAX_MESSAGE_BYTES,
                                         timeout_s=self.config.round_s)
         (self.directory / "reports").mkdir(parents=True, exist_ok=True)
+        self._load_stored()
+
+    def _load_stored(self) -> None:
+        """The settled reports kept before a restart (each is checked against the chain's root
+        before it is served as settled or built on: ``_keep_settled``)."""
+        for path in sorted((self.directory / "reports").glob("*.json")):
+            try:
+                report = EpochReport.model_validate_json(path.read_text())
+            except (OSError, ValueError) as exc:
+                log.warning("an unreadable stored report is ignored",
+                            extra={"path": str(path), "error": str(exc)[:200]})
+                continue
+            if report.content_id() == path.stem:
+                self.reports[report.epoch] = report
 
     # ------------------------------------------------------------------ running
     async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Watch, and settle every epoch in order as it ends: one whose agreement ran long (no
+        quorum waits for the next epoch's end) is followed at once by the next, never skipped.
+        The first is the chain's next unsettled epoch or the one that just ended, whichever is
+        later: older ones are the other oracles' (or were given up)."""
         async with trio.open_nursery() as nursery:
             await nursery.start(self.watcher.run)
             task_status.started()
+            unsettled = await self.gate.run(self.deployment.escrow(self.chain).next_epoch)
+            cursor = max(int(unsettled), self.clock.epoch_at(self.node.now_ms()) - 1, 0)
             while True:
-                now = self.node.now_ms()
-                ended = self.clock.epoch_at(now) - 1
-                if ended >= 0:
-                    await self.settle(ended)
-                _, next_end = self.clock.bounds(self.clock.epoch_at(self.node.now_ms()))
-                await trio.sleep(max(0.0, (next_end - self.node.now_ms()) / 1000) + self.config.settle_s)
+                while cursor < self.clock.epoch_at(self.node.now_ms()):
+                    await self.settle(cursor)
+                    cursor += 1
+                _, end = self.clock.bounds(cursor)
+                await trio.sleep(max(0.0, (end - self.node.now_ms()) / 1000))
 
     async def settle(self, epoch: int) -> None:
         """Take part in ``epoch``'s agreement until its root is on chain (module docstring, 2-4)."""
         if epoch in self.settled:
             return
+        _, end = self.clock.bounds(epoch)  # the epoch's last beats are still arriving for settle_s
+        await trio.sleep(max(0.0, (end - self.node.now_ms()) / 1000 + self.config.settle_s))
         self.observe(epoch)
         round_ = 0
         while not await self._landed(epoch):
@@ -173,16 +187,26 @@ class Oracle:
                 # every oracle led a round, or the next epoch ended meanwhile: no quorum for this
                 # one; its amounts stay locked (SETTLEMENT.md) and the agreement moves on
                 log.warning("no quorum for an epoch; it stays locked", extra={"epoch": epoch, "rounds": round_})
+                self.on_event({"event": "no-quorum", "epoch": epoch, "rounds": round_})
                 return
-            with trio.move_on_after(self.config.round_s):
-                if leader(epoch, round_, oracles).lower() == self.address.lower():
+            leading = leader(epoch, round_, oracles).lower() == self.address.lower()
+            with trio.move_on_after(self.config.round_s) as round_scope:
+                if leading:
                     outcome = await self._lead(epoch, round_, oracles, threshold)
                     self.led.append((epoch, round_, outcome))
                     log.info("led a round: %s", outcome, extra={"epoch": epoch, "round": round_, "outcome": outcome})
+                    leading = False
                 while not await self._landed(epoch):  # noqa: ASYNC110 (the chain has no event to wait on)
                     await trio.sleep(self.config.poll_s)
+            if round_scope.cancelled_caught and leading:  # cut short inside _lead
+                self.led.append((epoch, round_, "the round's time ran out"))
+                log.info("led a round: its time ran out", extra={"epoch": epoch, "round": round_})
             round_ += 1
         await self._keep_settled(epoch)
+        held = self.reports.get(epoch)
+        self.on_event({"event": "settled", "epoch": epoch, "rounds": round_,
+                       "root": None if held is None else held.root,
+                       "led": [outcome for e, _, outcome in self.led if e == epoch]})
 
     def observe(self, epoch: int) -> Observation | None:
         """Our signed observation of ``epoch`` (made once, from the watch log), or None if we saw none."""
@@ -200,8 +224,6 @@ class Oracle:
     # ------------------------------------------------------------------ leading
     async def _lead(self, epoch: int, round_: int, oracles: frozenset[str], threshold: int) -> str:
         escrow = self.deployment.escrow(self.chain)
-        if await self.gate.run(escrow.current_epoch) <= epoch:  # the chain's clock is the one that counts
-            return "the chain's clock has not passed the epoch yet"
         collected = [o for o in [self.observe(epoch)] if o is not None]
         for answer in await self._ask_all(oracles, {"kind": "observation", "epoch": epoch}):
             if isinstance(answer.get("observation"), dict):
@@ -225,19 +247,47 @@ class Oracle:
         message = report.message(self.domain)
         signatures = {self.address.lower(): sign(message, self.private_key)}
         members = {o.lower() for o in oracles}
+        refusals = []
         for answer in await self._ask_all(oracles, {"kind": "sign", "report": json.loads(report.model_dump_json())}):
             signature = _signature_of(answer, message)  # checked here: one bad signature would revert the lot
             if signature is not None and signature[0] in members:
                 signatures[signature[0]] = signature[1]
+            elif isinstance(answer.get("error"), str):
+                refusals.append(answer["error"][:200])
         if len(signatures) < threshold:
-            return f"{len(signatures)} signatures, {threshold} needed"
-        try:
-            await self.gate.run(lambda: escrow.submit_report(epoch, report.root_bytes, report.job_totals(),
-                                                             list(signatures.values()), sender=self.address))
-        except ChainError as exc:
-            return f"submission failed: {exc}"
+            because = f" (refused: {'; '.join(sorted(set(refusals)))})" if refusals else ""
+            return f"{len(signatures)} signatures, {threshold} needed{because}"
+        while True:
+            try:
+                await self.gate.run(lambda: escrow.submit_report(epoch, report.root_bytes, report.job_totals(),
+                                                                 list(signatures.values()), sender=self.address))
+                break
+            except reverts.JobEscrowEpochNotEnded:
+                # our clock passed the epoch's end, the chain's latest block not yet (a quiet chain
+                # mines on demand): the next transaction's block is later; retry within the round
+                await trio.sleep(self.config.poll_s)
+            except ChainError as exc:
+                return f"submission failed: {exc}"
         self._store(report)  # only a report that landed: the next one builds on it
+        await self._execute_burns(report)
         return "submitted"
+
+    async def _execute_burns(self, report: EpochReport) -> None:
+        """Burn what the landed report allocated to burning (SETTLEMENT.md): the submitter does it
+        at once, so burned pay leaves the escrow with its epoch. Anyone may (``deedmesh burn``);
+        a failure here is logged and left to them, the allocation stays on chain."""
+        escrow = self.deployment.escrow(self.chain)
+        burning = [job for job, _, _, burn in report.totals if burn]
+        if not burning:
+            return
+        try:
+            jobs = await self.gate.run(lambda: [escrow.get_job(j) for j in burning])
+            due = [j.job_id for j in jobs if j.alloc_burn > j.burned]
+            if due:
+                await self.gate.run(lambda: escrow.execute_burn(due, sender=self.address))
+                log.info("executed burns", extra={"epoch": report.epoch, "jobs": due})
+        except ChainError as exc:
+            log.warning("could not execute burns; anyone may (deedmesh burn)", extra={"error": str(exc)[:300]})
 
     async def _ask_all(self, oracles: frozenset[str], message: dict[str, Any]) -> list[dict[str, Any]]:
         """``message`` to every other oracle at once; the answers that came in time."""
@@ -298,11 +348,11 @@ class Oracle:
             ours = await self.gate.run(read_inputs, self.chain, self.deployment, report.epoch, nodes,
                                        report.inputs.block)
             if ours != report.inputs:
-                return {"error": "chain inputs differ from the chain at the cited block"}
+                raise ReportError(f"chain inputs differ from the chain at the cited block {report.inputs.block}")
             if (objection := disagreement(report, self.observe(report.epoch))) is not None:
-                return {"error": f"not what this oracle saw: {objection}"}
+                raise ReportError(f"not what this oracle saw: {objection}")
         except (ReportError, ValueError, ChainError) as exc:
-            log.warning("refused to sign a report", extra={"error": str(exc)[:300]})
+            log.warning("refused to sign a report: %s", str(exc)[:300])
             return {"error": str(exc)[:300]}
         return {"oracle": self.address, "signature": "0x" + sign(report.message(self.domain), self.private_key).hex()}
 

@@ -42,12 +42,15 @@ def fund(*args: str) -> Result:
 ADMITTED, STRANGER = NodeIdentity(bytes([0x5A]) * 32), NodeIdentity(bytes([0x5B]) * 32)
 
 
-def setup_chain(anvil_url: str, tmp_path: Path) -> tuple[Chain, Deployment, Path]:
-    """A fresh deployment with one admitted CSP (ADMITTED) and one that is not (STRANGER), both
-    funded, their keystores in ``tmp_path``."""
+def setup_chain(anvil_url: str, tmp_path: Path, config: DeployConfig | None = None,
+                oracles: list[str] | None = None) -> tuple[Chain, Deployment, Path]:
+    """A fresh deployment (the devnet preset, three of anvil's accounts as oracles, unless given)
+    with one admitted CSP (ADMITTED) and one that is not (STRANGER), both funded, their keystores
+    in ``tmp_path``."""
     chain = Chain.connect(anvil_url)
     a = chain.accounts
-    dep = deploy(chain, DeployConfig.devnet(), admin=a[0], oracles=[a[1], a[2], a[3]], attester=ATTESTER.address)
+    dep = deploy(chain, config or DeployConfig.devnet(), admin=a[0], oracles=oracles or [a[1], a[2], a[3]],
+                 attester=ATTESTER.address)
     record = tmp_path / "deployment.json"
     record.write_text(dep.to_json())
     escrow, token, licenses = dep.escrow(chain), dep.payment_token(chain), dep.licenses(chain)
