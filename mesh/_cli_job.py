@@ -116,19 +116,26 @@ def _csp_key(keystore: Path, password_file: Path | None) -> NodeIdentity:
 
 def _submit(ctx: click.Context, via: str, keystore: Path, password_file: Path | None, deployment: Path,
             job_id: int, spec: JobSpec | None, valid_for_s: int) -> None:
-    """Sign (nonce: the clock in ms, so a later action always outranks an earlier one) and submit."""
+    """Sign and submit (``deploy_spec``), and print the node's answer."""
     record = Deployment.load(deployment)
     key = _csp_key(keystore, password_file)
-    sub = sign_submission(key.private_key, record.chain_id, record.job_escrow, job_id,
-                          STOP if spec is None else spec_hash(spec), time.time_ns() // 1_000_000,
-                          int(time.time()) + valid_for_s)
-    answer = submit(via, {"submission": sub.model_dump(),
-                          "spec": None if spec is None else spec.model_dump(mode="json")})
+    answer = deploy_spec(via, key.private_key, record, job_id, spec, valid_for_s)
     if ctx.find_root().params.get("json_output"):
         click.echo(json.dumps(answer))
     else:
         for k, v in answer.items():
             click.echo(f"{k:12} {v}")
+
+
+def deploy_spec(via: str, csp_key: bytes, record: Deployment, job_id: int, spec: JobSpec | None,
+                valid_for_s: int = 600) -> dict[str, Any]:
+    """Sign ``spec``'s submission for the funded ``job_id`` (None: a stop) with the CSP's key and hand
+    it to the node at ``via`` (blocking). The nonce is the clock in ms, so a later action always
+    outranks an earlier one. ``SubmissionRefused`` if the node refuses it."""
+    sub = sign_submission(csp_key, record.chain_id, record.job_escrow, job_id,
+                          STOP if spec is None else spec_hash(spec), time.time_ns() // 1_000_000,
+                          int(time.time()) + valid_for_s)
+    return submit(via, {"submission": sub.model_dump(), "spec": None if spec is None else spec.model_dump(mode="json")})
 
 
 def submit(via: str, body: dict[str, Any]) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import trio
 from eth_utils import is_address, to_checksum_address
@@ -175,11 +176,21 @@ async def car_runner(identity: NodeIdentity, engine: str) -> CarRunner | None:
     return CarRunner(client, identity.address)
 
 
+def print_ready(ready: dict[str, Any]) -> None:
+    print(json.dumps(ready), flush=True)
+
+
 async def serve_node(identity: NodeIdentity, settings: NodeSettings, token_file: Path, nonce_file: Path,
-                     work_dir: Path) -> None:
-    chain = await trio.to_thread.run_sync(Chain.connect, settings.rpc)
-    licenses = await trio.to_thread.run_sync(license_registry, chain, settings)
-    worker = ChainWorker()  # one thread at a time talks to the chain, for the license view and the job desk
+                     work_dir: Path, *, chain: Chain | None = None, worker: ChainWorker | None = None,
+                     on_ready: Callable[[dict[str, Any]], None] = print_ready) -> None:
+    """Run the node until cancelled. ``chain`` and ``worker``: a chain already connected and the
+    one thread that talks to it, when several nodes share them in one process (the devnet's
+    embedded chain); by default the node connects to ``settings.rpc`` and has its own."""
+    # one thread at a time talks to the chain, for the license view, the job desk and the checks
+    worker = worker or ChainWorker()
+    if chain is None:
+        chain = await trio.to_thread.run_sync(Chain.connect, settings.rpc)
+    licenses = await worker.run(license_registry, chain, settings)
     # with a deployment record, the oracle registry's oracles may take part too (they watch the mesh)
     oracles = None if settings.deployment is None else Deployment.load(settings.deployment).oracles(chain)
     view = LicenseView(lambda: fetch_eligible(licenses), worker, settings.license_refresh_s, block=chain.block_number,
@@ -248,10 +259,9 @@ async def serve_node(identity: NodeIdentity, settings: NodeSettings, token_file:
             config.bind = [f"{settings.api_host}:{settings.api_port}"]
             config.accesslog = None
             await nursery.start(partial(serve, api, config, shutdown_trigger=trio.sleep_forever))  # type: ignore[arg-type]
-            ready = {"event": "ready", "address": identity.address, "peer_id": peer_id_of(identity),
-                     "api": f"http://{settings.api_host}:{settings.api_port}", "addrs": transport.addrs(),
-                     "operator_token_file": str(token_file)}
-            print(json.dumps(ready), flush=True)
+            on_ready({"event": "ready", "address": identity.address, "peer_id": peer_id_of(identity),
+                      "api": f"http://{settings.api_host}:{settings.api_port}", "addrs": transport.addrs(),
+                      "operator_token_file": str(token_file)})
             settle()
             await trio.sleep_forever()
 

@@ -1,11 +1,12 @@
 """The audit's reading of the chain (``_audit``): a deployment's whole history, into a frozen
-``ChainRecord`` read at one pinned block."""
+``ChainRecord`` read at one pinned block. (The chain inputs each published report cites are read
+at the block it cites, into the same record, by ``_audit_inputs``.)"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
 
 from contracts import (
     Chain,
@@ -25,6 +26,8 @@ from contracts import (
     escrow_domain,
     to_checksum_address,
 )
+
+from ._report import ChainInputs
 
 ESCROW_EVENTS = ("JobCreated", "JobToppedUp", "JobScaled", "JobSpecUpdated", "JobCancelled", "JobClosed",
                  "EpochSettled", "JobAllocated", "JobAllocationSkipped", "Claimed", "Forfeited", "RefundTaken",
@@ -72,6 +75,14 @@ class PayoutCall:
     claims: tuple[Claim, ...]
 
 
+class InputsKey(NamedTuple):
+    """What a read of the chain inputs a report cites depends on (``_audit_inputs``)."""
+
+    epoch: int
+    block: int  # the block the report cites
+    nodes: frozenset[str]  # lower-case addresses
+
+
 @dataclass(frozen=True)
 class ChainRecord:
     """A deployment's history and its escrow's state at ``to_block``, as read from the chain."""
@@ -90,6 +101,8 @@ class ChainRecord:
     jobs: Mapping[int, Job]  # getJob for ids 1..lastJobId
     roots: Mapping[int, bytes]  # rootOf per settled epoch
     balances: Mapping[str, int]  # the escrow's balance of each job token
+    # the inputs published reports cite, read at their cited blocks, or why the chain did not serve them
+    cited_inputs: Mapping[InputsKey, ChainInputs | str] = field(default_factory=dict)
 
     @property
     def domain(self) -> dict[str, Any]:
@@ -154,7 +167,7 @@ def _events(chain: Chain, client: Any, names: Sequence[str], from_block: int, to
         try:
             logs = chain.w3.eth.get_logs({"address": client.address, "fromBlock": start, "toBlock": end})
         except Exception as exc:
-            raise _chain_error(chain, f"eth_getLogs {client.address} {start}..{end}", exc) from exc
+            raise chain_error(chain, f"eth_getLogs {client.address} {start}..{end}", exc) from exc
         for log in logs:
             event = by_topic.get(bytes(log["topics"][0])) if log["topics"] else None
             if event is None:
@@ -173,7 +186,7 @@ def _decode_call(chain: Chain, escrow: JobEscrowClient, tx_hash: str) -> tuple[s
     try:
         tx = chain.w3.eth.get_transaction(tx_hash)  # type: ignore[arg-type]
     except Exception as exc:
-        raise _chain_error(chain, f"eth_getTransactionByHash {tx_hash}", exc) from exc
+        raise chain_error(chain, f"eth_getTransactionByHash {tx_hash}", exc) from exc
     to = tx.get("to")
     if to is None or to_checksum_address(to) != escrow.address:
         return (f"transaction {tx_hash} was sent to {to}, not the escrow: its calldata is another contract's "
@@ -203,7 +216,7 @@ def read_job_at(chain: Chain, escrow: JobEscrowClient, job_id: int, block: int) 
     try:
         raw = chain.w3.eth.call({"to": call.address, "data": call.data}, block_identifier=block)  # type: ignore[typeddict-item]
     except Exception as exc:
-        raise _chain_error(chain, f"getJob({job_id}) at block {block}", exc) from exc
+        raise chain_error(chain, f"getJob({job_id}) at block {block}", exc) from exc
     return call.decode(bytes(raw))  # type: ignore[no-any-return]
 
 
@@ -212,10 +225,10 @@ def read_at(chain: Chain, fn: Any, block: int) -> Any:
     try:
         return fn.call(block_identifier=block)
     except Exception as exc:
-        raise _chain_error(chain, f"{fn.fn_name} at block {block}", exc) from exc
+        raise chain_error(chain, f"{fn.fn_name} at block {block}", exc) from exc
 
 
-def _chain_error(chain: Chain, what: str, exc: Exception) -> ChainError:
+def chain_error(chain: Chain, what: str, exc: Exception) -> ChainError:
     if isinstance(exc, ChainError):
         return exc
     if isinstance(exc, ConnectionError) or type(exc).__name__ in {"ConnectionError", "ReadTimeout"}:

@@ -44,7 +44,9 @@ def audit_command(ctx: click.Context, rpc: str, deployment_file: Path, report_pa
 
     Re-verifies every report's quorum signatures against the oracle registry as it was at that
     block, every claim's Merkle proof and amount, every job's accounts and conservation, the
-    escrow's token balance, and each published report's root and totals.
+    escrow's token balance, and each published report's root and totals; for a report in the
+    oracles' full format, its amounts from what it cites and its chain inputs read back at the
+    block it cites (a pruned node that no longer serves that block leaves them "not verified").
 
     \b
     Exit codes: 0 balanced and verified; 15 discrepancies (one line each, naming

@@ -40,6 +40,8 @@ class Check(enum.StrEnum):
     REPORT_TOTALS = "report-totals"  # the report's totals are not the signed ones
     REPORT_AMOUNTS = "report-amounts"  # an amount does not follow from what the report cites (verify_report)
     REPORT_PAY = "report-pay"  # pay unlike a proven claim, or not adding up to the release total
+    REPORT_INPUTS = "report-inputs"  # a cited chain input (job, license, standing) unlike the chain at the cited block
+    REPORT_INPUTS_BLOCK = "report-inputs-block"  # cites a block not before its root landed, or before the deployment
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ import hashlib
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +66,12 @@ class PublishedReport:
         signed = doc.get("totals_hash")
         return cls(_uint(doc.get("epoch"), "epoch"), root, totals, pay, source,
                    None if signed is None else _hex32(signed, "totals_hash"), doc)
+
+    @cached_property
+    def full(self) -> EpochReport | None:
+        """The report in the oracles' full format, or None if it is not in it (parsed once: a
+        report of 10,000 nodes takes a while, and the amounts and the inputs checks both read it)."""
+        return _epoch_report(self)
 
     def content(self) -> tuple[bytes, tuple[JobTotals, ...], tuple[PayLeaf, ...]]:
         """What two reports for one epoch must agree on (order-free)."""
@@ -149,12 +156,12 @@ def verify_report_amounts(report: PublishedReport, previous: PublishedReport | N
     the signed observations, their medians, each job's price and policy, ``previous``'s cumulative
     amounts) and name what differs. ``oracles`` and ``threshold`` are the registry's at the block
     the report landed in. None (not verified) for a report in the minimal format, which cites
-    nothing to recompute from. The chain inputs a report cites are taken as cited here: reading
-    them back at ``inputs.block`` is not done yet."""
-    full = _epoch_report(report)
+    nothing to recompute from. The chain inputs are taken as cited here; ``_audit_inputs`` reads
+    them back at the cited block."""
+    full = report.full
     if full is None:
         return None
-    before = None if previous is None else _epoch_report(previous)
+    before = None if previous is None else previous.full
     if full.previous_id is not None and (before is None or before.content_id() != full.previous_id):
         return [Finding(Check.REPORT_AMOUNTS, f"{report.source}: builds on report {full.previous_id}, which is not "
                                               "the published report of the epoch before", epoch=report.epoch)]

@@ -1,16 +1,16 @@
-"""``deedmesh devnet``: a whole deployment on one machine, on the embedded defaults.
-
-Today it brings up the chain side: a chain (embedded eth-tester, anvil, or a URL), the contracts,
-licensed and linked node identities, registered oracles and an admitted, funded CSP; then it
-settles one epoch end to end (a job, a quorum-signed report, a claim, a refund and a burn) and
-checks conservation. Nodes and oracles as running processes join it as the mesh is built.
+"""``deedmesh devnet``: a whole deployment on one machine, on the embedded defaults (``_devnet``):
+the chain and its contracts, licensed nodes and registered oracles on libp2p, a CSP's job, every
+epoch of it settled by the oracles, the pay claimed, the refund taken, burns executed, and the
+audit over it all. Exit 0 only if the audit balances.
 """
 
 from __future__ import annotations
 
 import json
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import click
@@ -18,7 +18,7 @@ from eth_account import Account
 from rich.console import Console
 from rich.table import Table
 
-from contracts import EMBEDDED, Anvil, Chain, ChainError, DeployConfig
+from contracts import EMBEDDED, Anvil, Chain, ChainError
 
 from ._devnet import DevnetShape, run_devnet
 
@@ -42,46 +42,71 @@ def _chain_for(chain_kind: str, rpc: str | None) -> Iterator[Chain]:
 @click.option("--oracles", type=click.IntRange(1, 50), default=4, show_default=True, help="Registered oracles.")
 @click.option("--threshold", type=click.IntRange(1, 50), default=3, show_default=True,
               help="Oracle signatures a report needs.")
+@click.option("--epochs", type=click.IntRange(1, 100), default=2, show_default=True,
+              help="Epochs the CSP's job is funded for; the devnet ends once they are all settled.")
+@click.option("--epoch-seconds", type=click.IntRange(4, 3600), default=10, show_default=True,
+              help="Epoch length on chain.")
+@click.option("--dir", "directory", type=click.Path(file_okay=False, path_type=Path),
+              help="Keep the work directory here (deployment record, node files, oracle reports); "
+                   "default: a temporary one, removed at the end.")
 @click.pass_context
-def devnet(ctx: click.Context, chain_kind: str, rpc: str | None, nodes: int, oracles: int, threshold: int) -> None:
-    """Bring up a complete deedmesh deployment on this machine and settle an epoch."""
+def devnet(ctx: click.Context, chain_kind: str, rpc: str | None, nodes: int, oracles: int, threshold: int,
+           epochs: int, epoch_seconds: int, directory: Path | None) -> None:
+    """Bring up a complete deedmesh deployment on this machine and settle a job's epochs."""
     if threshold > oracles:
         raise click.UsageError(f"--threshold {threshold} is more than --oracles {oracles}")
     json_output = bool(ctx.find_root().params.get("json_output"))
     console = Console(stderr=True, quiet=json_output)
-    shape = DevnetShape(nodes=nodes, oracles=oracles, threshold=threshold)
-    with _chain_for(chain_kind, rpc) as chain:
+    shape = DevnetShape(nodes=nodes, oracles=oracles, threshold=threshold, epochs=epochs, epoch_seconds=epoch_seconds)
+    with _chain_for(chain_kind, rpc) as chain, _work_dir(directory) as work:
         if len(chain.accounts) < 3:  # admin, CSP, and at least one operator (operators own several licenses)
             raise ChainError(f"{chain.url} has {len(chain.accounts)} unlocked accounts; a devnet needs 3")
         with console.status("devnet") as status:
-            summary = run_devnet(chain, shape, DeployConfig.devnet(), Account.create,
-                                 progress=lambda step: status.update(step))
+            summary = run_devnet(chain, shape, Account.create, work, progress=lambda step: status.update(step))
     if json_output:
         click.echo(json.dumps(summary, indent=2))
     else:
         _print_summary(Console(), summary)
-    if not summary["conservation"]["balanced"]:
+    if not (summary["conservation"]["balanced"] and summary["audit"]["balanced"]):
         ctx.exit(1)
 
 
+@contextmanager
+def _work_dir(directory: Path | None) -> Iterator[Path]:
+    if directory is not None:
+        directory.mkdir(parents=True, exist_ok=True)
+        yield directory
+        return
+    with tempfile.TemporaryDirectory(prefix="deedmesh-devnet-") as tmp:
+        yield Path(tmp)
+
+
 def _print_summary(console: Console, s: dict[str, Any]) -> None:
-    console.print(f"[bold]deedmesh devnet[/] on {s['chain']['backend']} (chain id {s['chain']['chain_id']})")
-    contracts = Table("contract", "address", title="contracts")
-    for name, address in s["contracts"].items():
-        contracts.add_row(name, str(address))
-    console.print(contracts)
-    nodes = Table("license", "node", "owner", "eligible", title="nodes")
+    console.print(f"[bold]deedmesh devnet[/] on {s['chain']['backend']} (chain id {s['chain']['chain_id']}), "
+                  f"{s['deployment']['epoch_seconds']}-second epochs")
+    nodes = Table("license", "node", "owner", "API", title="nodes")
     for n in s["nodes"]:
-        nodes.add_row(str(n["license_id"]), n["node"], n["owner"], "yes" if n["eligible"] else "no")
+        nodes.add_row(str(n["license_id"]), n["node"], n["owner"], n["api"])
     console.print(nodes)
-    oracle_table = Table("oracle", title=f"oracles (threshold {s['oracle_threshold']})")
-    for o in s["oracles"]:
-        oracle_table.add_row(o)
-    console.print(oracle_table)
+    console.print(f"oracles (threshold {s['oracle_threshold']}): " + ", ".join(s["oracles"]))
+    if s["engine"]:
+        console.print(f"[yellow]{s['engine']}[/]")
+    epochs = Table("epoch", "root on chain", title="epochs settled by the oracles")
+    for epoch, root in s["settled"]:
+        epochs.add_row(str(epoch), root)
+    console.print(epochs)
     j = s["job"]
-    money = Table("deposited", "released", "refunded", "burned", "locked", title=f"job {j['job_id']} settlement")
+    money = Table("deposited", "released", "refunded", "burned", "locked",
+                  title=f"job {j['job_id']} ({j['kind']} {j['spec']}, {j['replicas']} replicas, epochs "
+                        f"{j['start_epoch']}-{j['start_epoch'] + j['epochs'] - 1})")
     money.add_row(*(str(j[k]) for k in ("deposited", "released", "refunded", "burned", "locked")))
     console.print(money)
-    verdict = "[green]balanced[/]" if s["conservation"]["balanced"] else "[red]NOT balanced[/]"
-    console.print(f"epoch {s['settled_epoch']} settled with {s['report_signers']} oracle signatures; "
-                  f"conservation {verdict}")
+    paid = sum(p["amount"] for p in s["claimed"]["paid"])
+    console.print(f"claimed for the node owners: {paid}; refunded to the CSP: "
+                  f"{sum(d['amount'] for d in s['refunded']['moved'])}; burned: "
+                  f"{sum(d['amount'] for d in s['burned']['moved'])}")
+    a = s["audit"]
+    verdict = "[green]balanced[/]" if a["balanced"] and s["conservation"]["balanced"] else "[red]NOT balanced[/]"
+    console.print(f"audit over the chain and the oracles' reports: {verdict}")
+    for line in a["discrepancies"]:
+        console.print(f"  [red]{line}[/]")

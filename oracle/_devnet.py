@@ -1,46 +1,80 @@
-"""The devnet run: set up the chain side of a deployment and settle one epoch end to end.
+"""The devnet run: a whole deployment on one machine, settled by its own oracles.
 
-Steps: deploy the contracts, license and link the nodes, register the oracles, admit and fund a
-CSP, fund a job, let its epoch end, have a quorum sign the report, claim, refund, burn, and check
-conservation. Keys come from the ``new_key`` argument; private keys are never printed or logged.
+1. **Chain**: deploy the contracts, license and link the nodes, register and fund the oracles,
+   admit and fund a CSP (``prepare``: blocking, before anything runs).
+2. **Mesh**: N nodes (``mesh.serve_node``, the code ``deedmesh node run`` runs, each with its API
+   on a free 127.0.0.1 port) and K oracles (``mesh.open_participant`` + ``_service.Oracle``), all
+   on real libp2p over 127.0.0.1, in one trio nursery. They share the chain and the one thread
+   that talks to it (eth-tester is not thread-safe); on the embedded chain a task mines a block
+   every second at the machine's time, so the chain's clock follows the real one.
+3. **A job**: the CSP funds the CAR example (``examples/car-web.yaml``) for ``epochs`` epochs from
+   the next one and hands its signed submission to a node. With no container engine reachable no
+   node can run it, and the devnet says so: every slot-epoch is then refunded.
+4. **Settlement**: the oracles watch the mesh and settle each epoch on chain (observations,
+   agreement, a quorum-signed root); when the job's last epoch has landed, the node owners'
+   pay is claimed with the published reports, the CSP takes its refund, due burns are executed,
+   the job is stopped, and ``audit`` re-derives everything from the chain and the reports.
+
+Keys come from ``new_key``; private keys are never printed or logged. The work directory holds
+the deployment record, the nodes' files and the oracles' watch logs and reports.
 """
 
 from __future__ import annotations
 
 import logging
+import socket
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
 from typing import Any
 
+import trio
 from eth_account.signers.local import LocalAccount
 
 from contracts import (
+    EMBEDDED,
     Chain,
-    Claim,
     DeployConfig,
+    Deployment,
     Epoch,
-    JobId,
     JobParams,
-    JobTotals,
     LicenseId,
     SettlementPolicy,
     TokenUnits,
     csp_admission,
     deploy,
-    epoch_report,
-    release_leaf,
     sign,
-    totals_hash,
+)
+from mesh import (
+    CarRunner,
+    ChainWorker,
+    EngineUnavailable,
+    NodeIdentity,
+    NodeSettings,
+    ParticipantSettings,
+    TaskStatus,
+    connect_engine,
+    deploy_spec,
+    load_spec,
+    open_participant,
+    serve_node,
+    spec_hash,
 )
 
-from ._merkle import MerkleTree
-from ._settlement import compute_share_outcome
+from ._audit import AMOUNTS_NOT_VERIFIED, audit
+from ._service import Oracle, OracleConfig
+from ._settle import burn_round, claim_round, refund_round
+from ._watch import EpochClock
 
 log = logging.getLogger("deedmesh.devnet")
 
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "car-web.yaml"
 PRICE = TokenUnits(2_000_000)  # 2 mUSD per node-epoch
 CSP_FUNDS = TokenUnits(1_000_000_000)
 POLICY = SettlementPolicy(release_threshold=230, burn_floor=64, protocol_burn_bps=250)
+GAS_ETH = 10**18  # for each oracle's submissions and the CSP's transactions
 
 
 @dataclass(frozen=True)
@@ -48,100 +82,211 @@ class DevnetShape:
     nodes: int = 5
     oracles: int = 4
     threshold: int = 3
+    epochs: int = 2  # the job's epochs: the devnet ends once they are all settled
+    epoch_seconds: int = 10
 
 
-def run_devnet(chain: Chain, shape: DevnetShape, config: DeployConfig, new_key: Callable[[], LocalAccount],
-               progress: Callable[[str], object] = lambda _: None) -> dict[str, Any]:
-    """Run the devnet on ``chain``; return a JSON-ready summary."""
+@dataclass
+class Setup:
+    """The chain side, deployed (``prepare``)."""
+
+    chain: Chain
+    dep: Deployment
+    record: Path
+    admin: str
+    csp: LocalAccount
+    nodes: list[tuple[NodeIdentity, LicenseId, str]]  # (identity, license id, owner)
+    oracle_keys: list[LocalAccount]
+    events: list[dict[str, Any]] = field(default_factory=list)  # the oracles' epoch outcomes
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def prepare(chain: Chain, shape: DevnetShape, new_key: Callable[[], LocalAccount], work: Path,
+            progress: Callable[[str], object]) -> Setup:
     accounts = chain.accounts
-    admin, csp = accounts[0], accounts[1]
-    operators = accounts[2:]
-    node_keys = [new_key() for _ in range(shape.nodes)]
+    admin, operators = accounts[0], accounts[2:]
     oracle_keys = sorted((new_key() for _ in range(shape.oracles)), key=lambda k: k.address)
-    attester = new_key()
-
+    attester, csp = new_key(), new_key()
     progress("deploying contracts")
-    config = DeployConfig(config.epoch_seconds, config.close_grace_epochs, config.relink_cooldown_s,
-                          shape.threshold, mock_token=True)
+    config = DeployConfig(shape.epoch_seconds, 2, 5, shape.threshold, mock_token=True)
     dep = deploy(chain, config, admin=admin, oracles=[k.address for k in oracle_keys], attester=attester.address)
+    record = work / "deployment.json"
+    record.write_text(dep.to_json())
     licenses, escrow, token = dep.licenses(chain), dep.escrow(chain), dep.payment_token(chain)
     log.info("deployed", extra={"escrow": dep.job_escrow, "chain_id": dep.chain_id})
 
     progress("licensing and linking nodes")
-    nodes: list[dict[str, Any]] = []
-    for i, node in enumerate(node_keys):
-        owner = operators[i % len(operators)]
+    nodes = []
+    for i in range(shape.nodes):
+        identity, owner = NodeIdentity(new_key().key), operators[i % len(operators)]
         license_id = licenses.mint(owner, sender=admin)
-        licenses.link_node(license_id, node.address, sender=owner)
-        nodes.append({"license_id": license_id, "node": node.address, "owner": owner,
-                      "eligible": licenses.is_node_eligible(node.address)})
+        licenses.link_node(license_id, identity.address, sender=owner)
+        nodes.append((identity, license_id, owner))
 
-    progress("admitting the CSP")
-    licenses.mint(csp, sender=admin)
-    token.mint(csp, CSP_FUNDS, sender=admin)
-    valid_until = chain.now() + 30 * 24 * 3600
-    kyc_ref = b"devnet-kyc".ljust(32, b"\0")
-    admission = sign(csp_admission(escrow.domain(), csp, kyc_ref, valid_until, 1), attester.key)
-    escrow.admit_csp(csp, kyc_ref, valid_until, 1, admission, sender=csp)
+    progress("funding the oracles and admitting the CSP")
+    for account in (*oracle_keys, csp):
+        chain.send_value(admin, account.address, GAS_ETH)
+        chain.add_signer(account)
+    licenses.mint(csp.address, sender=admin)  # the deed a CSP must hold
+    token.mint(csp.address, CSP_FUNDS, sender=admin)
+    valid_until, kyc_ref = chain.now() + 30 * 24 * 3600, b"devnet-kyc".ljust(32, b"\0")
+    admission = sign(csp_admission(escrow.domain(), csp.address, kyc_ref, valid_until, 1), attester.key)
+    escrow.admit_csp(csp.address, kyc_ref, valid_until, 1, admission, sender=csp.address)
+    return Setup(chain, dep, record, admin, csp, nodes, oracle_keys)
 
-    progress("funding a job")
-    replicas = min(3, shape.nodes)
-    params = JobParams(spec_hash=b"devnet-demo".ljust(32, b"\0"), token=token.address, replicas=replicas, epochs=1,
-                       start_epoch=Epoch(escrow.current_epoch() + 1), price_per_node_epoch=PRICE,
-                       policy=POLICY)  # next epoch: a block mined across an epoch boundary must not find it past
-    token.approve(escrow.address, params.deposit, sender=csp)
-    job = escrow.create_job(params, sender=csp)
-    epoch = params.start_epoch
 
-    progress(f"waiting for epoch {epoch} to end")
-    genesis, seconds, _ = escrow.epoch_clock()
-    end = genesis + (epoch + 1) * seconds
-    if chain.now() < end:
-        chain.advance_time(end - chain.now())
+def engine_reachable() -> str | None:
+    """None if a container engine answers, else why not (said in the summary)."""
+    try:
+        connect_engine().close()
+    except EngineUnavailable as exc:
+        return str(exc)
+    return None
 
-    progress("signing and submitting the epoch report")
-    # Until the oracles observe the mesh, availability is given: every replica's node was seen the
-    # whole epoch except the last one, seen 60 % of it (withheld for the CSP by the policy).
-    availability = [255] * (replicas - 1) + [153] if replicas > 1 else [255]
-    pay: dict[tuple[int, int], int] = {}
-    release = refund = burn = 0
-    for n, a in zip(nodes[:replicas], availability, strict=True):
-        outcome = compute_share_outcome(PRICE, a, POLICY)
-        release, refund, burn = release + outcome.node, refund + outcome.refund, burn + outcome.burn
-        if outcome.node:
-            pay[(job, int(n["license_id"]))] = outcome.node
-    totals = [JobTotals(job, TokenUnits(release), TokenUnits(refund), TokenUnits(burn))]
-    tree = MerkleTree(release_leaf(j, lic, amount) for (j, lic), amount in pay.items())
-    message = epoch_report(escrow.domain(), epoch, tree.root, totals_hash(totals))
-    signatures = [sign(message, k.key) for k in oracle_keys[: shape.threshold]]
-    escrow.submit_report(epoch, tree.root, totals, signatures, sender=admin)
 
-    progress("claiming, refunding and burning")
-    claims = [Claim(JobId(j), LicenseId(lic), Epoch(epoch), TokenUnits(amount),
-                    tree.proof(release_leaf(j, lic, amount))) for (j, lic), amount in pay.items()]
-    escrow.claim(claims, sender=admin)
-    if refund:
-        escrow.take_refund([job], sender=csp)
-    if burn:
-        escrow.execute_burn([job], sender=admin)
+async def run_mesh(setup: Setup, shape: DevnetShape, work: Path, progress: Callable[[str], object]) -> dict[str, Any]:
+    chain, dep = setup.chain, setup.dep
+    escrow = dep.escrow(chain)
+    worker = ChainWorker()
+    genesis, seconds, _ = await worker.run(escrow.epoch_clock)
+    clock = EpochClock(genesis_ms=genesis * 1000, epoch_ms=seconds * 1000)
+    round_s = max(2.0, shape.epoch_seconds / 2)  # the next leader's turn comes within the epoch
+    config = OracleConfig(settle_s=1.0, round_s=round_s, request_s=round_s / 2, poll_s=0.5)
+    no_engine = await trio.to_thread.run_sync(engine_reachable)
+    summary: dict[str, Any] = {}
 
-    final = escrow.get_job(job)
-    terms = final.conservation()
-    balanced = (terms["deposited"] == terms["released"] + terms["refunded"] + terms["burned"] + terms["locked"]
-                and token.balance_of(escrow.address) == final.held)
+    def tick() -> None:
+        chain.set_next_timestamp(max(chain.now() + 1, int(time.time())))
+        chain.mine()
+
+    async def chain_clock() -> None:  # the embedded chain mines on demand: keep its clock on the machine's
+        while True:
+            await worker.run(tick)
+            await trio.sleep(1.0)
+
+    async def node(identity: NodeIdentity, bootstrap: tuple[str, ...],
+                   task_status: TaskStatus[dict[str, Any]]) -> None:
+        stem = work / f"node-{identity.address}"
+        settings = NodeSettings(rpc=chain.url, deployment=setup.record, bootstrap=bootstrap, api_port=free_port(),
+                                license_refresh_s=5.0)
+        await serve_node(identity, settings, stem.with_suffix(".token"), stem.with_suffix(".nonces.log"),
+                         stem.with_suffix(".work"), chain=chain, worker=worker, on_ready=task_status.started)
+
+    async def oracle(key: LocalAccount, bootstrap: tuple[str, ...], task_status: TaskStatus[Oracle]) -> None:
+        participant = ParticipantSettings(bootstrap=bootstrap, license_refresh_s=5.0)
+        async with open_participant(NodeIdentity(key.key), chain, dep, worker, participant) as watcher:
+            running = Oracle(watcher, key.key, chain, dep, clock, work / f"oracle-{key.address}", worker, config,
+                             on_event=setup.events.append)
+            async with trio.open_nursery() as nursery:
+                await nursery.start(running.run)
+                task_status.started(running)
+
+    async with trio.open_nursery() as nursery:
+        if chain.kind == EMBEDDED:
+            nursery.start_soon(chain_clock)
+        progress(f"starting {shape.nodes} nodes on libp2p")
+        ready: list[dict[str, Any]] = []
+        for identity, _, _ in setup.nodes:
+            bootstrap = tuple(ready[0]["addrs"][:1]) if ready else ()
+            ready.append(await nursery.start(node, identity, bootstrap))
+        progress(f"starting {shape.oracles} oracles")
+        oracles = [await nursery.start(oracle, key, tuple(ready[0]["addrs"][:1])) for key in setup.oracle_keys]
+
+        progress("funding and deploying the CAR example")
+        spec = load_spec(EXAMPLE)
+        now = max(await worker.run(chain.now), int(time.time()))
+        start = Epoch((now - genesis) // seconds + 1)  # the next epoch, by the later clock
+        token = dep.payment_token(chain)
+        params = JobParams(spec_hash=spec_hash(spec), token=token.address, replicas=spec.replicas,
+                           epochs=shape.epochs, start_epoch=start, price_per_node_epoch=PRICE, policy=POLICY)
+        await worker.run(lambda: token.approve(escrow.address, params.deposit, sender=setup.csp.address))
+        job_id = await worker.run(lambda: escrow.create_job(params, sender=setup.csp.address))
+        await trio.to_thread.run_sync(deploy_spec, ready[0]["api"], setup.csp.key, dep, job_id, spec)
+        last = start + shape.epochs - 1
+
+        with trio.fail_after(seconds * (shape.epochs + 4) + 60):
+            while await worker.run(escrow.next_epoch) <= last:
+                landed = max((e["epoch"] for e in setup.events if e["event"] == "settled"), default=None)
+                progress(f"epoch {clock.epoch_at(int(time.time() * 1000))}: job {job_id} runs epochs {start}-{last}"
+                         + ("" if landed is None else f"; epoch {landed} settled on chain"))
+                await trio.sleep(0.5)  # polling the chain for the last epoch's root
+
+        progress("claiming the nodes' pay, taking the refund, executing burns")
+        reports = [o.directory / "reports" for o in oracles]
+        claimed = await worker.run(partial(claim_round, chain, dep, setup.admin, report_paths=reports,
+                                           licenses=[lic for _, lic, _ in setup.nodes]))
+        refunded = await worker.run(partial(refund_round, chain, dep, setup.csp.address))
+        burned = await worker.run(partial(burn_round, chain, dep, setup.admin))
+        await trio.to_thread.run_sync(deploy_spec, ready[0]["api"], setup.csp.key, dep, job_id, None)  # stop it
+
+        progress("auditing the run")
+        audited = await worker.run(partial(audit, chain, dep, reports=reports))
+        final = await worker.run(escrow.get_job, job_id)
+        terms = final.conservation()
+        summary = {
+            "job": {"job_id": job_id, "spec": spec.name, "kind": spec.kind, "replicas": spec.replicas,
+                    "start_epoch": start, "epochs": shape.epochs, **{k: int(v) for k, v in terms.items()}},
+            "engine": None if no_engine is None else f"no container engine: the job could not run ({no_engine})",
+            "api": [r["api"] for r in ready],
+            "settled": sorted({(e["epoch"], e["root"]) for e in setup.events if e["event"] == "settled"}),
+            "no_quorum": sorted({e["epoch"] for e in setup.events if e["event"] == "no-quorum"}),
+            "claimed": claimed.as_json(), "refunded": refunded.as_json(), "burned": burned.as_json(),
+            "audit": {"balanced": audited.ok and AMOUNTS_NOT_VERIFIED not in audited.not_verified,
+                      "discrepancies": [f.line for f in audited.errors],
+                      "not_verified": list(audited.not_verified)},
+            "report_directories": [str(r) for r in reports],
+        }
+        if no_engine is None:
+            await remove_containers([i.address for i, _, _ in setup.nodes], progress)
+        nursery.cancel_scope.cancel()
+    return summary
+
+
+async def remove_containers(nodes: list[str], progress: Callable[[str], object]) -> None:
+    """The job was stopped: its containers go as the nodes release it; what is still there when
+    the devnet ends (it stops the nodes) is removed by id, as these nodes' own."""
+    progress("removing the job's containers")
+
+    def leftovers() -> list[tuple[CarRunner, str]]:
+        client = connect_engine()
+        return [(runner, c.container_id) for runner in (CarRunner(client, n) for n in nodes)
+                for c in runner.list_managed()]
+
+    with trio.move_on_after(20):
+        while await trio.to_thread.run_sync(leftovers):  # noqa: ASYNC110 (the engine has no event to wait on)
+            await trio.sleep(0.5)
+    for runner, container in await trio.to_thread.run_sync(leftovers):
+        await trio.to_thread.run_sync(runner.remove, container)
+
+
+def run_devnet(chain: Chain, shape: DevnetShape, new_key: Callable[[], LocalAccount], work: Path,
+               progress: Callable[[str], object] = lambda _: None) -> dict[str, Any]:
+    """Run the devnet on ``chain`` (module docstring); return a JSON-ready summary."""
+    setup = prepare(chain, shape, new_key, work, progress)
+    mesh = trio.run(run_mesh, setup, shape, work, progress)
+    dep, escrow, token = setup.dep, setup.dep.escrow(chain), setup.dep.payment_token(chain)
+    job = escrow.get_job(mesh["job"]["job_id"])
+    terms, balance = job.conservation(), int(token.balance_of(escrow.address))
     return {
         "chain": {"backend": chain.kind, "url": chain.url, "chain_id": dep.chain_id},
         "contracts": {"LicenseRegistry": dep.license_registry, "OracleRegistry": dep.oracle_registry,
                       "JobEscrow": dep.job_escrow, "MockStablecoin": dep.token},
-        "deployment": {"block": dep.block, "genesis_time": dep.genesis_time, "epoch_seconds": dep.epoch_seconds},
-        "nodes": nodes,
-        "oracles": [k.address for k in oracle_keys],
+        "deployment": {"block": dep.block, "genesis_time": dep.genesis_time, "epoch_seconds": dep.epoch_seconds,
+                       "record": str(setup.record)},
+        "nodes": [{"license_id": lic, "node": i.address, "owner": owner, "api": api}
+                  for (i, lic, owner), api in zip(setup.nodes, mesh.pop("api"), strict=True)],
+        "oracles": [k.address for k in setup.oracle_keys],
         "oracle_threshold": shape.threshold,
-        "csp": csp,
-        "settled_epoch": epoch,
-        "report_signers": len(signatures),
-        "job": {"job_id": job, **{k: int(v) for k, v in terms.items()}},
-        "epochs_settled": 1,
-        "conservation": {"balanced": balanced, "escrow_balance": int(token.balance_of(escrow.address)),
-                         "escrow_holds": int(final.held)},
+        "csp": setup.csp.address,
+        "epochs_settled": len({epoch for epoch, _ in mesh["settled"]}),
+        **mesh,
+        "conservation": {"balanced": terms["deposited"] == sum(terms[k] for k in ("released", "refunded", "burned",
+                                                                                  "locked"))
+                         and balance == job.held,  # the devnet's one job: all the escrow holds
+                         "escrow_balance": balance, "escrow_holds": int(job.held)},
     }

@@ -15,26 +15,48 @@ from ._audit_chain import read_at, read_job_at
 from ._report import ChainInputs, JobInput, NodeInput, compute_replicas_at, standing_of
 
 
+class Scalings:
+    """The escrow's ``JobScaled`` events, read once: each call reads only the blocks it has not
+    read yet (a node that mines every second, or eth-tester, which scans logs in Python, makes a
+    scan from the deployment block cost more with every epoch). One per deployment and reader."""
+
+    def __init__(self, chain: Chain, deployment: Deployment) -> None:
+        self._escrow = deployment.escrow(chain)
+        self._read_to = deployment.block - 1
+        self._rows: list[tuple[int, int, int, int, int]] = []  # (block, job, from epoch, previous, current)
+
+    def at(self, block: int) -> dict[int, list[tuple[int, int, int]]]:
+        """Job id -> its scalings (from epoch, previous, current) in blocks up to ``block``."""
+        if block > self._read_to:
+            for log in self._escrow.contract.events.JobScaled().get_logs(from_block=self._read_to + 1, to_block=block):
+                args = log["args"]
+                self._rows.append((int(log["blockNumber"]), int(args["jobId"]), int(args["fromEpoch"]),
+                                   int(args["previous"]), int(args["current"])))
+            self._read_to = block
+        scalings: dict[int, list[tuple[int, int, int]]] = {}
+        for at, job_id, from_epoch, previous, current in self._rows:
+            if at <= block:
+                scalings.setdefault(job_id, []).append((from_epoch, previous, current))
+        return scalings
+
+
 def read_inputs(chain: Chain, deployment: Deployment, epoch: int, nodes: Iterable[str],
-                block: int | None = None) -> ChainInputs:
-    """The inputs of ``epoch``'s report at ``block`` (default: the latest), for ``nodes``."""
+                block: int | None = None, scalings: Scalings | None = None) -> ChainInputs:
+    """The inputs of ``epoch``'s report at ``block`` (default: the latest), for ``nodes``.
+    ``scalings``: the reader's ``Scalings`` kept between calls (default: read from the deployment)."""
     escrow, licenses = deployment.escrow(chain), deployment.licenses(chain)
     if block is None:
         block = chain.block_number()
     block_hash = "0x" + bytes(chain.w3.eth.get_block(block)["hash"]).hex()
     genesis, seconds, _ = read_at(chain, escrow.contract.functions.epochClock(), block)
     start_ms, end_ms = (genesis + epoch * seconds) * 1000, (genesis + (epoch + 1) * seconds) * 1000
-    scalings: dict[int, list[tuple[int, int, int]]] = {}
-    for log in escrow.contract.events.JobScaled().get_logs(from_block=deployment.block, to_block=block):
-        args = log["args"]
-        scalings.setdefault(int(args["jobId"]), []).append((int(args["fromEpoch"]), int(args["previous"]),
-                                                            int(args["current"])))
+    scaled = (scalings or Scalings(chain, deployment)).at(block)
     jobs = []
     for job_id in range(1, int(read_at(chain, escrow.contract.functions.lastJobId(), block)) + 1):
         job = read_job_at(chain, escrow, job_id, block)
         if job.status is not JobStatus.ACTIVE or not job.start_epoch <= epoch < job.start_epoch + job.epochs:
             continue
-        replicas = compute_replicas_at(epoch, job.replicas, scalings.get(job_id, ()))
+        replicas = compute_replicas_at(epoch, job.replicas, scaled.get(job_id, ()))
         jobs.append(JobInput.from_job(job, replicas))
     found = []
     for node in sorted({n.lower() for n in nodes}):

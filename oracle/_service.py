@@ -40,7 +40,7 @@ from eth_account import Account
 from contracts import Chain, ChainError, Deployment, recover, reverts, sign
 from mesh import ChainWorker, Message, Node, TaskStatus
 
-from ._inputs import read_inputs
+from ._inputs import Scalings, read_inputs
 from ._observe import compute_observation
 from ._report import (
     EpochReport,
@@ -137,6 +137,9 @@ class Oracle:
         self.address = Account.from_key(self.private_key).address
         self.domain = self.deployment.escrow(self.chain).domain()
         self.watcher = Watcher(self.node, self.clock, self.directory / "watch")
+        self.scalings = Scalings(self.chain, self.deployment)  # read once, kept (chain inputs)
+        self._landed_seen: set[int] = set()  # epochs whose EpochSettled we read, up to block _events_read_to
+        self._events_read_to = self.deployment.block - 1
         self.node.transport.set_handler(PROTOCOL, self.answer, max_request_bytes=MAX_MESSAGE_BYTES,
                                         timeout_s=self.config.round_s)
         (self.directory / "reports").mkdir(parents=True, exist_ok=True)
@@ -224,6 +227,11 @@ class Oracle:
     # ------------------------------------------------------------------ leading
     async def _lead(self, epoch: int, round_: int, oracles: frozenset[str], threshold: int) -> str:
         escrow = self.deployment.escrow(self.chain)
+        began = trio.current_time()
+
+        def phase(name: str) -> None:  # where a leader's round goes (debug; bench_oracle's breakdown)
+            log.debug("lead: %s", name, extra={"epoch": epoch, "round": round_,
+                                               "at_s": round(trio.current_time() - began, 3)})
         collected = [o for o in [self.observe(epoch)] if o is not None]
         for answer in await self._ask_all(oracles, {"kind": "observation", "epoch": epoch}):
             if isinstance(answer.get("observation"), dict):
@@ -231,13 +239,16 @@ class Oracle:
                     collected.append(Observation.model_validate_json(json.dumps(answer["observation"])))
                 except ValueError:
                     continue
+        phase("observations")
         start, end = self.clock.bounds(epoch)
         chosen = select_observations(collected, self.domain, oracles, epoch, start, end).observations
         if len(chosen) < threshold:
             return f"{len(chosen)} usable observations, {threshold} needed"
         previous = await self._previous(epoch)
         nodes = {n for o in chosen for n, _ in o.availability} | {t[2] for o in chosen for t in o.tenure}
-        inputs = await self.gate.run(read_inputs, self.chain, self.deployment, epoch, nodes)
+        phase("previous report")
+        inputs = await self.gate.run(read_inputs, self.chain, self.deployment, epoch, nodes, None, self.scalings)
+        phase("chain inputs")
         try:
             report = build_report(epoch, chosen, inputs, previous, threshold)
         except ReportError as exc:
@@ -246,6 +257,7 @@ class Oracle:
             return f"our own report is not what we saw: {objection}"
         message = report.message(self.domain)
         signatures = {self.address.lower(): sign(message, self.private_key)}
+        phase("report built")
         members = {o.lower() for o in oracles}
         refusals = []
         for answer in await self._ask_all(oracles, {"kind": "sign", "report": json.loads(report.model_dump_json())}):
@@ -254,6 +266,7 @@ class Oracle:
                 signatures[signature[0]] = signature[1]
             elif isinstance(answer.get("error"), str):
                 refusals.append(answer["error"][:200])
+        phase("signatures")
         if len(signatures) < threshold:
             because = f" (refused: {'; '.join(sorted(set(refusals)))})" if refusals else ""
             return f"{len(signatures)} signatures, {threshold} needed{because}"
@@ -262,9 +275,10 @@ class Oracle:
                 await self.gate.run(lambda: escrow.submit_report(epoch, report.root_bytes, report.job_totals(),
                                                                  list(signatures.values()), sender=self.address))
                 break
-            except reverts.JobEscrowEpochNotEnded:
+            except reverts.JobEscrowEpochNotEnded as exc:
                 # our clock passed the epoch's end, the chain's latest block not yet (a quiet chain
                 # mines on demand): the next transaction's block is later; retry within the round
+                phase(f"the chain's clock is behind: {exc}")
                 await trio.sleep(self.config.poll_s)
             except ChainError as exc:
                 return f"submission failed: {exc}"
@@ -346,7 +360,7 @@ class Oracle:
             nodes = {n.node for n in report.inputs.nodes} | {n for n, _ in report.availability} \
                 | {t[2] for t in report.tenure}
             ours = await self.gate.run(read_inputs, self.chain, self.deployment, report.epoch, nodes,
-                                       report.inputs.block)
+                                       report.inputs.block, self.scalings)
             if ours != report.inputs:
                 raise ReportError(f"chain inputs differ from the chain at the cited block {report.inputs.block}")
             if (objection := disagreement(report, self.observe(report.epoch))) is not None:
@@ -373,14 +387,24 @@ class Oracle:
 
     async def _previous(self, epoch: int) -> EpochReport | None:
         """The settled report the one for ``epoch`` builds on: the latest settled epoch before it."""
-        escrow = self.deployment.escrow(self.chain)
         # a report with no node pay lands with a zero root: the chain's events say which landed
-        landed = {int(e.args["epoch"]) for e in await self.gate.run(escrow.logs, "EpochSettled",
-                                                                     self.deployment.block)}
-        earlier = max((e for e in landed if e < epoch), default=None)
+        earlier = max((e for e in await self._landed_epochs() if e < epoch), default=None)
         if earlier is None:
             return None
         return self.reports.get(earlier) or await self._fetch(earlier)
+
+    async def _landed_epochs(self) -> set[int]:
+        """Every epoch whose report landed (``EpochSettled``), reading only blocks not read before."""
+        escrow = self.deployment.escrow(self.chain)
+
+        def read() -> None:
+            latest = self.chain.block_number()
+            if latest > self._events_read_to:
+                found = escrow.logs("EpochSettled", self._events_read_to + 1, latest)
+                self._landed_seen.update(int(e.args["epoch"]) for e in found)
+                self._events_read_to = latest
+        await self.gate.run(read)
+        return self._landed_seen
 
     async def _keep_settled(self, epoch: int) -> None:
         """Hold the report that landed for ``epoch`` (another leader's, if ours did not land)."""

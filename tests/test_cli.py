@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import docker
 import pytest
 
 from contracts._anvil import free_port
@@ -25,20 +26,35 @@ def test_help_lists_contributed_commands_and_exit_codes() -> None:
         assert word in out.stdout
 
 
-def test_devnet_json_settles_an_epoch_and_balances() -> None:
-    out = run("--json", "devnet", "--nodes", "3", "--oracles", "3", "--threshold", "2")
-    assert out.returncode == 0, out.stderr
+def test_devnet_settles_the_jobs_epochs_through_its_oracles_and_the_audit_balances(
+        engine: docker.DockerClient, tmp_path: Path) -> None:
+    out = run("--json", "devnet", "--nodes", "3", "--oracles", "3", "--threshold", "2", "--epochs", "2",
+              "--epoch-seconds", "8", "--dir", str(tmp_path), timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
     summary = json.loads(out.stdout)
-    assert summary["epochs_settled"] == 1
-    assert summary["report_signers"] == 2
-    assert [n["eligible"] for n in summary["nodes"]] == [True, True, True]
+    assert summary["engine"] is None  # the CAR example ran
     job = summary["job"]
+    first, last = job["start_epoch"], job["start_epoch"] + job["epochs"] - 1
+    settled = {epoch: root for epoch, root in summary["settled"]}
+    assert {first, last} <= set(settled)  # both of the job's epochs, by the oracles' agreement
+    assert summary["epochs_settled"] == len(settled) >= 2
+    assert job["locked"] == 0
     assert job["deposited"] == job["released"] + job["refunded"] + job["burned"] + job["locked"]
-    assert job["released"] > 0
-    assert job["refunded"] > 0  # the node seen 60 % of the epoch is withheld for the CSP
+    assert job["released"] > 0  # the nodes served it
+    assert job["burned"] > 0  # the protocol's share of each release
+    paid = summary["claimed"]["paid"]
+    assert sum(p["amount"] for p in paid) == job["released"]  # every released unit claimed by the owners
+    assert {p["owner"] for p in paid} <= {n["owner"] for n in summary["nodes"]}
+    assert sum(d["amount"] for d in summary["refunded"]["moved"]) == job["refunded"]
+    assert summary["audit"] == {"balanced": True, "discrepancies": [], "not_verified": []}
     assert summary["conservation"]["balanced"] is True
-    assert summary["conservation"]["escrow_balance"] == summary["conservation"]["escrow_holds"]
+    assert summary["conservation"]["escrow_balance"] == summary["conservation"]["escrow_holds"] == 0
+    # the published reports are on disk, content-addressed: deedmesh audit over them agrees
+    assert all(list(Path(d).glob("*.json")) for d in summary["report_directories"])
     assert "private" not in out.stdout.lower()  # keys are never printed
+    # and nothing of the job is left in the engine
+    assert not [c for c in engine.containers.list(all=True)
+                if c.labels.get("deedmesh.node") in {n["node"] for n in summary["nodes"]}]
 
 
 def test_devnet_refuses_an_impossible_threshold() -> None:

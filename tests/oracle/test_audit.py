@@ -1,14 +1,17 @@
 """``deedmesh audit`` re-derives a real settlement history from the chain and the published
 reports, balances it, and names every tamper: an edited report file, totals unlike the signed ones,
-a signature by an oracle not registered at that block, an amount that does not add up, and tokens
-the escrow holds for no job. Conservation holds on chain at the end of every test.
+a signature by an oracle not registered at that block, an amount that does not add up, tokens the
+escrow holds for no job, and a report in the oracles' full format that cites chain inputs unlike
+the chain's at the block it cites, or a block after its root landed. Conservation holds on chain at
+the end of every test.
 
 The history (one per chain backend, reverted to a snapshot around every test): four jobs from
 epoch s, A topped up and scaled up before its start, B scaled down mid-job, C closed after its
 grace with an epoch no report covered, D cancelled; two epochs settled with quorum-signed reports
 (epoch s by oracles 0, 1, 3; then oracle 3 is removed, oracle 4 added and the threshold lowered to
 2; epoch s+1 by oracles 2 and 4), claims in batches, refunds, burns, and a blacklisted license's
-pay forfeited.
+pay forfeited. Tests of the cited inputs settle one more epoch on top of it as the oracles would
+(``_settle_full``): signed observations, ``build_report``, a quorum, the full format published.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -28,6 +31,7 @@ from eth_account.signers.local import LocalAccount
 from contracts import (
     EMBEDDED,
     Chain,
+    ChainUnreachable,
     JobId,
     JobStatus,
     JobTotals,
@@ -40,6 +44,7 @@ from contracts import (
     totals_hash,
 )
 from oracle import MerkleTree
+from oracle import _audit_inputs as audit_inputs
 from oracle._audit import (
     AMOUNTS_NOT_VERIFIED,
     AuditFailed,
@@ -53,10 +58,14 @@ from oracle._audit import (
     check_signatures,
     collect,
     load_published_reports,
+    read_cited_inputs,
 )
 from oracle._audit_chain import PayoutCall
 from oracle._audit_cli import EXIT_AUDIT_FAILED, audit_command
-from oracle._settlement import compute_share_outcome
+from oracle._inputs import read_inputs
+from oracle._observe import Observed
+from oracle._report import ChainInputs, EpochReport, build_report, sign_observation
+from oracle._settlement import Standing, compute_share_outcome
 from tests.contracts.world import PRICE, World, build_world, key
 
 Slot = tuple[int, int] | None  # (license, availability) of the node that served the slot, or nobody
@@ -566,6 +575,170 @@ def test_amounts_replayed_from_events_follow_the_escrow_rules(history: History, 
     altered = check(replace(record, escrow_events=tuple(events)), published)
     assert (Check.ALLOCATION, b, s + 1) in _checks(altered)
     assert any(f.check is Check.LEDGER and "decreased" in f.detail for f in altered.errors)
+    history.assert_conserved()
+
+
+# ---------------------------------------------------------------------------------- (5) the chain inputs cited
+
+
+@dataclass
+class FullEpoch:
+    epoch: int
+    job: JobId  # E: two replicas for this one epoch, served all epoch by nodes 0 and 1
+    report: EpochReport  # as signed, landed and published
+    read: ChainInputs  # what the chain says at the cited block
+    landed: int  # the block its root landed in
+    path: Path
+
+
+def _settle_full(history: History, directory: Path,
+                 edit: Callable[[ChainInputs], ChainInputs] = lambda inputs: inputs) -> FullEpoch:
+    """One more epoch settled as the oracles settle one: two registered oracles sign the same
+    observation, the leader reads the chain inputs at the latest block and builds the report from
+    them as ``edit`` leaves them (the identity: honest), both sign it, it lands and is published
+    in the full format under its content id."""
+    w = history.world
+    epoch = w.escrow.current_epoch() + 1
+    job = w.new_job(replicas=2, epochs=1, start_epoch=epoch)
+    w.advance_to_epoch(epoch + 1)
+    genesis, seconds, _ = w.escrow.epoch_clock()
+    start_ms, end_ms = (genesis + epoch * seconds) * 1000, (genesis + (epoch + 1) * seconds) * 1000
+    span = end_ms - start_ms
+    nodes = sorted(n.address.lower() for n in w.nodes[:2])
+    observed = Observed(start_ms, end_ms, span, tuple((n, 255) for n in nodes),
+                        tuple((job, replica, node, span, span) for replica, node in enumerate(nodes)))
+    domain = w.escrow.domain()
+    signers = sorted([w.oracle_keys[0], history.added], key=lambda k: k.address)
+    observations = [sign_observation(domain, epoch, observed, k.key) for k in signers]
+    read = read_inputs(w.chain, w.dep, epoch, nodes)
+    report = build_report(epoch, observations, edit(read), None, w.oracles.threshold())
+    w.escrow.submit_report(epoch, report.root_bytes, report.job_totals(),
+                           [sign(report.message(domain), k.key) for k in signers], sender=w.outsider)
+    landed = w.chain.block_number()  # dev chains mine each transaction in a block of its own
+    path = directory / f"{report.content_id()}.json"
+    path.write_text(report.model_dump_json())  # as an oracle stores it (oracle/_service.py)
+    return FullEpoch(epoch, job, report, read, landed, path)
+
+
+def test_a_full_report_whose_inputs_are_the_chains_balances(history: History, reports: dict[int, Path],
+                                                           monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    full = _settle_full(history, reports[history.s].parent)
+    reports[full.epoch] = full.path
+    mirror = tmp_path / "mirror"  # the same report published twice: read back once
+    mirror.mkdir()
+    reports[-1] = mirror / full.path.name
+    reports[-1].write_bytes(full.path.read_bytes())
+    reads: list[tuple[int, int]] = []
+
+    def counted(chain: Chain, deployment: Any, epoch: int, nodes: Any, block: int | None = None) -> ChainInputs:
+        reads.append((epoch, block or -1))
+        return read_inputs(chain, deployment, epoch, nodes, block)
+
+    monkeypatch.setattr(audit_inputs, "read_inputs", counted)
+    report = _audit(history, reports)
+    assert report.ok, [f.line for f in report.findings]
+    assert report.findings == ()
+    assert report.not_verified == (AMOUNTS_NOT_VERIFIED,)  # the two minimal reports; the full one verified
+    assert [(e.epoch, e.report) for e in report.epochs][-1] == (full.epoch, "ok")
+    assert reads == [(full.epoch, full.report.inputs.block)]
+    assert full.report.inputs == full.read
+    assert full.report.inputs.block < full.landed
+    history.assert_conserved()
+
+
+def _restrict_node_1(inputs: ChainInputs) -> ChainInputs:
+    """License 1's node cited as frozen: its share goes to the CSP instead of its owner."""
+    nodes = tuple(n.model_copy(update={"standing": Standing.RESTRICTED}) if i == 1 else n
+                  for i, n in enumerate(inputs.nodes))
+    return inputs.model_copy(update={"nodes": nodes})
+
+
+def _one_replica(inputs: ChainInputs) -> ChainInputs:
+    """Job E cited with one replica: its second slot settled by nobody, the node that served it unpaid."""
+    return inputs.model_copy(update={"jobs": tuple(j.model_copy(update={"replicas": 1}) for j in inputs.jobs)})
+
+
+@pytest.mark.parametrize("edit", [pytest.param(_restrict_node_1, id="standing"),
+                                  pytest.param(_one_replica, id="replicas")])
+def test_signed_and_landed_inputs_unlike_the_chain_are_caught_by_the_read_back(
+        history: History, reports: dict[int, Path], edit: Callable[[ChainInputs], ChainInputs]) -> None:
+    # a quorum signs a report built from false inputs: its amounts follow from them, its root and
+    # totals are the ones on chain; only the chain read at the cited block can tell
+    full = _settle_full(history, reports[history.s].parent, edit)
+    reports[full.epoch] = full.path
+    block = full.report.inputs.block
+    if edit is _restrict_node_1:
+        node = full.read.nodes[1]
+        expected = (None, f"node {node.node} (license {node.license_id}) standing: cited restricted, chain active "
+                          f"(block {block})")
+    else:
+        expected = (full.job, f"job {full.job} replicas: cited 1, chain 2 (block {block})")
+    record, published = _record_and_published(history, reports)
+    report = check(read_cited_inputs(history.chain, record, published), published)
+    assert _checks(report) == {(Check.REPORT_INPUTS, expected[0], full.epoch)}
+    assert [(f.job_id, f.detail) for f in report.errors] == [(expected[0], f"{full.path}: {expected[1]}")]
+    assert [(e.epoch, e.report) for e in report.epochs][-1] == (full.epoch, "mismatch")
+    assert report.not_verified == (AMOUNTS_NOT_VERIFIED,)
+    # without the read-back every other check passes: the recomputed amounts agree with the chain
+    unread = check(record, published)
+    assert unread.ok, [f.line for f in unread.findings]
+    assert unread.not_verified == (AMOUNTS_NOT_VERIFIED, f"chain inputs cited by {full.path} (epoch {full.epoch}, "
+                                                         f"block {block}): not read back")
+    history.assert_conserved()
+
+
+@pytest.mark.parametrize(("where", "problem"), [
+    pytest.param("landed", "not before block {landed}, in which its root landed", id="the-landing-block"),
+    pytest.param("deployment", "before the deployment (block {deployed})", id="before-the-deployment"),
+])
+def test_a_report_citing_a_block_it_cannot_have_read_is_caught(history: History, reports: dict[int, Path],
+                                                              where: str, problem: str) -> None:
+    full = _settle_full(history, reports[history.s].parent)
+    deployed = history.world.dep.block
+    assert 0 < deployed < full.report.inputs.block < full.landed
+    block = full.landed if where == "landed" else deployed - 1
+    # re-signed over the same root and totals: the cited block moves no amount
+    edited = full.report.model_copy(update={"inputs": full.report.inputs.model_copy(update={"block": block})})
+    full.path.unlink()
+    reports[full.epoch] = full.path.with_name(f"{edited.content_id()}.json")
+    reports[full.epoch].write_text(edited.model_dump_json())
+    report = _audit(history, reports)
+    assert _checks(report) == {(Check.REPORT_INPUTS_BLOCK, None, full.epoch)}
+    (finding,) = report.errors
+    assert finding.detail == (f"{reports[full.epoch]}: cites chain inputs at block {block}, "
+                              + problem.format(landed=full.landed, deployed=deployed))
+    assert report.not_verified == (AMOUNTS_NOT_VERIFIED,)  # no read was needed, none left undone
+    history.assert_conserved()
+
+
+def test_inputs_at_a_block_the_chain_no_longer_serves_are_not_verified(history: History, reports: dict[int, Path],
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    full = _settle_full(history, reports[history.s].parent, _restrict_node_1)  # false, and now uncheckable
+    reports[full.epoch] = full.path
+    block = full.report.inputs.block
+    record, published = _record_and_published(history, reports)  # the latest block's state is served
+    eth = history.chain.w3.eth
+    served = eth.call
+    failure: list[Exception] = [ValueError({"code": -32000, "message": f"missing trie node {'ab' * 32}"})]
+
+    def pruned(transaction: Any, block_identifier: Any = None, *args: Any, **kwargs: Any) -> Any:
+        """A pruned node: the state of the blocks up to the cited one is gone."""
+        if isinstance(block_identifier, int) and block_identifier <= block:
+            raise failure[0]
+        return served(transaction, block_identifier, *args, **kwargs)
+
+    monkeypatch.setattr(eth, "call", pruned)
+    report = check(read_cited_inputs(history.chain, record, published), published)
+    assert report.ok, [f.line for f in report.findings]  # not a discrepancy: the audit could not tell
+    (unread,) = [line for line in report.not_verified if line != AMOUNTS_NOT_VERIFIED]
+    assert unread.startswith(f"chain inputs cited by {full.path} (epoch {full.epoch}, block {block}): the chain "
+                             f"did not serve its state at block {block} (")
+    assert "missing trie node" in unread
+    # an unreachable chain is not "not verified": the audit fails as it does on any other read
+    failure[0] = ConnectionError("connection refused")
+    with pytest.raises(ChainUnreachable):
+        read_cited_inputs(history.chain, record, published)
+    monkeypatch.undo()
     history.assert_conserved()
 
 
