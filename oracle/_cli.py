@@ -46,18 +46,22 @@ def _chain_for(chain_kind: str, rpc: str | None) -> Iterator[Chain]:
               help="Epochs the CSP's job is funded for; the devnet ends once they are all settled.")
 @click.option("--epoch-seconds", type=click.IntRange(4, 3600), default=10, show_default=True,
               help="Epoch length on chain.")
+@click.option("--kill/--no-kill", default=True, show_default=True,
+              help="Stop a node that holds a replica halfway through the job's first epoch (3 nodes or more): "
+                   "its replica moves, and its pay for the time it held the replica dead is withheld.")
 @click.option("--dir", "directory", type=click.Path(file_okay=False, path_type=Path),
               help="Keep the work directory here (deployment record, node files, oracle reports); "
                    "default: a temporary one, removed at the end.")
 @click.pass_context
 def devnet(ctx: click.Context, chain_kind: str, rpc: str | None, nodes: int, oracles: int, threshold: int,
-           epochs: int, epoch_seconds: int, directory: Path | None) -> None:
+           epochs: int, epoch_seconds: int, kill: bool, directory: Path | None) -> None:
     """Bring up a complete deedmesh deployment on this machine and settle a job's epochs."""
     if threshold > oracles:
         raise click.UsageError(f"--threshold {threshold} is more than --oracles {oracles}")
     json_output = bool(ctx.find_root().params.get("json_output"))
     console = Console(stderr=True, quiet=json_output)
-    shape = DevnetShape(nodes=nodes, oracles=oracles, threshold=threshold, epochs=epochs, epoch_seconds=epoch_seconds)
+    shape = DevnetShape(nodes=nodes, oracles=oracles, threshold=threshold, epochs=epochs, epoch_seconds=epoch_seconds,
+                        kill=kill)
     with _chain_for(chain_kind, rpc) as chain, _work_dir(directory) as work:
         if len(chain.accounts) < 3:  # admin, CSP, and at least one operator (operators own several licenses)
             raise ChainError(f"{chain.url} has {len(chain.accounts)} unlocked accounts; a devnet needs 3")
@@ -91,6 +95,12 @@ def _print_summary(console: Console, s: dict[str, Any]) -> None:
     console.print(f"oracles (threshold {s['oracle_threshold']}): " + ", ".join(s["oracles"]))
     if s["engine"]:
         console.print(f"[yellow]{s['engine']}[/]")
+    if s["killed"]:
+        k = s["killed"]
+        moved = (f"moved to {k['moved_to']} in {k['reallocation_s']} s" if "moved_to" in k
+                 else "[red]not moved before the end[/]")
+        console.print(f"killed node {k['node']} (license {k['license_id']}) in epoch {k['epoch']}: "
+                      f"replica {k['replica']} {moved}; {s['reallocations']} reallocation(s) seen by the mesh")
     epochs = Table("epoch", "root on chain", title="epochs settled by the oracles")
     for epoch, root in s["settled"]:
         epochs.add_row(str(epoch), root)

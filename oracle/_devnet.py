@@ -21,9 +21,11 @@ the deployment record, the nodes' files and the oracles' watch logs and reports.
 
 from __future__ import annotations
 
+import json
 import logging
 import socket
 import time
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -84,6 +86,7 @@ class DevnetShape:
     threshold: int = 3
     epochs: int = 2  # the job's epochs: the devnet ends once they are all settled
     epoch_seconds: int = 10
+    kill: bool = True  # stop one holder halfway through the job's first epoch (needs 3 nodes or more)
 
 
 @dataclass
@@ -169,13 +172,16 @@ async def run_mesh(setup: Setup, shape: DevnetShape, work: Path, progress: Calla
             await worker.run(tick)
             await trio.sleep(1.0)
 
+    scopes: dict[str, trio.CancelScope] = {}
+
     async def node(identity: NodeIdentity, bootstrap: tuple[str, ...],
                    task_status: TaskStatus[dict[str, Any]]) -> None:
         stem = work / f"node-{identity.address}"
         settings = NodeSettings(rpc=chain.url, deployment=setup.record, bootstrap=bootstrap, api_port=free_port(),
                                 license_refresh_s=5.0)
-        await serve_node(identity, settings, stem.with_suffix(".token"), stem.with_suffix(".nonces.log"),
-                         stem.with_suffix(".work"), chain=chain, worker=worker, on_ready=task_status.started)
+        with trio.CancelScope() as scopes[identity.address]:
+            await serve_node(identity, settings, stem.with_suffix(".token"), stem.with_suffix(".nonces.log"),
+                             stem.with_suffix(".work"), chain=chain, worker=worker, on_ready=task_status.started)
 
     async def oracle(key: LocalAccount, bootstrap: tuple[str, ...], task_status: TaskStatus[Oracle]) -> None:
         participant = ParticipantSettings(bootstrap=bootstrap, license_refresh_s=5.0)
@@ -208,6 +214,9 @@ async def run_mesh(setup: Setup, shape: DevnetShape, work: Path, progress: Calla
         job_id = await worker.run(lambda: escrow.create_job(params, sender=setup.csp.address))
         await trio.to_thread.run_sync(deploy_spec, ready[0]["api"], setup.csp.key, dep, job_id, spec)
         last = start + shape.epochs - 1
+        killed: dict[str, Any] = {}
+        if shape.kill and no_engine is None and len(setup.nodes) >= 3:
+            nursery.start_soon(kill_a_holder, setup, ready, scopes, clock, job_id, start, killed, progress)
 
         with trio.fail_after(seconds * (shape.epochs + 4) + 60):
             while await worker.run(escrow.next_epoch) <= last:
@@ -228,13 +237,20 @@ async def run_mesh(setup: Setup, shape: DevnetShape, work: Path, progress: Calla
         audited = await worker.run(partial(audit, chain, dep, reports=reports))
         final = await worker.run(escrow.get_job, job_id)
         terms = final.conservation()
+        survivor = next(r["api"] for r in ready if r["address"] != killed.get("node"))
+        moves = [e for j in await trio.to_thread.run_sync(get_json, survivor, "/jobs") if j["job_id"] == job_id
+                 for e in j["events"] if e["what"] == "moved"]
         summary = {
+            "killed": killed or None,
+            "reallocations": len(moves),
             "job": {"job_id": job_id, "spec": spec.name, "kind": spec.kind, "replicas": spec.replicas,
                     "start_epoch": start, "epochs": shape.epochs, **{k: int(v) for k, v in terms.items()}},
             "engine": None if no_engine is None else f"no container engine: the job could not run ({no_engine})",
             "api": [r["api"] for r in ready],
             "settled": sorted({(e["epoch"], e["root"]) for e in setup.events if e["event"] == "settled"}),
-            "no_quorum": sorted({e["epoch"] for e in setup.events if e["event"] == "no-quorum"}),
+            # given up by an oracle, and landed by none (one may give up while another still lands it)
+            "no_quorum": sorted({e["epoch"] for e in setup.events if e["event"] == "no-quorum"}
+                                - {e["epoch"] for e in setup.events if e["event"] == "settled"}),
             "claimed": claimed.as_json(), "refunded": refunded.as_json(), "burned": burned.as_json(),
             "audit": {"balanced": audited.ok and AMOUNTS_NOT_VERIFIED not in audited.not_verified,
                       "discrepancies": [f.line for f in audited.errors],
@@ -245,6 +261,58 @@ async def run_mesh(setup: Setup, shape: DevnetShape, work: Path, progress: Calla
             await remove_containers([i.address for i, _, _ in setup.nodes], progress)
         nursery.cancel_scope.cancel()
     return summary
+
+
+def get_json(api: str, path: str) -> Any:
+    """GET ``path`` from a node's API (blocking)."""
+    with urllib.request.urlopen(api + path, timeout=10) as answer:
+        return json.loads(answer.read())
+
+
+async def kill_a_holder(setup: Setup, ready: list[dict[str, Any]], scopes: dict[str, trio.CancelScope],
+                        clock: EpochClock, job_id: int, start: int, killed: dict[str, Any],
+                        progress: Callable[[str], object]) -> None:
+    """Halfway through the job's first epoch, stop a node that holds one of its replicas (not the
+    first node, whose API the devnet reads) as a machine is lost: the node and its containers go.
+    Then wait for the mesh to run that replica elsewhere (``killed``: who, when, where it went)."""
+    api = ready[0]["api"]
+
+    async def claims() -> list[dict[str, Any]]:
+        jobs = await trio.to_thread.run_sync(get_json, api, "/jobs")
+        return next((j["claims"] for j in jobs if j["job_id"] == job_id), [])
+
+    begin, end = clock.bounds(start)
+    await trio.sleep(max(0.0, (begin + (end - begin) // 2) / 1000 - time.time()))
+    with trio.move_on_after((end - begin) / 1000):
+        while not [c for c in await claims() if c["node"] != ready[0]["address"]  # noqa: ASYNC110
+                   and c["state"] == "healthy"]:
+            await trio.sleep(0.25)  # polling the node's API with a deadline
+    victims = [c for c in await claims() if c["node"] != ready[0]["address"] and c["state"] == "healthy"]
+    if not victims:
+        progress("no replica held outside the first node: nothing to kill")
+        return
+    victim, replica = victims[0]["node"], victims[0]["replica"]
+    license_id = next(lic for identity, lic, _ in setup.nodes if identity.address == victim)
+    progress(f"killing node {victim} (license {license_id}), holder of replica {replica}")
+    scopes[victim].cancel()
+    await trio.to_thread.run_sync(remove_node_containers, victim)  # its machine is gone, containers too
+    at = time.monotonic()
+    killed.update({"node": victim, "license_id": license_id, "replica": replica,
+                   "epoch": clock.epoch_at(int(time.time() * 1000))})
+    while True:
+        moved = [c for c in await claims() if c["replica"] == replica and c["node"] != victim
+                 and c["state"] == "healthy"]
+        if moved:
+            killed.update({"moved_to": moved[0]["node"], "reallocation_s": round(time.monotonic() - at, 2)})
+            progress(f"replica {replica} moved to {moved[0]['node']} in {killed['reallocation_s']} s")
+            return
+        await trio.sleep(0.25)  # polling the node's API (the devnet's deadline bounds it)
+
+
+def remove_node_containers(node: str) -> None:
+    runner = CarRunner(connect_engine(), node)
+    for c in runner.list_managed():
+        runner.remove(c.container_id)
 
 
 async def remove_containers(nodes: list[str], progress: Callable[[str], object]) -> None:

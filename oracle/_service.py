@@ -205,10 +205,8 @@ class Oracle:
                 self.led.append((epoch, round_, "the round's time ran out"))
                 log.info("led a round: its time ran out", extra={"epoch": epoch, "round": round_})
             round_ += 1
-        await self._keep_settled(epoch)
-        held = self.reports.get(epoch)
-        self.on_event({"event": "settled", "epoch": epoch, "rounds": round_,
-                       "root": None if held is None else held.root,
+        root = await self._keep_settled(epoch)
+        self.on_event({"event": "settled", "epoch": epoch, "rounds": round_, "root": "0x" + root.hex(),
                        "led": [outcome for e, _, outcome in self.led if e == epoch]})
 
     def observe(self, epoch: int) -> Observation | None:
@@ -406,13 +404,14 @@ class Oracle:
         await self.gate.run(read)
         return self._landed_seen
 
-    async def _keep_settled(self, epoch: int) -> None:
-        """Hold the report that landed for ``epoch`` (another leader's, if ours did not land)."""
+    async def _keep_settled(self, epoch: int) -> bytes:
+        """Hold the report that landed for ``epoch`` (another leader's, if ours did not land); its root."""
         root = await self.gate.run(self.deployment.escrow(self.chain).root_of, epoch)
         held = self.reports.get(epoch)
         if held is None or held.root_bytes != root:
             self.reports.pop(epoch, None)
             await self._fetch(epoch)
+        return root
 
     async def _fetch(self, epoch: int) -> EpochReport | None:
         """A settled report we do not hold, from any oracle that does (checked against the chain)."""

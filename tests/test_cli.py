@@ -41,6 +41,13 @@ def test_devnet_settles_the_jobs_epochs_through_its_oracles_and_the_audit_balanc
     assert job["locked"] == 0
     assert job["deposited"] == job["released"] + job["refunded"] + job["burned"] + job["locked"]
     assert job["released"] > 0  # the nodes served it
+    # a holder was killed halfway through the first epoch: its replica moved, and the time it held
+    # the replica dead (until the mesh moved it) was withheld and refunded to the CSP
+    killed = summary["killed"]
+    assert killed["epoch"] == first
+    assert killed["moved_to"] not in (None, killed["node"])
+    assert summary["reallocations"] >= 1
+    assert job["refunded"] > 0
     assert job["burned"] > 0  # the protocol's share of each release
     paid = summary["claimed"]["paid"]
     assert sum(p["amount"] for p in paid) == job["released"]  # every released unit claimed by the owners
