@@ -16,11 +16,13 @@ from typing import Any
 import click
 from eth_account import Account
 from rich.console import Console
+from rich.live import Live
 from rich.table import Table
 
 from contracts import EMBEDDED, Anvil, Chain, ChainError
 
 from ._devnet import DevnetShape, run_devnet
+from ._devnet_view import LiveView
 
 
 @contextmanager
@@ -65,8 +67,9 @@ def devnet(ctx: click.Context, chain_kind: str, rpc: str | None, nodes: int, ora
     with _chain_for(chain_kind, rpc) as chain, _work_dir(directory) as work:
         if len(chain.accounts) < 3:  # admin, CSP, and at least one operator (operators own several licenses)
             raise ChainError(f"{chain.url} has {len(chain.accounts)} unlocked accounts; a devnet needs 3")
-        with console.status("devnet") as status:
-            summary = run_devnet(chain, shape, Account.create, work, progress=lambda step: status.update(step))
+        view = LiveView()
+        with Live(view, console=console, refresh_per_second=4, transient=True):
+            summary = run_devnet(chain, shape, Account.create, work, progress=view.progress, show=view.show)
     if json_output:
         click.echo(json.dumps(summary, indent=2))
     else:
@@ -112,9 +115,9 @@ def _print_summary(console: Console, s: dict[str, Any]) -> None:
     money.add_row(*(str(j[k]) for k in ("deposited", "released", "refunded", "burned", "locked")))
     console.print(money)
     paid = sum(p["amount"] for p in s["claimed"]["paid"])
-    console.print(f"claimed for the node owners: {paid}; refunded to the CSP: "
-                  f"{sum(d['amount'] for d in s['refunded']['moved'])}; burned: "
-                  f"{sum(d['amount'] for d in s['burned']['moved'])}")
+    console.print(f"claimed for the node owners: {paid}; refund taken by the CSP: "
+                  f"{sum(d['amount'] for d in s['refunded']['moved'])}; burned (by the oracles as each report "
+                  f"landed, and by the devnet's burn call): {j['burned']}")
     a = s["audit"]
     verdict = "[green]balanced[/]" if a["balanced"] and s["conservation"]["balanced"] else "[red]NOT balanced[/]"
     console.print(f"audit over the chain and the oracles' reports: {verdict}")

@@ -152,7 +152,8 @@ def engine_reachable() -> str | None:
     return None
 
 
-async def run_mesh(setup: Setup, shape: DevnetShape, work: Path, progress: Callable[[str], object]) -> dict[str, Any]:
+async def run_mesh(setup: Setup, shape: DevnetShape, work: Path, progress: Callable[[str], object],
+                   show: Callable[[dict[str, Any]], object]) -> dict[str, Any]:
     chain, dep = setup.chain, setup.dep
     escrow = dep.escrow(chain)
     worker = ChainWorker()
@@ -220,9 +221,10 @@ async def run_mesh(setup: Setup, shape: DevnetShape, work: Path, progress: Calla
 
         with trio.fail_after(seconds * (shape.epochs + 4) + 60):
             while await worker.run(escrow.next_epoch) <= last:
-                landed = max((e["epoch"] for e in setup.events if e["event"] == "settled"), default=None)
-                progress(f"epoch {clock.epoch_at(int(time.time() * 1000))}: job {job_id} runs epochs {start}-{last}"
-                         + ("" if landed is None else f"; epoch {landed} settled on chain"))
+                epoch = clock.epoch_at(int(time.time() * 1000))
+                progress(f"epoch {epoch}: job {job_id} runs in epochs {start}-{last}; waiting for the oracles "
+                         f"to settle epoch {last}")
+                show(await snapshot(setup, ready, job_id, epoch, killed.get("node"), worker))
                 await trio.sleep(0.5)  # polling the chain for the last epoch's root
 
         progress("claiming the nodes' pay, taking the refund, executing burns")
@@ -261,6 +263,28 @@ async def run_mesh(setup: Setup, shape: DevnetShape, work: Path, progress: Calla
             await remove_containers([i.address for i, _, _ in setup.nodes], progress)
         nursery.cancel_scope.cancel()
     return summary
+
+
+async def snapshot(setup: Setup, ready: list[dict[str, Any]], job_id: int, epoch: int, killed: str | None,
+                   worker: ChainWorker) -> dict[str, Any]:
+    """What the live view shows: nodes, where each replica runs (as a live node sees it), the
+    epochs landed, and the job's money on chain."""
+    api = next(r["api"] for r in ready if r["address"] != killed)
+    try:
+        jobs = await trio.to_thread.run_sync(get_json, api, "/jobs")
+    except OSError:  # a node busy or going away: the next look will do
+        jobs = []
+    claims: list[dict[str, Any]] = next((j["claims"] for j in jobs if j["job_id"] == job_id), [])
+    job = await worker.run(setup.dep.escrow(setup.chain).get_job, job_id)
+    held: dict[str, list[int]] = {}
+    for c in claims:
+        held.setdefault(c["node"], []).append(c["replica"])
+    return {"epoch": epoch, "job_id": job_id,
+            "nodes": [{"node": i.address, "license_id": lic, "up": i.address != killed,
+                       "replicas": sorted(held.get(i.address, []))} for i, lic, _ in setup.nodes],
+            "replicas": [{"replica": c["replica"], "node": c["node"], "state": c["state"]} for c in claims],
+            "settled": sorted({(e["epoch"], e["root"]) for e in setup.events if e["event"] == "settled"}),
+            "money": {k: int(v) for k, v in job.conservation().items()}}
 
 
 def get_json(api: str, path: str) -> Any:
@@ -333,10 +357,12 @@ async def remove_containers(nodes: list[str], progress: Callable[[str], object])
 
 
 def run_devnet(chain: Chain, shape: DevnetShape, new_key: Callable[[], LocalAccount], work: Path,
-               progress: Callable[[str], object] = lambda _: None) -> dict[str, Any]:
-    """Run the devnet on ``chain`` (module docstring); return a JSON-ready summary."""
+               progress: Callable[[str], object] = lambda _: None,
+               show: Callable[[dict[str, Any]], object] = lambda _: None) -> dict[str, Any]:
+    """Run the devnet on ``chain`` (module docstring); return a JSON-ready summary. ``progress``
+    is told each step, ``show`` a snapshot of the mesh and the money twice a second (``snapshot``)."""
     setup = prepare(chain, shape, new_key, work, progress)
-    mesh = trio.run(run_mesh, setup, shape, work, progress)
+    mesh = trio.run(run_mesh, setup, shape, work, progress, show)
     dep, escrow, token = setup.dep, setup.dep.escrow(chain), setup.dep.payment_token(chain)
     job = escrow.get_job(mesh["job"]["job_id"])
     terms, balance = job.conservation(), int(token.balance_of(escrow.address))

@@ -1,0 +1,43 @@
+"""The devnet's live view (rich): the step it is on, the nodes and the replicas they hold, the
+epochs the oracles landed, and the job's money on chain, redrawn from each ``_devnet.snapshot``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Group, RenderableType
+from rich.table import Table
+from rich.text import Text
+
+MONEY = ("deposited", "released", "refunded", "burned", "locked")
+
+
+class LiveView:
+    def __init__(self) -> None:
+        self.step = "starting"
+        self.last: dict[str, Any] | None = None
+
+    def progress(self, step: str) -> None:
+        self.step = step
+
+    def show(self, snapshot: dict[str, Any]) -> None:
+        self.last = snapshot
+
+    def __rich__(self) -> RenderableType:
+        parts: list[RenderableType] = [Text(self.step, style="bold")]
+        s = self.last
+        if s is None:
+            return Group(*parts)
+        nodes = Table("node", "license", "state", "replicas of job " + str(s["job_id"]),
+                      title=f"epoch {s['epoch']}", title_justify="left")
+        states = {(r["node"], r["replica"]): r["state"] for r in s["replicas"]}
+        for n in s["nodes"]:
+            held = ", ".join(f"{r} ({states.get((n['node'], r), '?')})" for r in n["replicas"]) or "-"
+            nodes.add_row(n["node"], str(n["license_id"]), "up" if n["up"] else "[red]killed[/]", held)
+        parts.append(nodes)
+        landed = ", ".join(str(epoch) for epoch, _ in s["settled"][-8:]) or "none yet"
+        parts.append(Text(f"epochs settled on chain: {landed}"))
+        money = Table(*MONEY, title="the job's money on chain", title_justify="left")
+        money.add_row(*(str(s["money"][k]) for k in MONEY))
+        parts.append(money)
+        return Group(*parts)
