@@ -51,12 +51,15 @@ def _chain_for(chain_kind: str, rpc: str | None) -> Iterator[Chain]:
 @click.option("--kill/--no-kill", default=True, show_default=True,
               help="Stop a node that holds a replica halfway through the job's first epoch (3 nodes or more): "
                    "its replica moves, and its pay for the time it held the replica dead is withheld.")
+@click.option("--keep", is_flag=True,
+              help="After the audit, leave the nodes and oracles running (the job too) and print each node's "
+                   "API; Ctrl-C stops the job and everything else.")
 @click.option("--dir", "directory", type=click.Path(file_okay=False, path_type=Path),
               help="Keep the work directory here (deployment record, node files, oracle reports); "
                    "default: a temporary one, removed at the end.")
 @click.pass_context
 def devnet(ctx: click.Context, chain_kind: str, rpc: str | None, nodes: int, oracles: int, threshold: int,
-           epochs: int, epoch_seconds: int, kill: bool, directory: Path | None) -> None:
+           epochs: int, epoch_seconds: int, kill: bool, keep: bool, directory: Path | None) -> None:
     """Bring up a complete deedmesh deployment on this machine and settle a job's epochs."""
     if threshold > oracles:
         raise click.UsageError(f"--threshold {threshold} is more than --oracles {oracles}")
@@ -68,8 +71,15 @@ def devnet(ctx: click.Context, chain_kind: str, rpc: str | None, nodes: int, ora
         if len(chain.accounts) < 3:  # admin, CSP, and at least one operator (operators own several licenses)
             raise ChainError(f"{chain.url} has {len(chain.accounts)} unlocked accounts; a devnet needs 3")
         view = LiveView()
+
+        def kept(partial: dict[str, Any]) -> None:
+            if json_output:
+                click.echo(json.dumps({"event": "kept", "api": partial["api"], "audit": partial["audit"]}), err=True)
+            view.keep(partial["api"])
+
         with Live(view, console=console, refresh_per_second=4, transient=True):
-            summary = run_devnet(chain, shape, Account.create, work, progress=view.progress, show=view.show)
+            summary = run_devnet(chain, shape, Account.create, work, progress=view.progress, show=view.show,
+                                 keep=kept if keep else None)
     if json_output:
         click.echo(json.dumps(summary, indent=2))
     else:

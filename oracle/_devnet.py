@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import socket
 import time
 import urllib.request
@@ -153,7 +154,8 @@ def engine_reachable() -> str | None:
 
 
 async def run_mesh(setup: Setup, shape: DevnetShape, work: Path, progress: Callable[[str], object],
-                   show: Callable[[dict[str, Any]], object]) -> dict[str, Any]:
+                   show: Callable[[dict[str, Any]], object],
+                   keep: Callable[[dict[str, Any]], object] | None) -> dict[str, Any]:
     chain, dep = setup.chain, setup.dep
     escrow = dep.escrow(chain)
     worker = ChainWorker()
@@ -233,7 +235,6 @@ async def run_mesh(setup: Setup, shape: DevnetShape, work: Path, progress: Calla
                                            licenses=[lic for _, lic, _ in setup.nodes]))
         refunded = await worker.run(partial(refund_round, chain, dep, setup.csp.address))
         burned = await worker.run(partial(burn_round, chain, dep, setup.admin))
-        await trio.to_thread.run_sync(deploy_spec, ready[0]["api"], setup.csp.key, dep, job_id, None)  # stop it
 
         progress("auditing the run")
         audited = await worker.run(partial(audit, chain, dep, reports=reports))
@@ -259,6 +260,13 @@ async def run_mesh(setup: Setup, shape: DevnetShape, work: Path, progress: Calla
                       "not_verified": list(audited.not_verified)},
             "report_directories": [str(r) for r in reports],
         }
+        if keep is not None:  # --keep: up until interrupted; the summary says how to reach the nodes
+            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                keep(summary)
+                async for _ in signals:
+                    break
+        live = next(r["api"] for r in ready if r["address"] != killed.get("node"))
+        await trio.to_thread.run_sync(deploy_spec, live, setup.csp.key, dep, job_id, None)  # stop it
         if no_engine is None:
             await remove_containers([i.address for i, _, _ in setup.nodes], progress)
         nursery.cancel_scope.cancel()
@@ -358,11 +366,14 @@ async def remove_containers(nodes: list[str], progress: Callable[[str], object])
 
 def run_devnet(chain: Chain, shape: DevnetShape, new_key: Callable[[], LocalAccount], work: Path,
                progress: Callable[[str], object] = lambda _: None,
-               show: Callable[[dict[str, Any]], object] = lambda _: None) -> dict[str, Any]:
+               show: Callable[[dict[str, Any]], object] = lambda _: None,
+               keep: Callable[[dict[str, Any]], object] | None = None) -> dict[str, Any]:
     """Run the devnet on ``chain`` (module docstring); return a JSON-ready summary. ``progress``
-    is told each step, ``show`` a snapshot of the mesh and the money twice a second (``snapshot``)."""
+    is told each step, ``show`` a snapshot of the mesh and the money twice a second (``snapshot``).
+    With ``keep``, it is handed the run's summary (before the whole one is returned) and the nodes
+    and oracles stay up until SIGINT or SIGTERM."""
     setup = prepare(chain, shape, new_key, work, progress)
-    mesh = trio.run(run_mesh, setup, shape, work, progress, show)
+    mesh = trio.run(run_mesh, setup, shape, work, progress, show, keep)
     dep, escrow, token = setup.dep, setup.dep.escrow(chain), setup.dep.payment_token(chain)
     job = escrow.get_job(mesh["job"]["job_id"])
     terms, balance = job.conservation(), int(token.balance_of(escrow.address))

@@ -16,6 +16,7 @@ class LiveView:
     def __init__(self) -> None:
         self.step = "starting"
         self.last: dict[str, Any] | None = None
+        self.kept: list[str] = []  # --keep: the nodes' APIs, once the run is done
 
     def progress(self, step: str) -> None:
         self.step = step
@@ -23,8 +24,13 @@ class LiveView:
     def show(self, snapshot: dict[str, Any]) -> None:
         self.last = snapshot
 
+    def keep(self, apis: list[str]) -> None:
+        self.step = "the devnet is up (Ctrl-C stops it); each node's API:"
+        self.kept = apis
+
     def __rich__(self) -> RenderableType:
         parts: list[RenderableType] = [Text(self.step, style="bold")]
+        parts += [Text(f"  node {i}: {api}    deedmesh status --via {api}") for i, api in enumerate(self.kept)]
         s = self.last
         if s is None:
             return Group(*parts)
