@@ -118,16 +118,18 @@ def _print_summary(console: Console, s: dict[str, Any]) -> None:
     for epoch, root in s["settled"]:
         epochs.add_row(str(epoch), root)
     console.print(epochs)
-    j = s["job"]
-    money = Table("deposited", "released", "refunded", "burned", "locked",
-                  title=f"job {j['job_id']} ({j['kind']} {j['spec']}, {j['replicas']} replicas, epochs "
-                        f"{j['start_epoch']}-{j['start_epoch'] + j['epochs'] - 1})")
-    money.add_row(*(str(j[k]) for k in ("deposited", "released", "refunded", "burned", "locked")))
+    money = Table("job", "kind", "name", "replicas", "epochs", "deposited", "released", "refunded", "burned",
+                  "locked", "result", title="the jobs' money")
+    for j in s["jobs"]:
+        money.add_row(str(j["job_id"]), j["kind"], j["spec"], str(j["replicas"]),
+                      f"{j['start_epoch']}-{j['start_epoch'] + j['epochs'] - 1}",
+                      *(str(j[k]) for k in ("deposited", "released", "refunded", "burned", "locked")),
+                      (j["result_digest"] or "-")[:18])
     console.print(money)
     paid = sum(p["amount"] for p in s["claimed"]["paid"])
     console.print(f"claimed for the node owners: {paid}; refund taken by the CSP: "
                   f"{sum(d['amount'] for d in s['refunded']['moved'])}; burned (by the oracles as each report "
-                  f"landed, and by the devnet's burn call): {j['burned']}")
+                  f"landed, and by the devnet's burn call): {sum(j['burned'] for j in s['jobs'])}")
     a = s["audit"]
     verdict = "[green]balanced[/]" if a["balanced"] and s["conservation"]["balanced"] else "[red]NOT balanced[/]"
     console.print(f"audit over the chain and the oracles' reports: {verdict}")

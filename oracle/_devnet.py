@@ -23,11 +23,13 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import signal
 import socket
+import subprocess
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -54,6 +56,7 @@ from mesh import (
     CarRunner,
     ChainWorker,
     EngineUnavailable,
+    JobSpec,
     NodeIdentity,
     NodeSettings,
     ParticipantSettings,
@@ -73,7 +76,7 @@ from ._watch import EpochClock
 
 log = logging.getLogger("deedmesh.devnet")
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "car-web.yaml"
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 PRICE = TokenUnits(2_000_000)  # 2 mUSD per node-epoch
 CSP_FUNDS = TokenUnits(1_000_000_000)
 POLICY = SettlementPolicy(release_threshold=230, burn_floor=64, protocol_burn_bps=250)
@@ -206,27 +209,30 @@ async def run_mesh(setup: Setup, shape: DevnetShape, work: Path, progress: Calla
         progress(f"starting {shape.oracles} oracles")
         oracles = [await nursery.start(oracle, key, tuple(ready[0]["addrs"][:1])) for key in setup.oracle_keys]
 
-        progress("funding and deploying the CAR example")
-        spec = load_spec(EXAMPLE)
+        specs = await trio.to_thread.run_sync(example_specs, work, no_engine is None)
+        progress("funding and deploying " + ", ".join(f"the {s.kind.upper()} example" for s in specs))
         now = max(await worker.run(chain.now), int(time.time()))
         start = Epoch((now - genesis) // seconds + 1)  # the next epoch, by the later clock
         token = dep.payment_token(chain)
-        params = JobParams(spec_hash=spec_hash(spec), token=token.address, replicas=spec.replicas,
-                           epochs=shape.epochs, start_epoch=start, price_per_node_epoch=PRICE, policy=POLICY)
-        await worker.run(lambda: token.approve(escrow.address, params.deposit, sender=setup.csp.address))
-        job_id = await worker.run(lambda: escrow.create_job(params, sender=setup.csp.address))
-        await trio.to_thread.run_sync(deploy_spec, ready[0]["api"], setup.csp.key, dep, job_id, spec)
+        funded = [JobParams(spec_hash=spec_hash(spec), token=token.address, replicas=spec.replicas,
+                            epochs=shape.epochs, start_epoch=start, price_per_node_epoch=PRICE, policy=POLICY)
+                  for spec in specs]
+        total = sum(params.deposit for params in funded)
+        await worker.run(lambda: token.approve(escrow.address, total, sender=setup.csp.address))
+        job_ids = [await worker.run(partial(escrow.create_job, params, sender=setup.csp.address)) for params in funded]
+        for job_id, spec in zip(job_ids, specs, strict=True):
+            await trio.to_thread.run_sync(deploy_spec, ready[0]["api"], setup.csp.key, dep, job_id, spec)
         last = start + shape.epochs - 1
         killed: dict[str, Any] = {}
-        if shape.kill and no_engine is None and len(setup.nodes) >= 3:
-            nursery.start_soon(kill_a_holder, setup, ready, scopes, clock, job_id, start, killed, progress)
+        if shape.kill and no_engine is None and len(setup.nodes) >= 3:  # a holder of the CAR job
+            nursery.start_soon(kill_a_holder, setup, ready, scopes, clock, job_ids[0], start, killed, progress)
 
         with trio.fail_after(seconds * (shape.epochs + 4) + 60):
             while await worker.run(escrow.next_epoch) <= last:
                 epoch = clock.epoch_at(int(time.time() * 1000))
-                progress(f"epoch {epoch}: job {job_id} runs in epochs {start}-{last}; waiting for the oracles "
-                         f"to settle epoch {last}")
-                show(await snapshot(setup, ready, job_id, epoch, killed.get("node"), worker))
+                progress(f"epoch {epoch}: jobs {', '.join(map(str, job_ids))} run in epochs {start}-{last}; "
+                         f"waiting for the oracles to settle epoch {last}")
+                show(await snapshot(setup, ready, job_ids, epoch, killed.get("node"), worker))
                 await trio.sleep(0.5)  # polling the chain for the last epoch's root
 
         progress("claiming the nodes' pay, taking the refund, executing burns")
@@ -238,16 +244,18 @@ async def run_mesh(setup: Setup, shape: DevnetShape, work: Path, progress: Calla
 
         progress("auditing the run")
         audited = await worker.run(partial(audit, chain, dep, reports=reports))
-        final = await worker.run(escrow.get_job, job_id)
-        terms = final.conservation()
+        finals = [await worker.run(escrow.get_job, job_id) for job_id in job_ids]
         survivor = next(r["api"] for r in ready if r["address"] != killed.get("node"))
-        moves = [e for j in await trio.to_thread.run_sync(get_json, survivor, "/jobs") if j["job_id"] == job_id
-                 for e in j["events"] if e["what"] == "moved"]
+        seen = await trio.to_thread.run_sync(get_json, survivor, "/jobs")
+        moves = [e for j in seen if j["job_id"] in job_ids for e in j["events"] if e["what"] == "moved"]
+        results = {j["job_id"]: c["result_digest"] for j in seen for c in j["claims"] if c.get("result_digest")}
         summary = {
             "killed": killed or None,
             "reallocations": len(moves),
-            "job": {"job_id": job_id, "spec": spec.name, "kind": spec.kind, "replicas": spec.replicas,
-                    "start_epoch": start, "epochs": shape.epochs, **{k: int(v) for k, v in terms.items()}},
+            "jobs": [{"job_id": job_id, "spec": spec.name, "kind": spec.kind, "replicas": spec.replicas,
+                      "start_epoch": start, "epochs": shape.epochs, "result_digest": results.get(job_id),
+                      **{k: int(v) for k, v in final.conservation().items()}}
+                     for job_id, spec, final in zip(job_ids, specs, finals, strict=True)],
             "engine": None if no_engine is None else f"no container engine: the job could not run ({no_engine})",
             "api": [r["api"] for r in ready],
             "settled": sorted({(e["epoch"], e["root"]) for e in setup.events if e["event"] == "settled"}),
@@ -265,34 +273,61 @@ async def run_mesh(setup: Setup, shape: DevnetShape, work: Path, progress: Calla
                 keep(summary)
                 async for _ in signals:
                     break
-        live = next(r["api"] for r in ready if r["address"] != killed.get("node"))
-        await trio.to_thread.run_sync(deploy_spec, live, setup.csp.key, dep, job_id, None)  # stop it
+        for job_id in job_ids:  # stop them
+            await trio.to_thread.run_sync(deploy_spec, survivor, setup.csp.key, dep, job_id, None)
         if no_engine is None:
             await remove_containers([i.address for i, _, _ in setup.nodes], progress)
         nursery.cancel_scope.cancel()
     return summary
 
 
-async def snapshot(setup: Setup, ready: list[dict[str, Any]], job_id: int, epoch: int, killed: str | None,
+async def snapshot(setup: Setup, ready: list[dict[str, Any]], job_ids: Sequence[int], epoch: int, killed: str | None,
                    worker: ChainWorker) -> dict[str, Any]:
     """What the live view shows: nodes, where each replica runs (as a live node sees it), the
-    epochs landed, and the job's money on chain."""
+    epochs landed, and the jobs' money on chain."""
     api = next(r["api"] for r in ready if r["address"] != killed)
     try:
         jobs = await trio.to_thread.run_sync(get_json, api, "/jobs")
     except OSError:  # a node busy or going away: the next look will do
         jobs = []
-    claims: list[dict[str, Any]] = next((j["claims"] for j in jobs if j["job_id"] == job_id), [])
-    job = await worker.run(setup.dep.escrow(setup.chain).get_job, job_id)
-    held: dict[str, list[int]] = {}
-    for c in claims:
-        held.setdefault(c["node"], []).append(c["replica"])
-    return {"epoch": epoch, "job_id": job_id,
+    escrow = setup.dep.escrow(setup.chain)
+    onchain = [await worker.run(escrow.get_job, job_id) for job_id in job_ids]
+    held: dict[str, list[str]] = {}
+    for j in jobs:
+        if j["job_id"] in job_ids:
+            for c in j["claims"]:
+                held.setdefault(c["node"], []).append(f"{j['kind']} {j['job_id']}/{c['replica']} ({c['state']})")
+    return {"epoch": epoch,
             "nodes": [{"node": i.address, "license_id": lic, "up": i.address != killed,
                        "replicas": sorted(held.get(i.address, []))} for i, lic, _ in setup.nodes],
-            "replicas": [{"replica": c["replica"], "node": c["node"], "state": c["state"]} for c in claims],
             "settled": sorted({(e["epoch"], e["root"]) for e in setup.events if e["event"] == "settled"}),
-            "money": {k: int(v) for k, v in job.conservation().items()}}
+            "money": {job.job_id: {k: int(v) for k, v in job.conservation().items()} for job in onchain}}
+
+
+def example_specs(work: Path, engine: bool) -> list[JobSpec]:
+    """The jobs the CSP runs: the CAR example; with an engine (and git) also the WAR example, built
+    from a repository made here from ``examples/war-site`` and served on a free port, and the
+    ChainDist example (blocking)."""
+    specs = [load_spec(EXAMPLES / "car-web.yaml")]
+    if not engine or shutil.which("git") is None:
+        return specs
+    origin, checkout = work / "war-site.git", work / "war-site"
+    git = ["git", "-c", "user.name=deedmesh devnet", "-c", "user.email=devnet@localhost"]
+    subprocess.run([*git, "init", "-q", "--bare", "-b", "main", str(origin)], check=True)
+    subprocess.run([*git, "clone", "-q", str(origin), str(checkout)], check=True, capture_output=True)
+    for f in (EXAMPLES / "war-site").iterdir():
+        shutil.copy(f, checkout / f.name)
+    subprocess.run([*git, "-C", str(checkout), "add", "-A"], check=True)
+    subprocess.run([*git, "-C", str(checkout), "commit", "-qm", "version 1"], check=True)
+    subprocess.run([*git, "-C", str(checkout), "push", "-q", "origin", "main"], check=True, capture_output=True)
+    text = (EXAMPLES / "war-site.yaml").read_text()
+    ours = (("file:///tmp/deedmesh-war-site.git", origin.as_uri()), ("host: 18080", f"host: {free_port()}"))
+    for fixed, here in ours:
+        if fixed not in text:
+            raise ValueError(f"examples/war-site.yaml no longer says {fixed!r}")
+        text = text.replace(fixed, here)
+    (work / "war-site.yaml").write_text(text)
+    return [*specs, load_spec(work / "war-site.yaml"), load_spec(EXAMPLES / "chaindist-primes.yaml")]
 
 
 def get_json(api: str, path: str) -> Any:
@@ -375,8 +410,10 @@ def run_devnet(chain: Chain, shape: DevnetShape, new_key: Callable[[], LocalAcco
     setup = prepare(chain, shape, new_key, work, progress)
     mesh = trio.run(run_mesh, setup, shape, work, progress, show, keep)
     dep, escrow, token = setup.dep, setup.dep.escrow(chain), setup.dep.payment_token(chain)
-    job = escrow.get_job(mesh["job"]["job_id"])
-    terms, balance = job.conservation(), int(token.balance_of(escrow.address))
+    jobs = [escrow.get_job(j["job_id"]) for j in mesh["jobs"]]
+    balance, holds = int(token.balance_of(escrow.address)), sum(int(j.held) for j in jobs)
+    balanced = all(t["deposited"] == t["released"] + t["refunded"] + t["burned"] + t["locked"]
+                   for t in (j.conservation() for j in jobs))
     return {
         "chain": {"backend": chain.kind, "url": chain.url, "chain_id": dep.chain_id},
         "contracts": {"LicenseRegistry": dep.license_registry, "OracleRegistry": dep.oracle_registry,
@@ -390,8 +427,7 @@ def run_devnet(chain: Chain, shape: DevnetShape, new_key: Callable[[], LocalAcco
         "csp": setup.csp.address,
         "epochs_settled": len({epoch for epoch, _ in mesh["settled"]}),
         **mesh,
-        "conservation": {"balanced": terms["deposited"] == sum(terms[k] for k in ("released", "refunded", "burned",
-                                                                                  "locked"))
-                         and balance == job.held,  # the devnet's one job: all the escrow holds
-                         "escrow_balance": balance, "escrow_holds": int(job.held)},
+        # every job's terms add up, and the escrow holds exactly what the devnet's jobs still hold
+        "conservation": {"balanced": balanced and balance == holds, "escrow_balance": balance,
+                         "escrow_holds": holds},
     }

@@ -34,16 +34,16 @@ class LiveView:
         s = self.last
         if s is None:
             return Group(*parts)
-        nodes = Table("node", "license", "state", "replicas of job " + str(s["job_id"]),
-                      title=f"epoch {s['epoch']}", title_justify="left")
-        states = {(r["node"], r["replica"]): r["state"] for r in s["replicas"]}
+        nodes = Table("node", "license", "state", "replicas held (job/replica)", title=f"epoch {s['epoch']}",
+                      title_justify="left")
         for n in s["nodes"]:
-            held = ", ".join(f"{r} ({states.get((n['node'], r), '?')})" for r in n["replicas"]) or "-"
-            nodes.add_row(n["node"], str(n["license_id"]), "up" if n["up"] else "[red]killed[/]", held)
+            nodes.add_row(n["node"], str(n["license_id"]), "up" if n["up"] else "[red]killed[/]",
+                          ", ".join(n["replicas"]) or "-")
         parts.append(nodes)
         landed = ", ".join(str(epoch) for epoch, _ in s["settled"][-8:]) or "none yet"
         parts.append(Text(f"epochs settled on chain: {landed}"))
-        money = Table(*MONEY, title="the job's money on chain", title_justify="left")
-        money.add_row(*(str(s["money"][k]) for k in MONEY))
+        money = Table("job", *MONEY, title="the jobs' money on chain", title_justify="left")
+        for job_id, terms in s["money"].items():
+            money.add_row(str(job_id), *(str(terms[k]) for k in MONEY))
         parts.append(money)
         return Group(*parts)
