@@ -8,7 +8,7 @@ from ._cli import EXIT_CODES, main
 from ._cli_job import deploy_spec
 from ._engine import EngineUnavailable, connect_engine
 from ._errors import KeystoreError, MeshError, TransportError
-from ._identity import NodeIdentity, read_keystore, resolve_password
+from ._identity import NodeIdentity, read_keystore, resolve_password, write_keystore
 from ._jobspec import JobSpec, spec_hash
 from ._jobspec_load import load_spec
 from ._license_view import ChainWorker
@@ -29,4 +29,4 @@ __all__ = ["CarRunner", "ChainWorker", "EXIT_CODES", "EngineUnavailable", "JobSp
            "MeshError", "Message", "Node", "NodeConfig", "NodeIdentity", "NodeSettings", "ParticipantSettings",
            "PeerState", "TaskStatus", "TransportError", "assignment", "connect_engine", "deploy_spec", "load_spec",
            "main", "open_libp2p_transport", "open_node", "open_participant", "peer_id_of", "placeable_jobs",
-           "read_keystore", "request_once", "resolve_password", "serve_node", "spec_hash"]
+           "read_keystore", "request_once", "resolve_password", "serve_node", "spec_hash", "write_keystore"]

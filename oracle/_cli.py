@@ -51,6 +51,9 @@ def _chain_for(chain_kind: str, rpc: str | None) -> Iterator[Chain]:
 @click.option("--kill/--no-kill", default=True, show_default=True,
               help="Stop a node that holds a replica halfway through the job's first epoch (3 nodes or more): "
                    "its replica moves, and its pay for the time it held the replica dead is withheld.")
+@click.option("--processes", is_flag=True,
+              help="Run every node and oracle as its own OS process (deedmesh node run / oracle run), against "
+                   "anvil (started here) unless --rpc names a chain.")
 @click.option("--keep", is_flag=True,
               help="After the audit, leave the nodes and oracles running (the job too) and print each node's "
                    "API; Ctrl-C stops the job and everything else.")
@@ -59,7 +62,8 @@ def _chain_for(chain_kind: str, rpc: str | None) -> Iterator[Chain]:
                    "default: a temporary one, removed at the end.")
 @click.pass_context
 def devnet(ctx: click.Context, chain_kind: str, rpc: str | None, nodes: int, oracles: int, threshold: int,
-           epochs: int, epoch_seconds: int, kill: bool, keep: bool, directory: Path | None) -> None:
+           epochs: int, epoch_seconds: int, kill: bool, processes: bool, keep: bool,
+           directory: Path | None) -> None:
     """Bring up a complete deedmesh deployment on this machine and settle a job's epochs."""
     if threshold > oracles:
         raise click.UsageError(f"--threshold {threshold} is more than --oracles {oracles}")
@@ -67,6 +71,8 @@ def devnet(ctx: click.Context, chain_kind: str, rpc: str | None, nodes: int, ora
     console = Console(stderr=True, quiet=json_output)
     shape = DevnetShape(nodes=nodes, oracles=oracles, threshold=threshold, epochs=epochs, epoch_seconds=epoch_seconds,
                         kill=kill)
+    if processes and chain_kind == "embedded" and not rpc:
+        chain_kind = "anvil"  # processes need a chain they can reach: the embedded one lives in this process
     with _chain_for(chain_kind, rpc) as chain, _work_dir(directory) as work:
         if len(chain.accounts) < 3:  # admin, CSP, and at least one operator (operators own several licenses)
             raise ChainError(f"{chain.url} has {len(chain.accounts)} unlocked accounts; a devnet needs 3")
@@ -79,7 +85,7 @@ def devnet(ctx: click.Context, chain_kind: str, rpc: str | None, nodes: int, ora
 
         with Live(view, console=console, refresh_per_second=4, transient=True):
             summary = run_devnet(chain, shape, Account.create, work, progress=view.progress, show=view.show,
-                                 keep=kept if keep else None)
+                                 keep=kept if keep else None, processes=processes)
     if json_output:
         click.echo(json.dumps(summary, indent=2))
     else:

@@ -29,7 +29,7 @@ import socket
 import subprocess
 import time
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -209,75 +209,94 @@ async def run_mesh(setup: Setup, shape: DevnetShape, work: Path, progress: Calla
         progress(f"starting {shape.oracles} oracles")
         oracles = [await nursery.start(oracle, key, tuple(ready[0]["addrs"][:1])) for key in setup.oracle_keys]
 
-        specs = await trio.to_thread.run_sync(example_specs, work, no_engine is None)
-        progress("funding and deploying " + ", ".join(f"the {s.kind.upper()} example" for s in specs))
-        now = max(await worker.run(chain.now), int(time.time()))
-        start = Epoch((now - genesis) // seconds + 1)  # the next epoch, by the later clock
-        token = dep.payment_token(chain)
-        funded = [JobParams(spec_hash=spec_hash(spec), token=token.address, replicas=spec.replicas,
-                            epochs=shape.epochs, start_epoch=start, price_per_node_epoch=PRICE, policy=POLICY)
-                  for spec in specs]
-        total = sum(params.deposit for params in funded)
-        await worker.run(lambda: token.approve(escrow.address, total, sender=setup.csp.address))
-        job_ids = [await worker.run(partial(escrow.create_job, params, sender=setup.csp.address)) for params in funded]
-        for job_id, spec in zip(job_ids, specs, strict=True):
-            await trio.to_thread.run_sync(deploy_spec, ready[0]["api"], setup.csp.key, dep, job_id, spec)
-        last = start + shape.epochs - 1
-        killed: dict[str, Any] = {}
-        if shape.kill and no_engine is None and len(setup.nodes) >= 3:  # a holder of the CAR job
-            nursery.start_soon(kill_a_holder, setup, ready, scopes, clock, job_ids[0], start, killed, progress)
+        async def stop_node(address: str) -> None:
+            scopes[address].cancel()
 
-        with trio.fail_after(seconds * (shape.epochs + 4) + 60):
-            while await worker.run(escrow.next_epoch) <= last:
-                epoch = clock.epoch_at(int(time.time() * 1000))
-                progress(f"epoch {epoch}: jobs {', '.join(map(str, job_ids))} run in epochs {start}-{last}; "
-                         f"waiting for the oracles to settle epoch {last}")
-                show(await snapshot(setup, ready, job_ids, epoch, killed.get("node"), worker))
-                await trio.sleep(0.5)  # polling the chain for the last epoch's root
-
-        progress("claiming the nodes' pay, taking the refund, executing burns")
-        reports = [o.directory / "reports" for o in oracles]
-        claimed = await worker.run(partial(claim_round, chain, dep, setup.admin, report_paths=reports,
-                                           licenses=[lic for _, lic, _ in setup.nodes]))
-        refunded = await worker.run(partial(refund_round, chain, dep, setup.csp.address))
-        burned = await worker.run(partial(burn_round, chain, dep, setup.admin))
-
-        progress("auditing the run")
-        audited = await worker.run(partial(audit, chain, dep, reports=reports))
-        finals = [await worker.run(escrow.get_job, job_id) for job_id in job_ids]
-        survivor = next(r["api"] for r in ready if r["address"] != killed.get("node"))
-        seen = await trio.to_thread.run_sync(get_json, survivor, "/jobs")
-        moves = [e for j in seen if j["job_id"] in job_ids for e in j["events"] if e["what"] == "moved"]
-        results = {j["job_id"]: c["result_digest"] for j in seen for c in j["claims"] if c.get("result_digest")}
-        summary = {
-            "killed": killed or None,
-            "reallocations": len(moves),
-            "jobs": [{"job_id": job_id, "spec": spec.name, "kind": spec.kind, "replicas": spec.replicas,
-                      "start_epoch": start, "epochs": shape.epochs, "result_digest": results.get(job_id),
-                      **{k: int(v) for k, v in final.conservation().items()}}
-                     for job_id, spec, final in zip(job_ids, specs, finals, strict=True)],
-            "engine": None if no_engine is None else f"no container engine: the job could not run ({no_engine})",
-            "api": [r["api"] for r in ready],
-            "settled": sorted({(e["epoch"], e["root"]) for e in setup.events if e["event"] == "settled"}),
-            # given up by an oracle, and landed by none (one may give up while another still lands it)
-            "no_quorum": sorted({e["epoch"] for e in setup.events if e["event"] == "no-quorum"}
-                                - {e["epoch"] for e in setup.events if e["event"] == "settled"}),
-            "claimed": claimed.as_json(), "refunded": refunded.as_json(), "burned": burned.as_json(),
-            "audit": {"balanced": audited.ok and AMOUNTS_NOT_VERIFIED not in audited.not_verified,
-                      "discrepancies": [f.line for f in audited.errors],
-                      "not_verified": list(audited.not_verified)},
-            "report_directories": [str(r) for r in reports],
-        }
-        if keep is not None:  # --keep: up until interrupted; the summary says how to reach the nodes
-            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-                keep(summary)
-                async for _ in signals:
-                    break
-        for job_id in job_ids:  # stop them
-            await trio.to_thread.run_sync(deploy_spec, survivor, setup.csp.key, dep, job_id, None)
-        if no_engine is None:
-            await remove_containers([i.address for i, _, _ in setup.nodes], progress)
+        summary = await drive(setup, shape, work, worker, clock, ready, [o.directory / "reports" for o in oracles],
+                              stop_node, no_engine, nursery, progress, show, keep)
         nursery.cancel_scope.cancel()
+    return summary
+
+
+async def drive(setup: Setup, shape: DevnetShape, work: Path, worker: ChainWorker, clock: EpochClock,
+                ready: list[dict[str, Any]], reports: list[Path], stop_node: Callable[[str], Awaitable[None]],
+                no_engine: str | None, nursery: trio.Nursery, progress: Callable[[str], object],
+                show: Callable[[dict[str, Any]], object],
+                keep: Callable[[dict[str, Any]], object] | None) -> dict[str, Any]:
+    """With the nodes (``ready``: their ready lines) and the oracles up, in this process or as
+    processes: fund and deploy the examples, kill a holder (``stop_node``), wait for the oracles
+    to settle every epoch of the jobs, claim, refund, burn, audit; the summary."""
+    chain, dep = setup.chain, setup.dep
+    escrow = dep.escrow(chain)
+    genesis, seconds = clock.genesis_ms // 1000, clock.epoch_ms // 1000
+    specs = await trio.to_thread.run_sync(example_specs, work, no_engine is None)
+    progress("funding and deploying " + ", ".join(f"the {s.kind.upper()} example" for s in specs))
+    now = max(await worker.run(chain.now), int(time.time()))
+    start = Epoch((now - genesis) // seconds + 1)  # the next epoch, by the later clock
+    token = dep.payment_token(chain)
+    funded = [JobParams(spec_hash=spec_hash(spec), token=token.address, replicas=spec.replicas,
+                        epochs=shape.epochs, start_epoch=start, price_per_node_epoch=PRICE, policy=POLICY)
+              for spec in specs]
+    total = sum(params.deposit for params in funded)
+    await worker.run(lambda: token.approve(escrow.address, total, sender=setup.csp.address))
+    job_ids = [await worker.run(partial(escrow.create_job, params, sender=setup.csp.address)) for params in funded]
+    for job_id, spec in zip(job_ids, specs, strict=True):
+        await trio.to_thread.run_sync(deploy_spec, ready[0]["api"], setup.csp.key, dep, job_id, spec)
+    last = start + shape.epochs - 1
+    killed: dict[str, Any] = {}
+    if shape.kill and no_engine is None and len(setup.nodes) >= 3:  # a holder of the CAR job
+        nursery.start_soon(kill_a_holder, setup, ready, stop_node, clock, job_ids[0], start, killed, progress)
+
+    with trio.fail_after(seconds * (shape.epochs + 4) + 60):
+        while await worker.run(escrow.next_epoch) <= last:
+            epoch = clock.epoch_at(int(time.time() * 1000))
+            progress(f"epoch {epoch}: jobs {', '.join(map(str, job_ids))} run in epochs {start}-{last}; "
+                     f"waiting for the oracles to settle epoch {last}")
+            show(await snapshot(setup, ready, job_ids, epoch, killed.get("node"), worker))
+            await trio.sleep(0.5)  # polling the chain for the last epoch's root
+
+    progress("claiming the nodes' pay, taking the refund, executing burns")
+    claimed = await worker.run(partial(claim_round, chain, dep, setup.admin, report_paths=reports,
+                                       licenses=[lic for _, lic, _ in setup.nodes]))
+    refunded = await worker.run(partial(refund_round, chain, dep, setup.csp.address))
+    burned = await worker.run(partial(burn_round, chain, dep, setup.admin))
+
+    progress("auditing the run")
+    audited = await worker.run(partial(audit, chain, dep, reports=reports))
+    finals = [await worker.run(escrow.get_job, job_id) for job_id in job_ids]
+    survivor = next(r["api"] for r in ready if r["address"] != killed.get("node"))
+    seen = await trio.to_thread.run_sync(get_json, survivor, "/jobs")
+    moves = [e for j in seen if j["job_id"] in job_ids for e in j["events"] if e["what"] == "moved"]
+    results = {j["job_id"]: c["result_digest"] for j in seen for c in j["claims"] if c.get("result_digest")}
+    summary = {
+        "killed": killed or None,
+        "reallocations": len(moves),
+        "jobs": [{"job_id": job_id, "spec": spec.name, "kind": spec.kind, "replicas": spec.replicas,
+                  "start_epoch": start, "epochs": shape.epochs, "result_digest": results.get(job_id),
+                  **{k: int(v) for k, v in final.conservation().items()}}
+                 for job_id, spec, final in zip(job_ids, specs, finals, strict=True)],
+        "engine": None if no_engine is None else f"no container engine: the job could not run ({no_engine})",
+        "api": [r["api"] for r in ready],
+        "settled": sorted({(e["epoch"], e["root"]) for e in setup.events if e["event"] == "settled"}),
+        # given up by an oracle, and landed by none (one may give up while another still lands it)
+        "no_quorum": sorted({e["epoch"] for e in setup.events if e["event"] == "no-quorum"}
+                            - {e["epoch"] for e in setup.events if e["event"] == "settled"}),
+        "claimed": claimed.as_json(), "refunded": refunded.as_json(), "burned": burned.as_json(),
+        "audit": {"balanced": audited.ok and AMOUNTS_NOT_VERIFIED not in audited.not_verified,
+                  "discrepancies": [f.line for f in audited.errors],
+                  "not_verified": list(audited.not_verified)},
+        "report_directories": [str(r) for r in reports],
+    }
+    if keep is not None:  # --keep: up until interrupted; the summary says how to reach the nodes
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            keep(summary)
+            async for _ in signals:
+                break
+    for job_id in job_ids:  # stop them
+        await trio.to_thread.run_sync(deploy_spec, survivor, setup.csp.key, dep, job_id, None)
+    if no_engine is None:
+        await remove_containers([i.address for i, _, _ in setup.nodes], progress)
+    nursery.cancel_scope.cancel()
     return summary
 
 
@@ -336,7 +355,7 @@ def get_json(api: str, path: str) -> Any:
         return json.loads(answer.read())
 
 
-async def kill_a_holder(setup: Setup, ready: list[dict[str, Any]], scopes: dict[str, trio.CancelScope],
+async def kill_a_holder(setup: Setup, ready: list[dict[str, Any]], stop_node: Callable[[str], Awaitable[None]],
                         clock: EpochClock, job_id: int, start: int, killed: dict[str, Any],
                         progress: Callable[[str], object]) -> None:
     """Halfway through the job's first epoch, stop a node that holds one of its replicas (not the
@@ -361,7 +380,7 @@ async def kill_a_holder(setup: Setup, ready: list[dict[str, Any]], scopes: dict[
     victim, replica = victims[0]["node"], victims[0]["replica"]
     license_id = next(lic for identity, lic, _ in setup.nodes if identity.address == victim)
     progress(f"killing node {victim} (license {license_id}), holder of replica {replica}")
-    scopes[victim].cancel()
+    await stop_node(victim)
     await trio.to_thread.run_sync(remove_node_containers, victim)  # its machine is gone, containers too
     at = time.monotonic()
     killed.update({"node": victim, "license_id": license_id, "replica": replica,
@@ -402,13 +421,20 @@ async def remove_containers(nodes: list[str], progress: Callable[[str], object])
 def run_devnet(chain: Chain, shape: DevnetShape, new_key: Callable[[], LocalAccount], work: Path,
                progress: Callable[[str], object] = lambda _: None,
                show: Callable[[dict[str, Any]], object] = lambda _: None,
-               keep: Callable[[dict[str, Any]], object] | None = None) -> dict[str, Any]:
+               keep: Callable[[dict[str, Any]], object] | None = None, processes: bool = False) -> dict[str, Any]:
     """Run the devnet on ``chain`` (module docstring); return a JSON-ready summary. ``progress``
     is told each step, ``show`` a snapshot of the mesh and the money twice a second (``snapshot``).
     With ``keep``, it is handed the run's summary (before the whole one is returned) and the nodes
-    and oracles stay up until SIGINT or SIGTERM."""
+    and oracles stay up until SIGINT or SIGTERM. With ``processes``, every node and oracle is an OS
+    process (``_devnet_processes``; the chain must be a JSON-RPC one)."""
+    if processes and chain.kind == EMBEDDED:
+        raise ValueError("node and oracle processes need a JSON-RPC chain, not the embedded one")
     setup = prepare(chain, shape, new_key, work, progress)
-    mesh = trio.run(run_mesh, setup, shape, work, progress, show, keep)
+    if processes:
+        from ._devnet_processes import run_processes  # (it imports this module)
+        mesh = trio.run(run_processes, setup, shape, work, progress, show, keep)
+    else:
+        mesh = trio.run(run_mesh, setup, shape, work, progress, show, keep)
     dep, escrow, token = setup.dep, setup.dep.escrow(chain), setup.dep.payment_token(chain)
     jobs = [escrow.get_job(j["job_id"]) for j in mesh["jobs"]]
     balance, holds = int(token.balance_of(escrow.address)), sum(int(j.held) for j in jobs)
@@ -416,6 +442,7 @@ def run_devnet(chain: Chain, shape: DevnetShape, new_key: Callable[[], LocalAcco
                    for t in (j.conservation() for j in jobs))
     return {
         "chain": {"backend": chain.kind, "url": chain.url, "chain_id": dep.chain_id},
+        "processes": processes,
         "contracts": {"LicenseRegistry": dep.license_registry, "OracleRegistry": dep.oracle_registry,
                       "JobEscrow": dep.job_escrow, "MockStablecoin": dep.token},
         "deployment": {"block": dep.block, "genesis_time": dep.genesis_time, "epoch_seconds": dep.epoch_seconds,
