@@ -136,6 +136,8 @@ def _print_summary(console: Console, s: dict[str, Any]) -> None:
     console.print(f"claimed for the node owners: {paid}; refund taken by the CSP: "
                   f"{sum(d['amount'] for d in s['refunded']['moved'])}; burned (by the oracles as each report "
                   f"landed, and by the devnet's burn call): {sum(j['burned'] for j in s['jobs'])}")
+    console.print(f"the jobs' first epoch was on chain {s['first_job_epoch_settled_s']} s after the start, "
+                  f"the last one {s['last_job_epoch_settled_s']} s after")
     a = s["audit"]
     verdict = "[green]balanced[/]" if a["balanced"] and s["conservation"]["balanced"] else "[red]NOT balanced[/]"
     console.print(f"audit over the chain and the oracles' reports: {verdict}")

@@ -105,6 +105,7 @@ class Setup:
     nodes: list[tuple[NodeIdentity, LicenseId, str]]  # (identity, license id, owner)
     oracle_keys: list[LocalAccount]
     events: list[dict[str, Any]] = field(default_factory=list)  # the oracles' epoch outcomes
+    began: float = field(default_factory=time.monotonic)  # when the devnet started
 
 
 def free_port() -> int:
@@ -115,6 +116,7 @@ def free_port() -> int:
 
 def prepare(chain: Chain, shape: DevnetShape, new_key: Callable[[], LocalAccount], work: Path,
             progress: Callable[[str], object]) -> Setup:
+    began = time.monotonic()
     accounts = chain.accounts
     admin, operators = accounts[0], accounts[2:]
     oracle_keys = sorted((new_key() for _ in range(shape.oracles)), key=lambda k: k.address)
@@ -144,7 +146,7 @@ def prepare(chain: Chain, shape: DevnetShape, new_key: Callable[[], LocalAccount
     valid_until, kyc_ref = chain.now() + 30 * 24 * 3600, b"devnet-kyc".ljust(32, b"\0")
     admission = sign(csp_admission(escrow.domain(), csp.address, kyc_ref, valid_until, 1), attester.key)
     escrow.admit_csp(csp.address, kyc_ref, valid_until, 1, admission, sender=csp.address)
-    return Setup(chain, dep, record, admin, csp, nodes, oracle_keys)
+    return Setup(chain, dep, record, admin, csp, nodes, oracle_keys, began=began)
 
 
 def engine_reachable() -> str | None:
@@ -247,8 +249,11 @@ async def drive(setup: Setup, shape: DevnetShape, work: Path, worker: ChainWorke
     if shape.kill and no_engine is None and len(setup.nodes) >= 3:  # a holder of the CAR job
         nursery.start_soon(kill_a_holder, setup, ready, stop_node, clock, job_ids[0], start, killed, progress)
 
+    first_landed_s = None
     with trio.fail_after(seconds * (shape.epochs + 4) + 60):
-        while await worker.run(escrow.next_epoch) <= last:
+        while (landed := await worker.run(escrow.next_epoch)) <= last:
+            if landed > start and first_landed_s is None:  # the jobs' first epoch is on chain
+                first_landed_s = round(time.monotonic() - setup.began, 1)
             epoch = clock.epoch_at(int(time.time() * 1000))
             progress(f"epoch {epoch}: jobs {', '.join(map(str, job_ids))} run in epochs {start}-{last}; "
                      f"waiting for the oracles to settle epoch {last}")
@@ -270,6 +275,9 @@ async def drive(setup: Setup, shape: DevnetShape, work: Path, worker: ChainWorke
     results = {j["job_id"]: c["result_digest"] for j in seen for c in j["claims"] if c.get("result_digest")}
     summary = {
         "killed": killed or None,
+        # seconds from the devnet's start until the jobs' first and last epochs were on chain
+        "first_job_epoch_settled_s": first_landed_s or round(time.monotonic() - setup.began, 1),
+        "last_job_epoch_settled_s": round(time.monotonic() - setup.began, 1),
         "reallocations": len(moves),
         "jobs": [{"job_id": job_id, "spec": spec.name, "kind": spec.kind, "replicas": spec.replicas,
                   "start_epoch": start, "epochs": shape.epochs, "result_digest": results.get(job_id),
