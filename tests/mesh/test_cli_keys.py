@@ -1,22 +1,30 @@
-"""``deedmesh keys`` as an operator uses it (subprocesses of the installed script)."""
+"""``deedmesh keys`` as an operator uses it: the command line in process (click's runner, with the
+environment and stdin it would get; ``tests/test_cli.py`` runs the installed script itself)."""
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
+from dataclasses import dataclass
 from pathlib import Path
 
+from click.testing import CliRunner
 from eth_account import Account
 
-DEEDMESH = str(Path(sys.executable).parent / "deedmesh")
+from mesh._cli import cli
 
 
-def run(*args: str, stdin: str = "", env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    full_env = {k: v for k, v in os.environ.items() if k != "DEEDMESH_KEY_PASSWORD"} | (env or {})
-    return subprocess.run([DEEDMESH, *args], input=stdin, capture_output=True, text=True, timeout=120,
-                          env=full_env, check=False)
+@dataclass(frozen=True)
+class Ran:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def run(*args: str, stdin: str = "", env: dict[str, str] | None = None) -> Ran:
+    """One command, with ``env`` set and ``$DEEDMESH_KEY_PASSWORD`` unset unless ``env`` sets it."""
+    result = CliRunner().invoke(cli, list(args), input=stdin,
+                                env={"DEEDMESH_KEY_PASSWORD": None, **(env or {})})  # type: ignore[dict-item]
+    return Ran(result.exit_code, result.stdout, result.stderr)
 
 
 def test_new_show_verify_and_import(tmp_path: Path) -> None:

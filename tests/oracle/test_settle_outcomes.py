@@ -1,5 +1,5 @@
 """What the oracles settle from the mesh's view of the nodes, with faults of their own, on real
-libp2p hosts (127.0.0.1), on the embedded chain and on anvil (harness: ``_setting``). Four oracles
+libp2p hosts (127.0.0.1), on the embedded chain (harness: ``_setting``, which can run anvil too). Four oracles
 are registered (t = 3); two licensed nodes hold a two-replica job of two 9-second epochs.
 
 - The first epoch, both holders serving it all: the oracles land its report, every oracle keeps it.
@@ -33,7 +33,9 @@ from oracle._settlement import Standing
 from ._setting import EPOCH_MS, Recorded, settled_by, settled_if_all_released
 
 
-@pytest.mark.parametrize("backend", [EMBEDDED, pytest.param("anvil", marks=pytest.mark.anvil)])
+# eth-tester only: the suite's 15 minutes do not fit this run twice; anvil is covered by the same
+# agreement run as processes (test_oracle_processes) and by the audit and settlement commands' tests
+@pytest.mark.parametrize("backend", [EMBEDDED])
 async def test_oracles_settle_a_holder_down_a_banned_holder_and_a_killed_leader_on_libp2p(
         tmp_path: Path, backend: str) -> None:
     with contextlib.ExitStack() as processes:
