@@ -50,7 +50,7 @@ def _chain_for(chain_kind: str, rpc: str | None) -> Iterator[Chain]:
               help="Epoch length on chain.")
 @click.option("--kill/--no-kill", default=True, show_default=True,
               help="Stop a node that holds a replica halfway through the job's first epoch (3 nodes or more): "
-                   "its replica moves, and its pay for the time it held the replica dead is withheld.")
+                   "its replicas move; it is paid for the time it served, the unserved slot time is refunded.")
 @click.option("--processes", is_flag=True,
               help="Run every node and oracle as its own OS process (deedmesh node run / oracle run), against "
                    "anvil (started here) unless --rpc names a chain.")
