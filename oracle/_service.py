@@ -258,12 +258,18 @@ class Oracle:
         phase("report built")
         members = {o.lower() for o in oracles}
         refusals = []
-        for answer in await self._ask_all(oracles, {"kind": "sign", "report": json.loads(report.model_dump_json())}):
-            signature = _signature_of(answer, message)  # checked here: one bad signature would revert the lot
+
+        def take(answer: dict[str, Any]) -> bool:
+            """Keep a follower's signature (checked here: one bad signature would revert the lot)
+            or its reason to refuse; True once t signatures are in (the slowest need not be awaited)."""
+            signature = _signature_of(answer, message)
             if signature is not None and signature[0] in members:
                 signatures[signature[0]] = signature[1]
             elif isinstance(answer.get("error"), str):
                 refusals.append(answer["error"][:200])
+            return len(signatures) >= threshold
+
+        await self._ask_all(oracles, {"kind": "sign", "report": json.loads(report.model_dump_json())}, take)
         phase("signatures")
         if len(signatures) < threshold:
             because = f" (refused: {'; '.join(sorted(set(refusals)))})" if refusals else ""
@@ -301,10 +307,13 @@ class Oracle:
         except ChainError as exc:
             log.warning("could not execute burns; anyone may (deedmesh burn)", extra={"error": str(exc)[:300]})
 
-    async def _ask_all(self, oracles: frozenset[str], message: dict[str, Any]) -> list[dict[str, Any]]:
-        """``message`` to every other oracle at once; the answers that came in time."""
+    async def _ask_all(self, oracles: frozenset[str], message: dict[str, Any],
+                       enough: Callable[[dict[str, Any]], bool] = lambda _: False) -> list[dict[str, Any]]:
+        """``message`` to every other oracle at once; the answers that came in time, or until
+        ``enough`` (told each answer as it comes) says so."""
         answers: list[dict[str, Any]] = []
         data = json.dumps(message).encode()
+        done = trio.CancelScope()
 
         async def ask(address: str) -> None:
             with trio.move_on_after(self.config.request_s):
@@ -318,11 +327,14 @@ class Oracle:
                     return
                 if isinstance(answer, dict):
                     answers.append(answer)
+                    if enough(answer):
+                        done.cancel()
 
-        async with trio.open_nursery() as nursery:
-            for address in sorted(oracles):
-                if address.lower() != self.address.lower():
-                    nursery.start_soon(ask, address)
+        with done:
+            async with trio.open_nursery() as nursery:
+                for address in sorted(oracles):
+                    if address.lower() != self.address.lower():
+                        nursery.start_soon(ask, address)
         return answers
 
     # ------------------------------------------------------------------ answering
