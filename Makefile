@@ -6,6 +6,7 @@
 VENV := .venv/bin
 
 devnet: setup
+	@scripts/engine.sh > /dev/null || echo "no container engine could be started: the devnet says what it cannot run"
 	$(VENV)/deedmesh devnet
 
 test: setup lint pytest
