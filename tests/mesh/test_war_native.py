@@ -111,7 +111,9 @@ async def test_a_native_replica_serves_and_rolls_out_a_pushed_commit_with_no_fai
         # the old version is stopped once drained: one serving process, one checkout
         await until(lambda: processes(runner, 61) == [("serve", second, True)], 15, "version one removed")
         assert not alive(app_pid(pids, "one"))
-        assert [p.name.split("-")[0] for p in (work / "61-0").iterdir()] == [second]
+        # its checkout goes right after its process (polled: the sweep follows the stop)
+        await until(lambda: [p.name.split("-")[0] for p in (work / "61-0").iterdir()] == [second], 10,
+                    "version one's checkout removed")
         await until(lambda: len(probe.seen) > 5 + probe.seen.index("<p>version two</p>"), 5, "more probes")
         serving_pid = app_pid(pids, "two")
         assert alive(serving_pid)
