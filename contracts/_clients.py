@@ -170,6 +170,14 @@ class LicenseRegistryClient(_Client):
     def status_of(self, license_id: int) -> LicenseStatus:
         return LicenseStatus(self._view("statusOf", license_id))
 
+    def license_of_node_call(self, node: str) -> ViewCall:
+        """``licenseOfNode`` prepared for ``Chain.read_many`` (0: none)."""
+        return self._prepare("licenseOfNode", to_checksum_address(node), then=int)
+
+    def status_call(self, license_id: int) -> ViewCall:
+        """``statusOf`` prepared for ``Chain.read_many``."""
+        return self._prepare("statusOf", license_id, then=LicenseStatus)
+
     def owner_and_status_of(self, license_id: int) -> tuple[str, LicenseStatus]:
         owner, status = self._view("ownerAndStatusOf", license_id)
         return str(owner), LicenseStatus(status)

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from contracts import Chain, Deployment, JobStatus, LicenseStatus, to_checksum_address
+from contracts import Chain, Deployment, JobStatus, LicenseStatus
 
-from ._audit_chain import read_at, read_job_at
+from ._audit_chain import read_at
 from ._report import ChainInputs, JobInput, NodeInput, compute_replicas_at, standing_of
 
 
@@ -51,19 +51,20 @@ def read_inputs(chain: Chain, deployment: Deployment, epoch: int, nodes: Iterabl
     genesis, seconds, _ = read_at(chain, escrow.contract.functions.epochClock(), block)
     start_ms, end_ms = (genesis + epoch * seconds) * 1000, (genesis + (epoch + 1) * seconds) * 1000
     scaled = (scalings or Scalings(chain, deployment)).at(block)
-    jobs = []
-    for job_id in range(1, int(read_at(chain, escrow.contract.functions.lastJobId(), block)) + 1):
-        job = read_job_at(chain, escrow, job_id, block)
-        if job.status is not JobStatus.ACTIVE or not job.start_epoch <= epoch < job.start_epoch + job.epochs:
-            continue
-        replicas = compute_replicas_at(epoch, job.replicas, scaled.get(job_id, ()))
-        jobs.append(JobInput.from_job(job, replicas))
-    found = []
-    for node in sorted({n.lower() for n in nodes}):
-        license_id = int(read_at(chain, licenses.contract.functions.licenseOfNode(to_checksum_address(node)), block))
-        if license_id:
-            status = LicenseStatus(read_at(chain, licenses.contract.functions.statusOf(license_id), block))
-            found.append(NodeInput(node=node, license_id=license_id, standing=standing_of(status)))
+    # two trips (Chain.read_many at the block): every job and every node's license, then the
+    # licenses' status; one call per view took ~2 s for 100 nodes and 50 jobs (BENCHMARKS.md)
+    ordered = sorted({n.lower() for n in nodes})
+    last_job = int(read_at(chain, escrow.contract.functions.lastJobId(), block))
+    first = chain.read_many([escrow.job_call(j) for j in range(1, last_job + 1)]
+                            + [licenses.license_of_node_call(n) for n in ordered], block)
+    jobs_read, license_ids = first[:last_job], first[last_job:]
+    owned = [(n, int(lic)) for n, lic in zip(ordered, license_ids, strict=True) if lic]
+    statuses = chain.read_many([licenses.status_call(lic) for _, lic in owned], block)
+    jobs = [JobInput.from_job(job, compute_replicas_at(epoch, job.replicas, scaled.get(job.job_id, ())))
+            for job in jobs_read
+            if job.status is JobStatus.ACTIVE and job.start_epoch <= epoch < job.start_epoch + job.epochs]
+    found = [NodeInput(node=n, license_id=lic, standing=standing_of(LicenseStatus(status)))
+             for (n, lic), status in zip(owned, statuses, strict=True)]
     return ChainInputs(block=block, block_hash=block_hash, start_ms=start_ms, end_ms=end_ms, jobs=tuple(jobs),
                        nodes=tuple(found))
 
