@@ -863,15 +863,15 @@ def test_suite_running() -> bool:
 
 
 MODES: dict[str, dict[str, Any]] = {
-    # the service as it is, at the scale of the issue, in this one process: its 7 watchers alone
-    # ask for more CPU than the process has (Watcher.view ~75 ms, 4 times a second each), so it
-    # is given a few epochs to show what happens
+    # the service as it is, at the scale of the issue: the 7 watchers in this process alone ask
+    # for more CPU than it has (Watcher.view 40-110 ms, 4 times a second each), so it is given a
+    # few epochs to show what happens
     "as-is": {"shared_view": False, "batched_inputs": False, "epoch_s": 10, "round_s": 8.0,
               "request_s": OracleConfig.request_s, "epochs": 3},
     # the watchers' view computed once a sample (SharedViewWatcher); the chain inputs as the service
     # reads them, ~1.8 s of CPU an oracle at 100 nodes, 7 oracles in this process: the followers'
-    # reads queue behind each other, so epochs and rounds long enough for that (a follower's
-    # answer comes after the default request_s of 5 s: it would never count)
+    # reads queue behind each other (~18 s), so epochs and rounds long enough for that (a
+    # follower's answer comes after the default request_s of 5 s: it would never count)
     "shared-view": {"shared_view": True, "batched_inputs": False, "epoch_s": 30, "round_s": 25.0,
                     "request_s": 20.0, "epochs": 6},
     # both changes this benchmark proposes: epochs of a few seconds, the service's round and
@@ -985,8 +985,8 @@ def run_mode(args: argparse.Namespace, mode: str, started: float) -> dict[str, A
 
 
 def code_state() -> dict[str, Any]:
-    """The commit measured, and the files of the oracle and mesh packages changed since (others
-    edit them while benchmarks run)."""
+    """The commit measured, and the files of the packages changed since (others edit them while
+    benchmarks run: the oracles run the code as it was when the bench started)."""
     def git(*argv: str) -> str:
         return subprocess.run(["git", *argv], cwd=ROOT, capture_output=True, text=True, check=False).stdout.strip()
     return {"commit": git("rev-parse", "--short", "HEAD"),
@@ -1034,7 +1034,7 @@ def main() -> None:
         args.nodes, args.jobs, args.epochs, args.epoch_s = 20, 10, 3, args.epoch_s or 10
         args.round_s, args.placement_s = args.round_s or 8.0, 15.0
     out_path = args.out or (None if args.quick else ROOT / "benchmarks" / "oracle.json")
-    started = time.monotonic()
+    started, code = time.monotonic(), code_state()
     modes = {mode: run_mode(args, mode, started) for mode in args.modes.split(",")}
     # gas does not depend on the mode (the same transactions): from the mode that settled the most
     most = max(modes, key=lambda m: modes[m]["gas"]["node_epochs_settled"])
@@ -1047,7 +1047,7 @@ def main() -> None:
         "finalization": "wall time at which the submitting oracle had the receipt of the submitReport that "
                         "landed the epoch, minus the epoch's end on the escrow's clock (genesis + (e + 1) x epoch)",
         "modes": modes,
-        "code": code_state(),
+        "code": code | {"at_end": code_state()},
         "bench_s": round(time.monotonic() - started, 1),
     }
     if out_path is None:
