@@ -17,7 +17,7 @@ from ._node import Node, NodeConfig, open_node
 from ._participant import ParticipantSettings, open_participant
 from ._process import NodeSettings, serve_node
 from ._runner_car import CarRunner
-from ._scheduler import assignment, placeable_jobs
+from ._scheduler import assignment, assignments, placeable_jobs
 from ._transport import Message
 from ._transport_libp2p import Libp2pConfig, open_libp2p_transport, peer_id_of, request_once
 from ._trio_types import TaskStatus
@@ -27,6 +27,7 @@ from ._trio_types import TaskStatus
 # devnet uses: whole nodes in its own process (``serve_node``) and a CSP's signed deployment
 __all__ = ["CarRunner", "ChainWorker", "EXIT_CODES", "EngineUnavailable", "JobSpec", "KeystoreError", "Libp2pConfig",
            "MeshError", "Message", "Node", "NodeConfig", "NodeIdentity", "NodeSettings", "ParticipantSettings",
-           "PeerState", "TaskStatus", "TransportError", "assignment", "connect_engine", "deploy_spec", "load_spec",
-           "main", "open_libp2p_transport", "open_node", "open_participant", "peer_id_of", "placeable_jobs",
-           "read_keystore", "request_once", "resolve_password", "serve_node", "spec_hash", "write_keystore"]
+           "PeerState", "TaskStatus", "TransportError", "assignment", "assignments", "connect_engine", "deploy_spec",
+           "load_spec", "main", "open_libp2p_transport", "open_node", "open_participant", "peer_id_of",
+           "placeable_jobs", "read_keystore", "request_once", "resolve_password", "serve_node", "spec_hash",
+           "write_keystore"]

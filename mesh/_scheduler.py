@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import TYPE_CHECKING
@@ -291,9 +291,17 @@ def actions_of(node: Node) -> dict[int, tuple[int, bool]]:
 
 def assignment(node: Node, job_id: int) -> dict[int, str]:
     """Replica -> node for one job, as ``node`` sees it (what ``job status`` and oracles show)."""
+    return assignments(node, [job_id])[job_id]
+
+
+def assignments(node: Node, job_ids: Iterable[int]) -> dict[int, dict[int, str]]:
+    """``assignment`` of many jobs from one reading of the view: an oracle samples every job a few
+    times a second, and reading the view per job cost it 36-115 ms a sample at 100 nodes and 50
+    jobs (BENCHMARKS.md, bench_oracle) against a few ms read once."""
     jobs, claims, capacities, eligible, alive = view_of(node)
-    return compute_assignment(job_id, demand_of(jobs.get(job_id)), nodes_of(capacities, eligible, alive), claims,
-                              node.now_ms())
+    nodes, now_ms = nodes_of(capacities, eligible, alive), node.now_ms()
+    return {job_id: compute_assignment(job_id, demand_of(jobs.get(job_id)), nodes, claims, now_ms)
+            for job_id in job_ids}
 
 
 def step(node: Node, lease_ms: int = LEASE_MS, states: ReplicaStates = _claimed, memo: PlanMemo | None = None,

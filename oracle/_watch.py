@@ -9,7 +9,7 @@ a neighbour, it is never placed on). ``Watcher`` samples that participant's view
 - ``{"at": ms, "up": [...], "down": [...]}``: licensed nodes that became alive (their signed
   beats arrive within the liveness tolerance: alive or suspect) or stopped being;
 - ``{"at": ms, "held": [[job, replica, node], ...], "released": [...]}``: the winning claim of a
-  replica moved (placement's rules over the claim sets the oracle has, ``mesh.assignment``);
+  replica moved (placement's rules over the claim sets the oracle has, ``mesh.assignments``);
 - ``{"at": ms, "watching": true}``: a sample was taken. Gaps between these are the time the oracle
   did not watch (it was down or stalled): ``replay`` turns them into its coverage, so an oracle
   restarted mid-epoch resumes its log and says honestly how much of the epoch it saw.
@@ -29,7 +29,7 @@ from pathlib import Path
 
 import trio
 
-from mesh import Node, PeerState, TaskStatus, assignment, placeable_jobs
+from mesh import Node, PeerState, TaskStatus, assignments, placeable_jobs
 
 log = logging.getLogger("deedmesh.oracle")
 
@@ -152,8 +152,9 @@ class Watcher:
         """The licensed nodes alive to the oracle, and each placed replica's holder, now."""
         up = {a for a, state in self.node.membership.peers().items()
               if state in (PeerState.ALIVE, PeerState.SUSPECT) and self.node.is_eligible(a)}
-        held = {(job_id, replica, holder) for job_id in placeable_jobs(self.node)
-                for replica, holder in assignment(self.node, job_id).items()}
+        held = {(job_id, replica, holder)
+                for job_id, placed in assignments(self.node, placeable_jobs(self.node)).items()
+                for replica, holder in placed.items()}
         return up, held
 
     def sample(self) -> None:
