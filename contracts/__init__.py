@@ -4,7 +4,7 @@ Imports neither ``mesh`` nor ``oracle``. Everything public is listed in ``__all_
 ``_``-prefixed modules are private.
 """
 
-from ._anvil import Anvil, anvil_binary
+from ._anvil import Anvil, anvil_binary, free_port
 from ._artifacts import Artifact, artifact_names, load_artifact
 from ._chain import EMBEDDED, Chain
 from ._clients import Event, JobEscrowClient, LicenseRegistryClient, OracleRegistryClient, TokenClient
@@ -84,7 +84,7 @@ __all__ = [
     "TokenClient",
     "TokenUnits",
     "TransactionFailed",
-    "anvil_binary",
+    "anvil_binary", "free_port",
     "artifact_names",
     "csp_admission",
     "deploy",

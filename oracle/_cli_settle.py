@@ -263,15 +263,8 @@ def refund_command(ctx: click.Context, keystore: Path, password_file: Path | Non
     of another CSP); 3 chain unreachable; 4 bad deployment record; 5 the escrow
     reverted (named); 6 transaction failed; 7 other chain error; 8 keystore error.
     """
-    as_json = _as_json(ctx, json_output)
-    signer = _Signer(keystore, password_file, rpc, deployment_file)
-    try:
-        with _progress(as_json) as progress:
-            outcome = refund_round(signer.chain(), signer.deployment, signer.address, job_ids=job_ids,
-                                   progress=progress)
-    except SettleError as exc:
-        _fail(ctx, exc, as_json)
-    _print_due(outcome, as_json, "refunded")
+    _due(ctx, refund_round, _Signer(keystore, password_file, rpc, deployment_file), json_output, job_ids,
+         "refunded")
 
 
 @click.command("burn")
@@ -293,15 +286,20 @@ def burn_command(ctx: click.Context, keystore: Path, password_file: Path | None,
     unreachable; 4 bad deployment record; 5 the escrow reverted (named);
     6 transaction failed; 7 other chain error; 8 keystore error.
     """
+    _due(ctx, burn_round, _Signer(keystore, password_file, rpc, deployment_file), json_output, job_ids,
+         "burned")
+
+
+def _due(ctx: click.Context, settle: Callable[..., DueOutcome], signer: _Signer, json_output: bool,
+         job_ids: tuple[int, ...], verb: str) -> None:
+    """One ``refund_round`` or ``burn_round`` for the key, printed (shared by ``refund`` and ``burn``)."""
     as_json = _as_json(ctx, json_output)
-    signer = _Signer(keystore, password_file, rpc, deployment_file)
     try:
         with _progress(as_json) as progress:
-            outcome = burn_round(signer.chain(), signer.deployment, signer.address, job_ids=job_ids,
-                                 progress=progress)
+            outcome = settle(signer.chain(), signer.deployment, signer.address, job_ids=job_ids, progress=progress)
     except SettleError as exc:
         _fail(ctx, exc, as_json)
-    _print_due(outcome, as_json, "burned")
+    _print_due(outcome, as_json, verb)
 
 
 def _print_due(outcome: DueOutcome, as_json: bool, verb: str) -> None:

@@ -25,7 +25,6 @@ import json
 import logging
 import shutil
 import signal
-import socket
 import subprocess
 import time
 import urllib.request
@@ -50,6 +49,7 @@ from contracts import (
     TokenUnits,
     csp_admission,
     deploy,
+    free_port,
     sign,
 )
 from mesh import (
@@ -106,12 +106,6 @@ class Setup:
     oracle_keys: list[LocalAccount]
     events: list[dict[str, Any]] = field(default_factory=list)  # the oracles' epoch outcomes
     began: float = field(default_factory=time.monotonic)  # when the devnet started
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def prepare(chain: Chain, shape: DevnetShape, new_key: Callable[[], LocalAccount], work: Path,

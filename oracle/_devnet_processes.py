@@ -19,10 +19,10 @@ from typing import Any
 
 import trio
 
-from contracts import ChainError
+from contracts import ChainError, free_port
 from mesh import ChainWorker, NodeIdentity, write_keystore
 
-from ._devnet import DevnetShape, Setup, drive, engine_reachable, free_port
+from ._devnet import DevnetShape, Setup, drive, engine_reachable
 from ._watch import EpochClock
 
 DEEDMESH = str(Path(sys.executable).parent / "deedmesh")
