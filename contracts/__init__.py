@@ -18,7 +18,10 @@ from ._eip712 import (
     recover,
     release_leaf,
     sign,
-    totals_hash,
+    totals_leaf,
+    totals_proofs,
+    totals_root,
+    totals_tree,
     typed_message,
 )
 from ._errors import (
@@ -30,6 +33,7 @@ from ._errors import (
     TransactionFailed,
 )
 from ._keccak import keccak, to_checksum_address
+from ._merkle import MerkleTree, hash_pair, verify
 from ._revert import revert_class
 from ._types import (
     AVAILABILITY_MAX,
@@ -47,6 +51,7 @@ from ._types import (
     LicenseStatus,
     SettlementPolicy,
     TokenUnits,
+    TotalsProof,
 )
 
 __all__ = [
@@ -77,12 +82,14 @@ __all__ = [
     "JobStatus",
     "JobTotals",
     "LicenseId",
+    "MerkleTree",
     "LicenseRegistryClient",
     "LicenseStatus",
     "OracleRegistryClient",
     "SettlementPolicy",
     "TokenClient",
     "TokenUnits",
+    "TotalsProof",
     "TransactionFailed",
     "anvil_binary", "free_port",
     "artifact_names",
@@ -97,6 +104,11 @@ __all__ = [
     "release_leaf",
     "revert_class",
     "sign",
-    "totals_hash",
+    "hash_pair",
+    "totals_leaf",
+    "totals_proofs",
+    "totals_root",
+    "totals_tree",
     "typed_message",
+    "verify",
 ]

@@ -9,12 +9,17 @@ import click
 
 from ._anvil import Anvil
 from ._chain import EMBEDDED, Chain
+from ._cli_admin import ADMIN_COMMANDS
 from ._deploy import DeployConfig, deploy
 
 
 @click.group()
 def chain() -> None:
-    """Deploy the contracts and run local chains."""
+    """Deploy the contracts and run local chains; govern and bootstrap a deployment."""
+
+
+for _command in ADMIN_COMMANDS:  # licenses, CSPs, dev tokens and gas, a job's accounts (_cli_admin)
+    chain.add_command(_command)
 
 
 @chain.command("deploy")

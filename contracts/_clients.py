@@ -29,6 +29,7 @@ from ._types import (
     LicenseStatus,
     SettlementPolicy,
     TokenUnits,
+    TotalsProof,
 )
 
 
@@ -255,25 +256,42 @@ class JobEscrowClient(_Client):
     def cancel_job(self, job_id: int, *, sender: str) -> TxReceipt:
         return self._tx("cancelJob", job_id, sender=sender)
 
-    def close_job(self, job_id: int, *, sender: str) -> TxReceipt:
-        return self._tx("closeJob", job_id, sender=sender)
+    def close_job(self, job_id: int, *, sender: str, totals: Sequence[TotalsProof] = ()) -> TxReceipt:
+        """Close the job, applying ``totals`` first in the same transaction (the newest report's, which
+        the escrow requires once a report covers the job)."""
+        return self._with_totals(totals, "closeJob", job_id, sender=sender)
 
     # -- reports and payouts
-    def submit_report(self, epoch: int, root: bytes, totals: Sequence[JobTotals], signatures: Sequence[bytes], *,
+    def submit_report(self, epoch: int, root: bytes, totals_root: bytes, signatures: Sequence[bytes], *,
                       sender: str) -> TxReceipt:
-        return self._tx("submitReport", epoch, root, [t.as_abi() for t in totals], list(signatures), sender=sender)
+        return self._tx("submitReport", epoch, root, totals_root, list(signatures), sender=sender)
 
-    def claim(self, claims: Iterable[Claim], *, sender: str) -> TxReceipt:
-        return self._tx("claim", [c.as_abi() for c in claims], sender=sender)
+    def apply_totals(self, totals: Sequence[TotalsProof], *, sender: str) -> TxReceipt:
+        return self._tx("applyTotals", [t.as_abi() for t in totals], sender=sender)
 
-    def forfeit(self, claims: Iterable[Claim], *, sender: str) -> TxReceipt:
-        return self._tx("forfeit", [c.as_abi() for c in claims], sender=sender)
+    def multicall(self, calls: Sequence[tuple[str, tuple[Any, ...]]], *, sender: str) -> TxReceipt:
+        """Run ``(function, args)`` calls of this contract in one transaction, in order; the first
+        revert reverts them all and is reported as itself (OpenZeppelin ``Multicall``)."""
+        data = [bytes.fromhex(self.contract.encode_abi(name, args=list(args))[2:]) for name, args in calls]
+        return self._tx("multicall", data, sender=sender)
 
-    def take_refund(self, job_ids: Iterable[int], *, sender: str) -> TxReceipt:
-        return self._tx("takeRefund", list(job_ids), sender=sender)
+    def _with_totals(self, totals: Sequence[TotalsProof], fn_name: str, *args: Any, sender: str) -> TxReceipt:
+        if not totals:
+            return self._tx(fn_name, *args, sender=sender)
+        return self.multicall([("applyTotals", ([t.as_abi() for t in totals],)), (fn_name, args)], sender=sender)
 
-    def execute_burn(self, job_ids: Iterable[int], *, sender: str) -> TxReceipt:
-        return self._tx("executeBurn", list(job_ids), sender=sender)
+    # Each payout may apply newer totals first, in the same transaction (``totals``).
+    def claim(self, claims: Iterable[Claim], *, sender: str, totals: Sequence[TotalsProof] = ()) -> TxReceipt:
+        return self._with_totals(totals, "claim", [c.as_abi() for c in claims], sender=sender)
+
+    def forfeit(self, claims: Iterable[Claim], *, sender: str, totals: Sequence[TotalsProof] = ()) -> TxReceipt:
+        return self._with_totals(totals, "forfeit", [c.as_abi() for c in claims], sender=sender)
+
+    def take_refund(self, job_ids: Iterable[int], *, sender: str, totals: Sequence[TotalsProof] = ()) -> TxReceipt:
+        return self._with_totals(totals, "takeRefund", list(job_ids), sender=sender)
+
+    def execute_burn(self, job_ids: Iterable[int], *, sender: str, totals: Sequence[TotalsProof] = ()) -> TxReceipt:
+        return self._with_totals(totals, "executeBurn", list(job_ids), sender=sender)
 
     # -- governance
     def set_attester(self, attester: str, *, sender: str) -> TxReceipt:
@@ -298,6 +316,16 @@ class JobEscrowClient(_Client):
 
     def root_of(self, epoch: int) -> bytes:
         return bytes(self._view("rootOf", epoch))
+
+    def totals_root_of(self, epoch: int) -> bytes:
+        return bytes(self._view("totalsRootOf", epoch))
+
+    def settled_until(self, job_id: int) -> Epoch:
+        """1 + the epoch whose totals were last applied to the job (0: none yet)."""
+        return self.chain.read_many([self.settled_until_call(job_id)])[0]  # type: ignore[no-any-return]
+
+    def settled_until_call(self, job_id: int) -> ViewCall:
+        return self._prepare("settledUntil", job_id, then=Epoch)
 
     def last_job_id(self) -> int:
         return int(self._view("lastJobId"))
@@ -341,14 +369,14 @@ class JobEscrowClient(_Client):
     def domain(self) -> dict[str, Any]:
         return _eip712.escrow_domain(self.chain.chain_id, self.address)
 
-    def totals_hash(self, totals: Sequence[JobTotals]) -> bytes:
-        return bytes(self._view("totalsHash", [t.as_abi() for t in totals]))
+    def totals_leaf(self, totals: JobTotals) -> bytes:
+        return bytes(self._view("totalsLeaf", totals.job_id, totals.release, totals.refund, totals.burn))
 
     def release_leaf(self, job_id: int, license_id: int, cumulative: int) -> bytes:
         return bytes(self._view("releaseLeaf", job_id, license_id, cumulative))
 
-    def epoch_report_digest(self, epoch: int, root: bytes, totals_hash: bytes) -> bytes:
-        return bytes(self._view("epochReportDigest", epoch, root, totals_hash))
+    def epoch_report_digest(self, epoch: int, root: bytes, totals_root: bytes) -> bytes:
+        return bytes(self._view("epochReportDigest", epoch, root, totals_root))
 
     def csp_admission_digest(self, csp: str, kyc_ref: bytes, valid_until: int, nonce: int) -> bytes:
         return bytes(self._view("cspAdmissionDigest", to_checksum_address(csp), kyc_ref, valid_until, nonce))

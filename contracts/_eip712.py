@@ -1,6 +1,6 @@
-"""The signed formats shared with the contracts: EIP-712 structs, the report totals hash and the
-settlement Merkle leaf. Each is defined once here and once in Solidity, and JSON vectors in
-``tests/vectors/`` pin both. Pure: no web3, no clock; keys are arguments.
+"""The signed formats shared with the contracts: EIP-712 structs and the settlement Merkle leaves
+(a (job, license)'s node pay; a job's totals, and their tree). Each is defined once here and once
+in Solidity, and JSON vectors in ``tests/vectors/`` pin both. Pure: no web3, no clock; keys are arguments.
 """
 
 from __future__ import annotations
@@ -14,11 +14,14 @@ from eth_account import Account
 from eth_account.messages import encode_typed_data
 
 from ._keccak import keccak, to_checksum_address
-from ._types import JobTotals
+from ._merkle import MerkleTree
+from ._types import Epoch, JobTotals, TotalsProof
 
 ESCROW_DOMAIN_NAME = "deedmesh JobEscrow"
 ESCROW_DOMAIN_VERSION = "1"
 LEAF_RELEASE = 1
+LEAF_TOTALS = 2
+NO_TOTALS = bytes(32)  # the totals root of a report with no job
 
 _DOMAIN_TYPE = [
     {"name": "name", "type": "string"},
@@ -37,7 +40,7 @@ TYPES: dict[str, list[dict[str, str]]] = {
     "EpochReport": [
         {"name": "epoch", "type": "uint64"},
         {"name": "root", "type": "bytes32"},
-        {"name": "totalsHash", "type": "bytes32"},
+        {"name": "totalsRoot", "type": "bytes32"},
     ],
     "JobSubmission": [
         {"name": "jobId", "type": "uint256"},
@@ -127,8 +130,8 @@ def recover(full_message: dict[str, Any], signature: bytes) -> str:
     return str(Account.recover_message(encode_typed_data(full_message=full_message), signature=signature))
 
 
-def epoch_report(domain: dict[str, Any], epoch: int, root: bytes, totals_hash_: bytes) -> dict[str, Any]:
-    return typed_message(domain, "EpochReport", {"epoch": epoch, "root": root, "totalsHash": totals_hash_})
+def epoch_report(domain: dict[str, Any], epoch: int, root: bytes, totals_root_: bytes) -> dict[str, Any]:
+    return typed_message(domain, "EpochReport", {"epoch": epoch, "root": root, "totalsRoot": totals_root_})
 
 
 def csp_admission(domain: dict[str, Any], csp: str, kyc_ref: bytes, valid_until: int, nonce: int) -> dict[str, Any]:
@@ -141,9 +144,39 @@ def job_submission(domain: dict[str, Any], job_id: int, spec_hash: bytes, nonce:
                                                    "nonce": nonce, "expiry": expiry})
 
 
-def totals_hash(totals: Sequence[JobTotals]) -> bytes:
-    """``keccak256(abi.encode(JobTotals[]))`` as the escrow computes it."""
-    return keccak(abi_encode(["(uint256,uint128,uint128,uint128)[]"], [[t.as_abi() for t in totals]]))
+def totals_leaf(totals: JobTotals) -> bytes:
+    """The Merkle leaf of a job's cumulative totals: OpenZeppelin's double hash."""
+    inner = keccak(abi_encode(["uint8", "uint256", "uint128", "uint128", "uint128"],
+                              [LEAF_TOTALS, totals.job_id, totals.release, totals.refund, totals.burn]))
+    return keccak(inner)
+
+
+def totals_tree(totals: Sequence[JobTotals]) -> MerkleTree | None:
+    """The tree of a report's job totals (``None`` for none). One entry per job: a second entry
+    for a job would let anyone apply whichever suits them."""
+    if len({t.job_id for t in totals}) != len(totals):
+        raise ValueError("a report has one totals entry per job")
+    return MerkleTree(totals_leaf(t) for t in totals) if totals else None
+
+
+def totals_root(totals: Sequence[JobTotals]) -> bytes:
+    """The totals root a report signs (``EpochReport.totalsRoot``): ``NO_TOTALS`` for no job."""
+    tree = totals_tree(totals)
+    return NO_TOTALS if tree is None else tree.root
+
+
+def totals_proofs(epoch: int, totals: Sequence[JobTotals], job_ids: Sequence[int] | None = None) -> list[TotalsProof]:
+    """Proofs of the totals of ``job_ids`` (default: every job) against the root of ``totals``,
+    the totals of the report of ``epoch``, in the order given; ``KeyError`` for a job not in it."""
+    tree = totals_tree(totals)
+    by_job: dict[int, JobTotals] = {t.job_id: t for t in totals}
+    wanted = list(by_job) if job_ids is None else list(job_ids)
+    out = []
+    for job_id in wanted:
+        t = by_job[job_id]
+        assert tree is not None  # by_job is not empty
+        out.append(TotalsProof(totals=t, epoch=Epoch(epoch), proof=tree.proof(totals_leaf(t))))
+    return out
 
 
 def release_leaf(job_id: int, license_id: int, cumulative: int) -> bytes:

@@ -141,6 +141,19 @@ class JobTotals:
 
 
 @dataclass(frozen=True)
+class TotalsProof:
+    """A job's cumulative totals in the report of ``epoch``, proven against its totals root."""
+
+    totals: JobTotals
+    epoch: Epoch
+    proof: tuple[bytes, ...]
+
+    def as_abi(self) -> tuple[object, ...]:
+        t = self.totals
+        return (t.job_id, self.epoch, t.release, t.refund, t.burn, list(self.proof))
+
+
+@dataclass(frozen=True)
 class Claim:
     """A (job, license) cumulative node pay proven against the root of ``epoch``."""
 

@@ -7,8 +7,9 @@ Exit codes: 0 ok, 1 unexpected error, 2 usage error, 3 chain unreachable, 4 bad 
 or artifact, 5 a contract reverted (the error is named), 6 transaction failed, 7 other chain error,
 8 keystore error, 9 other node error (or a node unreachable), 10 invalid job spec, 11 a node refused a
 submission, 12 a node refused or failed another request (job logs), 13 a job update was rolled back,
-14 a job update or scale did not finish in time; contributed commands add 15 (``audit``: discrepancies)
-and 16 (``claim``: every report found disagrees with the chain's root).
+14 a job update or scale (or ``chain job --wait-settled``) did not finish in time; contributed
+commands add 15 (``audit``: discrepancies) and 16 (``claim``: every report found disagrees with the
+chain's root).
 """
 
 from __future__ import annotations
@@ -112,7 +113,7 @@ def cli(ctx: click.Context, json_output: bool, log_level: str, log_format: str) 
     artifact, 5 contract revert (named), 6 transaction failed, 7 other chain error,
     8 keystore error, 9 other node error, 10 invalid job spec, 11 a node refused a submission,
     12 a node refused or failed another request (job logs), 13 a job update was rolled back,
-    14 a job update or scale did not finish in time, 15 audit discrepancies,
+    14 a job update or scale (or `chain job --wait-settled`) did not finish in time, 15 audit discrepancies,
     16 a settled report that does not match the chain (claim).
     """
     ctx.ensure_object(dict)

@@ -2,30 +2,39 @@
 
 Owns the steps and their order. ``collect`` reads a deployment's history into a frozen
 ``ChainRecord``: every escrow and oracle-registry event from the deployment block, the calldata of
-every report, claim and forfeit transaction, and the escrow's state at one pinned block (all reads
-at that block, so a chain that moves during the audit cannot make it disagree with itself);
+every transaction that landed a report, applied totals, claimed or forfeited (``multicall``
+unwrapped), and the escrow's state at one pinned block (all reads at that block, so a chain that
+moves during the audit cannot make it disagree with itself);
 ``read_cited_inputs`` adds the chain inputs each published report cites, read at the block it
 cites. ``check`` is pure over that record and the published reports, so a test can alter a record
 in memory and see what catches it:
 
-- every report (``_audit_signed``): its calldata matches its ``EpochSettled`` (root, totals hash,
-  signer count); each signature is well formed as OpenZeppelin's ECDSA requires (65 bytes, low s,
-  v 27 or 28), recovers over the EIP-712 digest under the escrow's domain to an oracle registered
-  *at that block* (the registry's events replayed up to it), is distinct, and at least the
-  threshold then in force signed; each ``JobAllocated``/``JobAllocationSkipped`` is one of its
-  totals;
+- every report (``_audit_signed``): its calldata (epoch, root, totals root) matches its
+  ``EpochSettled`` and the roots the escrow stored (``rootOf``, ``totalsRootOf``); each signature
+  is well formed as OpenZeppelin's ECDSA requires (65 bytes, low s, v 27 or 28), recovers over the
+  EIP-712 ``EpochReport(epoch, root, totalsRoot)`` digest under the escrow's domain to an oracle
+  registered *at that block* (the registry's events replayed up to it), is distinct, and at least
+  the threshold then in force signed;
+- every application of totals (``_audit_totals``): each ``JobAllocated`` is an ``applyTotals``
+  entry of its transaction's calldata (``multicall`` unwrapped), with its amounts, proven against
+  the totals root of its epoch, landed before it; an entry without an event is one the escrow
+  skips (totals of that epoch or a newer one already applied);
 - every claim and forfeit (``_audit_signed``): its Merkle proof against the root of its epoch,
   settled before it, and the amount paid (cumulative - what that job and license were paid before);
 - every job (``_audit_ledger``): its accounts replayed from events, the rule behind each amount
-  (deposit, top-up, scale, cancel, close, refund, burn), conservation after every event, and the
-  end state against the escrow's ``getJob``; the escrow's balance of each token against what its
-  jobs still hold;
+  (deposit, top-up, scale, cancel, close, applied totals, refund, burn), conservation after every
+  event, and the end state against the escrow's ``getJob`` and ``settledUntil``; the escrow's
+  balance of each token against what its jobs still hold. Totals landed and not applied yet are
+  still locked on chain: shown per job (``landed``), not a discrepancy;
 - every published report (here, ``_audit_published``, ``_audit_inputs``): its root is the Merkle
-  root of its pay leaves and the root on chain, its totals are those the oracles signed, its pay
-  agrees with what claims proved and adds up to each job's release total; in the oracles' full
-  format, its amounts follow from the observations and chain inputs it cites
-  (``_report.verify_report``), and those inputs are the chain's at the block it cites, a block
-  before its root landed.
+  root of its pay leaves and the root on chain; its totals rows hash to the totals root signed on
+  chain, and each totals entry applied on chain for its epoch is its row; its pay agrees with what
+  claims proved and adds up to each job's release total; in the oracles' full format, its amounts
+  follow from the observations and chain inputs it cites (``_report.verify_report``), and those
+  inputs are the chain's at the block it cites, a block before its root landed.
+
+The per job and epoch totals (``AuditReport.totals``) come from the published reports (every
+report carries every active job's row), or, for an epoch without one, from what was applied.
 
 Not verified, and said so in the output rather than passed silently: the amounts of a report in
 the minimal format (it cites nothing to recompute from), and the inputs of a report whose cited
@@ -41,12 +50,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from contracts import Chain, Deployment, JobTotals, to_checksum_address, totals_hash
+from contracts import Chain, Deployment, JobTotals, to_checksum_address, totals_root
 
-from ._audit_chain import ChainEvent, ChainRecord, ReportCall, collect
+from ._audit_chain import ChainEvent, ChainRecord, EscrowCalls, ReportCall, collect
 from ._audit_findings import AuditFailed, Check, Finding
 from ._audit_inputs import check_cited_inputs, read_cited_inputs
-from ._audit_ledger import JobAccount, TokenBalance, check_state, compute_balances, replay_jobs
+from ._audit_ledger import Allocation, JobAccount, TokenBalance, check_state, compute_balances, replay_jobs
 from ._audit_published import (
     AMOUNTS_NOT_VERIFIED,
     PayLeaf,
@@ -56,6 +65,14 @@ from ._audit_published import (
     verify_report_amounts,
 )
 from ._audit_signed import EpochRow, check_payouts, check_reports, check_signatures
+from ._audit_totals import (
+    TotalsRow,
+    applied_totals,
+    check_applied_totals,
+    check_report_totals,
+    compute_pending,
+    compute_totals_rows,
+)
 
 __all__ = [  # what the command and the tests use; the rest is in the _audit_* modules
     "AMOUNTS_NOT_VERIFIED",
@@ -65,6 +82,9 @@ __all__ = [  # what the command and the tests use; the rest is in the _audit_* m
     "ChainEvent",
     "ChainRecord",
     "Check",
+    "EscrowCalls",
+    "ReportCall",
+    "TotalsRow",
     "Finding",
     "audit",
     "check",
@@ -94,6 +114,7 @@ class AuditReport:
     options: AuditOptions
     epochs: tuple[EpochRow, ...]
     jobs: tuple[JobAccount, ...]
+    totals: tuple[TotalsRow, ...]  # per job and epoch (module docstring)
     balances: tuple[TokenBalance, ...]
     findings: tuple[Finding, ...]
     not_verified: tuple[str, ...]
@@ -121,7 +142,7 @@ class AuditReport:
                 "options": {"job_id": self.options.job_id, "from_epoch": self.options.from_epoch,
                             "require_reports": self.options.require_reports},
                 "epochs": [e.as_json() for e in self.epochs], "jobs": [j.as_json() for j in self.jobs],
-                "balances": [b.as_json() for b in self.balances],
+                "totals": [t.as_json() for t in self.totals], "balances": [b.as_json() for b in self.balances],
                 "discrepancies": [f.as_json() for f in self.errors],
                 "warnings": [f.as_json() for f in self.warnings], "not_verified": list(self.not_verified)}
 
@@ -147,6 +168,8 @@ def check(record: ChainRecord, published: Sequence[PublishedReport], options: Au
                                 f"the deployment record names {record.deployment.oracle_registry}"))
     signed, report_findings = check_reports(record)
     findings += report_findings
+    findings += check_applied_totals(record)
+    applied = applied_totals(record)
     proven, payout_findings = check_payouts(record)
     findings += payout_findings
     accounts, ledger_findings = replay_jobs(record)
@@ -156,31 +179,45 @@ def check(record: ChainRecord, published: Sequence[PublishedReport], options: Au
     if options.job_id is None:
         findings += [Finding(Check.ESCROW_BALANCE, f"the escrow holds {b.balance} of token {b.token}, its jobs "
                              f"{b.held}: {b.balance - b.held:+d} unaccounted") for b in balances if b.balance != b.held]
-    published_findings, report_status, not_verified = _check_published(record, published, options, signed, proven)
+    published_findings, report_status, not_verified, trusted = _check_published(record, published, options, signed,
+                                                                                 proven, applied)
     findings += published_findings
 
+    epochs = [e for e in signed if e >= options.from_epoch]
+    totals = compute_totals_rows(epochs, trusted, applied)
+    landed = compute_pending(totals, {j: a.status for j, a in accounts.items()},
+                             {j: a.settled_until for j, a in accounts.items()})
+    accounts = {j: replace(a, landed=_allocation(landed.get(j))) for j, a in accounts.items()}
     if options.job_id is not None:
         findings = [f for f in findings if f.job_id in (None, options.job_id)]
-    rows = tuple(replace(row, payouts=len(proven.get(row.epoch, ())), report=report_status.get(row.epoch, row.report))
+    rows = tuple(replace(row, payouts=len(proven.get(row.epoch, ())), report=report_status.get(row.epoch, row.report),
+                         jobs=None if row.epoch not in trusted else len(trusted[row.epoch].totals))
                  for row in signed.values() if row.epoch >= options.from_epoch)
     jobs = tuple(a for a in accounts.values() if options.job_id in (None, a.job_id))
     if options.job_id is not None:
         not_verified.append("escrow token balance (it covers every job; --job audits one)")
     return AuditReport(chain_id=record.chain_id, escrow=record.deployment.job_escrow, from_block=record.from_block,
-                       to_block=record.to_block, options=options, epochs=rows, jobs=jobs, balances=balances,
+                       to_block=record.to_block, options=options, epochs=rows, jobs=jobs,
+                       totals=tuple(t for t in totals if options.job_id in (None, t.job_id)), balances=balances,
                        findings=tuple(findings), not_verified=tuple(not_verified))
+
+
+def _allocation(row: TotalsRow | None) -> Allocation | None:
+    return None if row is None else Allocation(row.epoch, row.release, row.refund, row.burn)
 
 
 def _check_published(record: ChainRecord, published: Sequence[PublishedReport], options: AuditOptions,
                      signed: Mapping[int, EpochRow], proven: Mapping[int, Sequence[PayLeaf]],
-                     ) -> tuple[list[Finding], dict[int, str], list[str]]:
-    """Published reports against the chain; (findings, report status per epoch, what was not verified)."""
+                     applied: Mapping[int, Mapping[int, JobTotals]],
+                     ) -> tuple[list[Finding], dict[int, str], list[str], dict[int, PublishedReport]]:
+    """Published reports against the chain; (findings, report status per epoch, what was not
+    verified, per epoch a report whose totals are the ones signed on chain)."""
     by_epoch: dict[int, list[PublishedReport]] = defaultdict(list)
     for report in published:
         by_epoch[report.epoch].append(report)
-    calls = {c.epoch: c for c in record.report_calls.values()}
     findings: list[Finding] = []
     status: dict[int, str] = {}
+    trusted: dict[int, PublishedReport] = {}
     amounts_checked = True
     inputs_unread: list[str] = []
     for epoch, row in signed.items():
@@ -199,7 +236,10 @@ def _check_published(record: ChainRecord, published: Sequence[PublishedReport], 
         earlier = [r for e, rs in by_epoch.items() if e < epoch for r in rs]
         previous = max(earlier, key=lambda r: r.epoch, default=None)
         for report in reports:
-            findings += _check_one_report(report, row, calls.get(epoch), proven.get(epoch, ()))
+            one = _check_one_report(report, row, proven.get(epoch, ()), applied.get(epoch, {}))
+            findings += one
+            if epoch not in trusted and not any(f.check in (Check.TOTALS_ROOT, Check.REPORT_MALFORMED) for f in one):
+                trusted[epoch] = report
             amounts = verify_report_amounts(report, previous, domain=record.domain, oracles=frozenset(row.oracles),
                                             threshold=row.threshold)
             if amounts is None:
@@ -214,11 +254,11 @@ def _check_published(record: ChainRecord, published: Sequence[PublishedReport], 
         if epoch not in signed and epoch >= options.from_epoch:
             findings.append(Finding(Check.REPORT_UNSETTLED, f"{reports[0].source}: no report for this epoch landed on "
                                     f"chain up to block {record.to_block}", epoch=epoch, warning=True))
-    return findings, status, ([] if amounts_checked else [AMOUNTS_NOT_VERIFIED]) + inputs_unread
+    return findings, status, ([] if amounts_checked else [AMOUNTS_NOT_VERIFIED]) + inputs_unread, trusted
 
 
-def _check_one_report(report: PublishedReport, row: EpochRow, call: ReportCall | None,
-                      proven: Sequence[PayLeaf]) -> list[Finding]:
+def _check_one_report(report: PublishedReport, row: EpochRow, proven: Sequence[PayLeaf],
+                      applied: Mapping[int, JobTotals]) -> list[Finding]:
     epoch, src = report.epoch, report.source
     findings: list[Finding] = []
     pay = {(p.job_id, p.license_id): p.cumulative for p in report.pay}
@@ -232,39 +272,26 @@ def _check_one_report(report: PublishedReport, row: EpochRow, call: ReportCall |
     if report.root != row.root:
         findings.append(Finding(Check.REPORT_ROOT_ON_CHAIN, f"{src}: root 0x{report.root.hex()}, on chain "
                                 f"0x{row.root.hex()}", epoch=epoch))
-    totals = tuple(sorted(report.totals, key=lambda t: t.job_id))
-    if report.totals_hash not in (None, row.totals_hash):
-        findings.append(Finding(Check.REPORT_TOTALS, f"{src}: states totals hash 0x{report.totals_hash.hex()}, "
-                                f"signed 0x{row.totals_hash.hex()}", epoch=epoch))
-    if totals_hash(totals) != row.totals_hash:
-        named = _totals_differences(totals, call.totals if call else None)
-        findings += [Finding(Check.REPORT_TOTALS, f"{src}: {detail}", job_id, epoch) for job_id, detail in named]
+    if len({t.job_id for t in report.totals}) != len(report.totals):
+        # a second leaf for a job would let anyone apply whichever suits them
+        findings.append(Finding(Check.REPORT_MALFORMED, f"{src}: a job has more than one totals row", epoch=epoch))
+    else:
+        hashed = totals_root(report.totals)
+        if hashed != row.totals_root:
+            findings.append(Finding(Check.TOTALS_ROOT, f"{src}: its totals rows hash to 0x{hashed.hex()}, the "
+                                    f"totals root signed on chain is 0x{row.totals_root.hex()}", epoch=epoch))
+    if report.totals_root not in (None, row.totals_root):
+        findings.append(Finding(Check.TOTALS_ROOT, f"{src}: states totals root 0x{report.totals_root.hex()}, the "
+                                f"one signed on chain is 0x{row.totals_root.hex()}", epoch=epoch))
+    findings += check_report_totals(report, applied)
     for leaf in proven:
         if pay.get((leaf.job_id, leaf.license_id)) != leaf.cumulative:
             findings.append(Finding(Check.REPORT_PAY, f"{src}: license {leaf.license_id} pay "
                                     f"{pay.get((leaf.job_id, leaf.license_id))}, a claim proved {leaf.cumulative} "
                                     f"against the chain root", leaf.job_id, epoch))
-    for t in totals:
+    for t in sorted(report.totals, key=lambda t: t.job_id):
         leaves = sum(c for (job_id, _), c in pay.items() if job_id == t.job_id)
         if leaves != t.release:
             findings.append(Finding(Check.REPORT_PAY, f"{src}: pay leaves add up to {leaves}, the job's release "
                                     f"total is {t.release}", t.job_id, epoch))
     return findings
-
-
-def _totals_differences(published: Sequence[JobTotals], signed: Sequence[JobTotals] | None,
-                        ) -> list[tuple[int | None, str]]:
-    """Which jobs' totals differ from the signed ones, or one epoch-wide line without the calldata."""
-    if signed is None:
-        return [(None, "its totals do not hash to the signed totals hash (calldata unavailable to name the job)")]
-    mine, theirs = {t.job_id: t for t in published}, {t.job_id: t for t in signed}
-    out: list[tuple[int | None, str]] = []
-    for job_id in sorted(set(mine) | set(theirs)):
-        a, b = mine.get(job_id), theirs.get(job_id)
-        if a != b:
-            out.append((job_id, f"totals {_totals_text(a)}, signed {_totals_text(b)} (release/refund/burn)"))
-    return out or [(None, "its totals hash differs from the signed one")]
-
-
-def _totals_text(t: JobTotals | None) -> str:
-    return "none" if t is None else f"{t.release}/{t.refund}/{t.burn}"

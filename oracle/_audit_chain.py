@@ -1,6 +1,14 @@
 """The audit's reading of the chain (``_audit``): a deployment's whole history, into a frozen
 ``ChainRecord`` read at one pinned block. (The chain inputs each published report cites are read
-at the block it cites, into the same record, by ``_audit_inputs``.)"""
+at the block it cites, into the same record, by ``_audit_inputs``.)
+
+Calldata is decoded against the escrow's ABI, ``multicall(bytes[])`` unwrapped (each inner call
+decoded in turn, nested ones too): the escrow's clients batch ``applyTotals`` with a claim, refund,
+burn or close, and a keeper may batch a report with them. A transaction sent to another contract
+(a relayer, a multisig) cannot be read this way and is recorded as ``undecodable``. Transactions
+whose every ``applyTotals`` entry was skipped (already applied) emit nothing and are not read: they
+changed nothing.
+"""
 
 from __future__ import annotations
 
@@ -23,6 +31,7 @@ from contracts import (
     OracleRegistryClient,
     TokenClient,
     TokenUnits,
+    TotalsProof,
     escrow_domain,
     to_checksum_address,
 )
@@ -30,7 +39,7 @@ from contracts import (
 from ._report import ChainInputs
 
 ESCROW_EVENTS = ("JobCreated", "JobToppedUp", "JobScaled", "JobSpecUpdated", "JobCancelled", "JobClosed",
-                 "EpochSettled", "JobAllocated", "JobAllocationSkipped", "Claimed", "Forfeited", "RefundTaken",
+                 "EpochSettled", "JobAllocated", "Claimed", "Forfeited", "RefundTaken",
                  "BurnExecuted")
 REGISTRY_EVENTS = ("OracleAdded", "OracleRemoved", "ThresholdChanged")
 # Many public JSON-RPC endpoints refuse eth_getLogs over more than 10,000 blocks.
@@ -59,20 +68,37 @@ class ChainEvent:
 
 @dataclass(frozen=True)
 class ReportCall:
-    """The arguments of one ``submitReport`` transaction."""
+    """The arguments of one ``submitReport`` call."""
 
     epoch: int
     root: bytes
-    totals: tuple[JobTotals, ...]
+    totals_root: bytes
     signatures: tuple[bytes, ...]
 
 
 @dataclass(frozen=True)
 class PayoutCall:
-    """The arguments of one ``claim`` or ``forfeit`` transaction."""
+    """The arguments of one ``claim`` or ``forfeit`` call."""
 
     function: str
     claims: tuple[Claim, ...]
+
+
+@dataclass(frozen=True)
+class EscrowCalls:
+    """The escrow calls one transaction made, in order, ``multicall`` unwrapped: what the audit
+    checks its events against (the nth ``EpochSettled`` against the nth report call, the nth
+    ``Claimed`` against the nth claim of its ``claim`` calls, each ``JobAllocated`` against its
+    ``applyTotals`` entry)."""
+
+    functions: tuple[str, ...]  # every call's name, for the findings
+    reports: tuple[ReportCall, ...] = ()
+    payouts: tuple[PayoutCall, ...] = ()
+    totals: tuple[TotalsProof, ...] = ()  # the entries of every applyTotals call, in order
+
+    def claims_of(self, function: str) -> tuple[Claim, ...]:
+        """Every claim of the ``function`` ("claim" or "forfeit") calls, in order."""
+        return tuple(c for call in self.payouts if call.function == function for c in call.claims)
 
 
 class InputsKey(NamedTuple):
@@ -94,12 +120,13 @@ class ChainRecord:
     oracle_registry: str  # the registry the escrow itself consults (its immutable)
     escrow_events: tuple[ChainEvent, ...]
     registry_events: tuple[ChainEvent, ...]
-    report_calls: Mapping[str, ReportCall]  # by transaction hash
-    payout_calls: Mapping[str, PayoutCall]  # by transaction hash
+    calls: Mapping[str, EscrowCalls]  # by transaction hash: those of reports, payouts and applied totals
     undecodable: Mapping[str, str]  # transaction hash -> why its calldata could not be read
-    from_epoch: int  # reports of earlier epochs, and payouts before the first later one, not decoded
+    from_epoch: int  # reports and totals of earlier epochs, and payouts before the first later report, not decoded
     jobs: Mapping[int, Job]  # getJob for ids 1..lastJobId
+    settled_until: Mapping[int, int]  # settledUntil for ids 1..lastJobId
     roots: Mapping[int, bytes]  # rootOf per settled epoch
+    totals_roots: Mapping[int, bytes]  # totalsRootOf per settled epoch
     balances: Mapping[str, int]  # the escrow's balance of each job token
     # the inputs published reports cite, read at their cited blocks, or why the chain did not serve them
     cited_inputs: Mapping[InputsKey, ChainInputs | str] = field(default_factory=dict)
@@ -123,37 +150,37 @@ def collect(chain: Chain, deployment: Deployment, *, from_epoch: int = 0, to_blo
     registry_events = _events(chain, registry, REGISTRY_EVENTS, deployment.block, head, log_chunk_blocks)
 
     settled = [e for e in escrow_events if e.name == "EpochSettled"]
-    audited = {e.tx_hash: e for e in settled if e.args["epoch"] >= from_epoch}
-    payouts_from = min((e.at for e in audited.values()), default=Position(head + 1, 0, 0))
-    report_calls: dict[str, ReportCall] = {}
-    payout_calls: dict[str, PayoutCall] = {}
+    audited = [e for e in settled if e.args["epoch"] >= from_epoch]
+    payouts_from = min((e.at for e in audited), default=Position(head + 1, 0, 0))
+    wanted = {e.tx_hash for e in escrow_events
+              if (e.name in ("EpochSettled", "JobAllocated") and e.args["epoch"] >= from_epoch)
+              or (e.name in ("Claimed", "Forfeited") and e.at >= payouts_from)}
+    calls: dict[str, EscrowCalls] = {}
     undecodable: dict[str, str] = {}
-    for e in escrow_events:
-        wanted = (e.name == "EpochSettled" and e.tx_hash in audited) or (
-            e.name in ("Claimed", "Forfeited") and e.at >= payouts_from)
-        if not wanted or e.tx_hash in report_calls or e.tx_hash in payout_calls or e.tx_hash in undecodable:
-            continue
-        decoded = _decode_call(chain, escrow, e.tx_hash)
+    for tx_hash in sorted(wanted):
+        decoded = _decode_calls(chain, escrow, tx_hash)
         if isinstance(decoded, str):
-            undecodable[e.tx_hash] = decoded
-        elif e.name == "EpochSettled" and decoded[0] == "submitReport":
-            report_calls[e.tx_hash] = _report_call(decoded[1])
-        elif e.name in ("Claimed", "Forfeited") and decoded[0] in ("claim", "forfeit"):
-            payout_calls[e.tx_hash] = PayoutCall(decoded[0], tuple(_claim(c) for c in decoded[1]["claims"]))
+            undecodable[tx_hash] = decoded
         else:
-            undecodable[e.tx_hash] = f"transaction {e.tx_hash} called {decoded[0]}, which does not emit {e.name}"
+            calls[tx_hash] = _escrow_calls(decoded)
 
     last_job_id = int(read_at(chain, escrow.contract.functions.lastJobId(), head))
-    jobs = {job_id: read_job_at(chain, escrow, job_id, head) for job_id in range(1, last_job_id + 1)}
-    roots = {int(e.args["epoch"]): bytes(read_at(chain, escrow.contract.functions.rootOf(e.args["epoch"]), head))
-             for e in settled}
+    job_ids = range(1, last_job_id + 1)
+    jobs = {job_id: read_job_at(chain, escrow, job_id, head) for job_id in job_ids}
+    settled_until = {job_id: int(read_at(chain, escrow.contract.functions.settledUntil(job_id), head))
+                     for job_id in job_ids}
+    epochs = sorted({int(e.args["epoch"]) for e in settled})
+    roots = {epoch: bytes(read_at(chain, escrow.contract.functions.rootOf(epoch), head)) for epoch in epochs}
+    totals_roots = {epoch: bytes(read_at(chain, escrow.contract.functions.totalsRootOf(epoch), head))
+                    for epoch in epochs}
     balances = {token: int(read_at(chain, TokenClient(chain, token).contract.functions.balanceOf(escrow.address),
                                  head))
                 for token in sorted({job.token for job in jobs.values()})}
     return ChainRecord(deployment=deployment, chain_id=chain.chain_id, from_block=deployment.block, to_block=head,
                        oracle_registry=registry.address, escrow_events=escrow_events,
-                       registry_events=registry_events, report_calls=report_calls, payout_calls=payout_calls,
-                       undecodable=undecodable, from_epoch=from_epoch, jobs=jobs, roots=roots, balances=balances)
+                       registry_events=registry_events, calls=calls, undecodable=undecodable, from_epoch=from_epoch,
+                       jobs=jobs, settled_until=settled_until, roots=roots, totals_roots=totals_roots,
+                       balances=balances)
 
 
 def _events(chain: Chain, client: Any, names: Sequence[str], from_block: int, to_block: int,
@@ -181,8 +208,9 @@ def _events(chain: Chain, client: Any, names: Sequence[str], from_block: int, to
     return tuple(sorted(found, key=lambda e: e.at))
 
 
-def _decode_call(chain: Chain, escrow: JobEscrowClient, tx_hash: str) -> tuple[str, dict[str, Any]] | str:
-    """(function name, arguments) of a transaction sent to the escrow, or why there are none."""
+def _decode_calls(chain: Chain, escrow: JobEscrowClient, tx_hash: str) -> list[tuple[str, dict[str, Any]]] | str:
+    """(function name, arguments) of each escrow call a transaction made, ``multicall`` unwrapped,
+    or why there are none."""
     try:
         tx = chain.w3.eth.get_transaction(tx_hash)  # type: ignore[arg-type]
     except Exception as exc:
@@ -192,17 +220,36 @@ def _decode_call(chain: Chain, escrow: JobEscrowClient, tx_hash: str) -> tuple[s
         return (f"transaction {tx_hash} was sent to {to}, not the escrow: its calldata is another contract's "
                 f"(a relayer or multisig), which this audit cannot read")
     try:
-        fn, params = escrow.contract.decode_function_input(tx["input"])
+        return decode_calls(escrow, bytes(tx["input"]))
     except Exception as exc:  # eth_abi's decoding errors
         return f"calldata of {tx_hash} does not decode against the escrow's ABI: {exc}"
-    return str(fn.fn_name), _plain(params)
 
 
-def _report_call(params: Mapping[str, Any]) -> ReportCall:
-    return ReportCall(int(params["epoch"]), bytes(params["root"]),
-                      tuple(JobTotals(JobId(t["jobId"]), TokenUnits(t["release"]), TokenUnits(t["refund"]),
-                                      TokenUnits(t["burn"])) for t in params["totals"]),
-                      tuple(bytes(s) for s in params["signatures"]))
+def decode_calls(escrow: JobEscrowClient, data: bytes) -> list[tuple[str, dict[str, Any]]]:
+    """The escrow calls ``data`` makes: itself, or each call of a ``multicall`` (which runs calls of
+    the escrow on itself, in order), recursively. Raises eth_abi's errors on calldata that does not decode."""
+    fn, params = escrow.contract.decode_function_input(data)
+    if fn.fn_name != "multicall":
+        return [(str(fn.fn_name), _plain(params))]
+    return [call for inner in params["data"] for call in decode_calls(escrow, bytes(inner))]
+
+
+def _escrow_calls(decoded: Sequence[tuple[str, Mapping[str, Any]]]) -> EscrowCalls:
+    reports, payouts, totals = [], [], []
+    for name, params in decoded:
+        if name == "submitReport":
+            reports.append(ReportCall(int(params["epoch"]), bytes(params["root"]), bytes(params["totalsRoot"]),
+                                      tuple(bytes(s) for s in params["signatures"])))
+        elif name in ("claim", "forfeit"):
+            payouts.append(PayoutCall(name, tuple(_claim(c) for c in params["claims"])))
+        elif name == "applyTotals":
+            totals += [_totals_proof(t) for t in params["totals"]]
+    return EscrowCalls(tuple(name for name, _ in decoded), tuple(reports), tuple(payouts), tuple(totals))
+
+
+def _totals_proof(t: Mapping[str, Any]) -> TotalsProof:
+    return TotalsProof(JobTotals(JobId(t["jobId"]), TokenUnits(t["release"]), TokenUnits(t["refund"]),
+                                 TokenUnits(t["burn"])), Epoch(t["epoch"]), tuple(bytes(p) for p in t["proof"]))
 
 
 def _claim(c: Mapping[str, Any]) -> Claim:

@@ -74,26 +74,29 @@ def _print_report(console: Console, r: AuditReport) -> None:
     scope = f", job {r.options.job_id}" if r.options.job_id is not None else ""
     console.print(f"[bold]deedmesh audit[/] of escrow {r.escrow} on chain {r.chain_id}, blocks "
                   f"{r.from_block}..{r.to_block}{scope}")
-    epochs = Table("epoch", "block", "signers", "threshold", "jobs", "payouts", "published report", "root",
+    epochs = Table("epoch", "block", "signers", "threshold", "jobs", "applied", "payouts", "published report", "root",
                    title="epochs settled")
     for e in r.epochs:
-        epochs.add_row(str(e.epoch), str(e.block), str(len(e.signers)), str(e.threshold), str(e.jobs),
-                       str(e.payouts), e.report, "0x" + e.root.hex()[:16] + "…")
+        epochs.add_row(str(e.epoch), str(e.block), str(len(e.signers)), str(e.threshold),
+                       "-" if e.jobs is None else str(e.jobs), str(e.applied), str(e.payouts), e.report,
+                       "0x" + e.root.hex()[:16] + "…")
     console.print(epochs)
     jobs = Table("job", "status", "deposited", "released", "forfeited", "refunded", "burned", "reclaimed",
-                 "claimable", "pending", "locked", "held", title="jobs (rebuilt from events)")
+                 "claimable", "pending", "locked", "of which landed", "applied through", "held",
+                 title="jobs (rebuilt from events)")
     for j in r.jobs:
         jobs.add_row(str(j.job_id), j.status.name.lower(), *(str(v) for v in (
             j.deposited, j.released, j.forfeited, j.refunded, j.burned, j.reclaimed, j.claimable,
-            j.pending_refund + j.pending_burn, j.locked, j.held)))
+            j.pending_refund + j.pending_burn, j.locked)),
+            "-" if j.landed is None else f"{j.landed_unapplied} (epoch {j.landed.epoch})",
+            "-" if not j.settled_until else f"epoch {j.settled_until - 1}", str(j.held))
     console.print(jobs)
-    allocations = Table("job", "epoch", "release", "refund", "burn", "",
-                        title="cumulative allocations per job and epoch")
-    for j in r.jobs:
-        for a in j.allocations:
-            allocations.add_row(str(j.job_id), str(a.epoch), str(a.release), str(a.refund), str(a.burn),
-                                "skipped (job not active)" if a.skipped else "")
-    console.print(allocations)
+    totals = Table("job", "epoch", "release", "refund", "burn", "", title="cumulative allocations per job and epoch")
+    for t in r.totals:
+        note = "applied" if t.applied else "landed, not applied"
+        totals.add_row(str(t.job_id), str(t.epoch), str(t.release), str(t.refund), str(t.burn),
+                       note + ("" if t.source == "report" else " (no published report)"))
+    console.print(totals)
     if r.balances:
         balances = Table("token", "escrow balance", "jobs hold", title="escrow")
         for b in r.balances:

@@ -13,15 +13,16 @@ class Check(enum.StrEnum):
     """What a finding is about; the name starts every discrepancy line."""
 
     DEPLOYMENT = "deployment"  # the escrow consults another oracle registry than the record names
-    REPORT_CALLDATA = "report-calldata"  # submitReport calldata unreadable or unlike its event
-    TOTALS_HASH = "totals-hash"  # the calldata totals do not hash to the event's totalsHash
+    REPORT_CALLDATA = "report-calldata"  # submitReport calldata (epoch, roots) unreadable or unlike its event
     SIGNATURE_INVALID = "signature-invalid"  # malformed, high s, v not 27/28, or does not recover
     SIGNER_NOT_REGISTERED = "signer-not-registered"  # not an oracle at the report's block
     SIGNER_DUPLICATE = "signer-duplicate"
     QUORUM_NOT_REACHED = "quorum-not-reached"  # fewer valid distinct signers than the threshold then
     SIGNER_COUNT = "signer-count"  # the event's signer count is not the number of signatures
-    ROOT_ON_CHAIN = "root-on-chain"  # rootOf(epoch) is not the root the event announced
-    ALLOCATION = "allocation"  # a JobAllocated/Skipped event unlike the signed totals
+    ROOT_ON_CHAIN = "root-on-chain"  # rootOf/totalsRootOf(epoch) is not the root the event announced
+    TOTALS_CALLDATA = "totals-calldata"  # applyTotals calldata unreadable, or unlike its JobAllocated events
+    TOTALS_PROOF = "totals-proof"  # an applyTotals entry unproven against its epoch's totals root
+    ALLOCATION = "allocation"  # a JobAllocated unlike the applyTotals entry that emitted it
     CLAIM_CALLDATA = "claim-calldata"  # claim/forfeit calldata unreadable or unlike its events
     CLAIM_EPOCH = "claim-epoch"  # a claim against an epoch not settled before it
     CLAIM_PROOF = "claim-proof"  # the Merkle proof does not prove the leaf against the epoch root
@@ -37,7 +38,8 @@ class Check(enum.StrEnum):
     REPORT_UNSETTLED = "report-unsettled"  # a published report for an epoch never settled
     REPORT_ROOT = "report-root"  # the report's pay leaves do not hash to its root
     REPORT_ROOT_ON_CHAIN = "report-root-on-chain"  # the report's root is not the one on chain
-    REPORT_TOTALS = "report-totals"  # the report's totals are not the signed ones
+    TOTALS_ROOT = "totals-root"  # the report's totals rows (or totals_root) are not the signed totalsRoot
+    REPORT_TOTALS = "report-totals"  # a job's totals row unlike what was applied on chain for its epoch
     REPORT_AMOUNTS = "report-amounts"  # an amount does not follow from what the report cites (verify_report)
     REPORT_PAY = "report-pay"  # pay unlike a proven claim, or not adding up to the release total
     REPORT_INPUTS = "report-inputs"  # a cited chain input (job, license, standing) unlike the chain at the cited block

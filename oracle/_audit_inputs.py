@@ -1,8 +1,9 @@
 """The audit's read-back of the chain inputs each published report cites (``_audit``).
 
-A report in the oracles' full format (``_report.EpochReport``) cites ``inputs``: the jobs active in
-its epoch with their price, policy and replica count then, and the license and standing of every
-node it names, as the leader read them at ``inputs.block``. Amounts recomputed from false inputs
+A report in the oracles' full format (``_report.EpochReport``) cites ``inputs``: the jobs active on
+chain and started by its epoch (ended ones too, until closed) with their price, policy and replica
+count then, and the license and standing of every node it names, as the leader read them at
+``inputs.block``. Amounts recomputed from false inputs
 agree with a root the oracles signed over them, so the recomputation (``verify_report_amounts``)
 cannot catch a false input; reading the chain again at the cited block, as followers do before
 signing, can:

@@ -1,7 +1,10 @@
 """The audit's replay of every job's accounts (``_audit``): each escrow event applied in chain order,
-the rule behind each amount re-derived (deposit, top-up, scale, cancel, close, allocation, refund,
-burn), conservation in both forms, the end state against ``getJob``, and each token's escrow
-balance against what its jobs still hold. Pure over a ``ChainRecord``."""
+the rule behind each amount re-derived (deposit, top-up, scale, cancel, close, applied totals,
+refund, burn), conservation in both forms, the end state against ``getJob`` and ``settledUntil``,
+and each token's escrow balance against what its jobs still hold. Totals of a landed report reach a
+job only when applied (``JobAllocated``); until then they are part of its ``locked`` term, on chain
+as here, and a job's ``landed`` totals say how much of it (information, not a discrepancy). Pure
+over a ``ChainRecord``."""
 
 from __future__ import annotations
 
@@ -19,13 +22,16 @@ from ._audit_findings import Check, Finding
 
 @dataclass(frozen=True)
 class Allocation:
-    """A job's cumulative totals as a report set them (or skipped them: job no longer active)."""
+    """A job's cumulative totals in the report of ``epoch``: applied (``JobAllocated``), or landed
+    and not applied yet (``JobAccount.landed``)."""
 
     epoch: int
     release: int
     refund: int
     burn: int
-    skipped: bool = False
+
+    def as_json(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "release": self.release, "refund": self.refund, "burn": self.burn}
 
 
 @dataclass(frozen=True)
@@ -50,7 +56,17 @@ class JobAccount:
     forfeited: int = 0
     refunded: int = 0  # RefundTaken
     burned: int = 0  # BurnExecuted
-    allocations: tuple[Allocation, ...] = ()
+    allocations: tuple[Allocation, ...] = ()  # every JobAllocated, in order
+    settled_until: int = 0  # 1 + the epoch of the totals applied last (as the escrow's settledUntil)
+    landed: Allocation | None = None  # newest landed totals not applied yet, from a published report
+
+    @property
+    def landed_unapplied(self) -> int:
+        """How much of ``locked`` a landed report already assigns (0 without ``landed``)."""
+        if self.landed is None:
+            return 0
+        return (self.landed.release + self.landed.refund + self.landed.burn
+                - self.alloc_release - self.alloc_refund - self.alloc_burn)
 
     @property
     def claimable(self) -> int:
@@ -88,9 +104,9 @@ class JobAccount:
     def as_json(self) -> dict[str, Any]:
         return {"job_id": self.job_id, "status": self.status.name.lower(), "csp": self.csp, "token": self.token,
                 "replicas": self.replicas, "deposited": self.deposited, **self.terms(), "held": self.held,
-                "conservation": self.conservation(),
-                "allocations": [{"epoch": a.epoch, "release": a.release, "refund": a.refund, "burn": a.burn,
-                                 "skipped": a.skipped} for a in self.allocations]}
+                "conservation": self.conservation(), "allocations": [a.as_json() for a in self.allocations],
+                "settled_until": self.settled_until, "landed": None if self.landed is None else self.landed.as_json(),
+                "landed_unapplied": self.landed_unapplied}
 
 
 @dataclass(frozen=True)
@@ -107,11 +123,14 @@ def replay_jobs(record: ChainRecord) -> tuple[dict[int, JobAccount], list[Findin
     """Each job's accounts from its events in chain order, each amount checked against its rule."""
     accounts: dict[int, JobAccount] = {}
     findings: list[Finding] = []
+    next_epoch = 0  # as the escrow's: 1 + the newest epoch a report landed for
     for e in record.escrow_events:
+        if e.name == "EpochSettled":
+            next_epoch = int(e.args["epoch"]) + 1
         if "jobId" not in e.args:
             continue
         job_id = int(e.args["jobId"])
-        account, problems = apply_event(accounts.get(job_id), e)
+        account, problems = apply_event(accounts.get(job_id), e, next_epoch)
         if account is not None:
             accounts[job_id] = account
         epoch = e.args.get("epoch")
@@ -119,9 +138,10 @@ def replay_jobs(record: ChainRecord) -> tuple[dict[int, JobAccount], list[Findin
     return accounts, findings
 
 
-def apply_event(account: JobAccount | None, e: ChainEvent) -> tuple[JobAccount | None, list[str]]:
+def apply_event(account: JobAccount | None, e: ChainEvent, next_epoch: int = 0) -> tuple[JobAccount | None, list[str]]:
     """``account`` after event ``e``, and every rule the event's amounts break (JobEscrow's rules,
-    re-derived: the contract enforces them, the audit does not take that on trust)."""
+    re-derived: the contract enforces them, the audit does not take that on trust). ``next_epoch``:
+    1 + the newest epoch a report had landed for by then."""
     a = e.args
     where = f"{e.name} at block {e.at.block}"
     if e.name == "JobCreated":
@@ -175,20 +195,21 @@ def apply_event(account: JobAccount | None, e: ChainEvent) -> tuple[JobAccount |
     elif e.name == "JobClosed":
         if int(a["reclaimed"]) != account.locked:
             problems.append(f"{where}: returned {a['reclaimed']}, the unallocated remainder was {account.locked}")
+        needed = min(next_epoch, account.start_epoch + account.epochs)  # the newest report covering it, + 1
+        if needed > account.start_epoch and account.settled_until < needed:
+            problems.append(f"{where}: closed on totals applied through epoch {account.settled_until - 1}; the "
+                            f"report of epoch {needed - 1} covers the job and was not applied")
         new = replace(account, reclaimed=account.reclaimed + int(a["reclaimed"]), status=JobStatus.CLOSED)
     elif e.name == "JobAllocated":
         alloc = Allocation(int(a["epoch"]), int(a["release"]), int(a["refund"]), int(a["burn"]))
         if (alloc.release < account.alloc_release or alloc.refund < account.alloc_refund
                 or alloc.burn < account.alloc_burn):
             problems.append(f"{where}: a cumulative total decreased")
+        if alloc.epoch < account.settled_until:  # the escrow skips these: totals as new or newer applied
+            problems.append(f"{where}: totals of epoch {alloc.epoch} applied after those of epoch "
+                            f"{account.settled_until - 1}")
         new = replace(account, alloc_release=alloc.release, alloc_refund=alloc.refund, alloc_burn=alloc.burn,
-                      allocations=(*account.allocations, alloc))
-    elif e.name == "JobAllocationSkipped":
-        if account.status is JobStatus.ACTIVE:
-            problems.append(f"{where}: skipped while the job is active")
-        new = replace(account, allocations=(*account.allocations, Allocation(int(a["epoch"]), account.alloc_release,
-                                                                              account.alloc_refund, account.alloc_burn,
-                                                                              skipped=True)))
+                      allocations=(*account.allocations, alloc), settled_until=alloc.epoch + 1)
     elif e.name == "Claimed":
         new = replace(account, released=account.released + int(a["amount"]))
     elif e.name == "Forfeited":
@@ -224,7 +245,8 @@ def check_state(record: ChainRecord, accounts: Mapping[int, JobAccount]) -> list
                  "alloc_refund": (acc.alloc_refund, job.alloc_refund), "alloc_burn": (acc.alloc_burn, job.alloc_burn),
                  "release_spent": (acc.released + acc.forfeited, job.release_spent),
                  "forfeited": (acc.forfeited, job.forfeited), "refunded": (acc.refunded, job.refunded),
-                 "burned": (acc.burned, job.burned)}
+                 "burned": (acc.burned, job.burned),
+                 "settled_until": (acc.settled_until, record.settled_until.get(job_id))}
         for name, (from_events, on_chain) in pairs.items():
             if from_events != on_chain:
                 findings.append(Finding(Check.JOB_STATE, f"{name}: events give {_show(from_events)}, getJob "

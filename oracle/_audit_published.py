@@ -15,12 +15,12 @@ from pydantic import ValidationError
 from contracts import (
     JobId,
     JobTotals,
+    MerkleTree,
     TokenUnits,
     release_leaf,
 )
 
 from ._audit_findings import Check, Finding
-from ._merkle import MerkleTree
 from ._report import EpochReport, ReportError, verify_report
 
 # A report with no node pay has no leaves; the oracles post the root of the one zero leaf, zero.
@@ -49,7 +49,7 @@ class PublishedReport:
     totals: tuple[JobTotals, ...]
     pay: tuple[PayLeaf, ...]
     source: str
-    totals_hash: bytes | None = None  # the full format states it too
+    totals_root: bytes | None = None  # the full format states it too
     document: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
     @classmethod
@@ -63,9 +63,9 @@ class PublishedReport:
         totals = tuple(JobTotals(JobId(j), TokenUnits(r), TokenUnits(f), TokenUnits(b))
                        for j, r, f, b in _rows(doc, "totals", ("job_id", "release", "refund", "burn")))
         pay = tuple(PayLeaf(j, lic, c) for j, lic, c in _rows(doc, "pay", ("job_id", "license_id", "cumulative")))
-        signed = doc.get("totals_hash")
+        signed = doc.get("totals_root")
         return cls(_uint(doc.get("epoch"), "epoch"), root, totals, pay, source,
-                   None if signed is None else _hex32(signed, "totals_hash"), doc)
+                   None if signed is None else _hex32(signed, "totals_root"), doc)
 
     @cached_property
     def full(self) -> EpochReport | None:

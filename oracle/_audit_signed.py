@@ -1,7 +1,8 @@
 """The audit's checks of what landed on chain (``_audit``): each ``EpochSettled`` against its
-``submitReport`` calldata, its signatures against the oracle registry as it was at that block, its
-``JobAllocated``/``JobAllocationSkipped`` events against the signed totals; each claim and forfeit
-against its calldata, its Merkle proof and the amount paid. Pure over a ``ChainRecord``."""
+``submitReport`` calldata (epoch, root, totals root) and the roots the escrow stored, its signatures
+against the oracle registry as it was at that block; each claim and forfeit against its calldata
+(``multicall`` unwrapped), its Merkle proof and the amount paid. (Applied totals: ``_audit_totals``.)
+Pure over a ``ChainRecord``."""
 
 from __future__ import annotations
 
@@ -10,12 +11,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from contracts import JobTotals, epoch_report, recover, release_leaf, to_checksum_address, totals_hash
+from contracts import epoch_report, recover, release_leaf, to_checksum_address, verify
 
-from ._audit_chain import ChainEvent, ChainRecord, Position
+from ._audit_chain import ChainRecord, Position
 from ._audit_findings import Check, Finding
 from ._audit_published import PayLeaf
-from ._merkle import verify
 
 # OpenZeppelin's ECDSA rejects s above half the curve order (malleable twins of valid signatures).
 SECP256K1_HALF_N = 0x7FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF5D576E7357A4501DDFE92F46681B20A0
@@ -27,28 +27,29 @@ class EpochRow:
     block: int
     tx_hash: str
     root: bytes
-    totals_hash: bytes
+    totals_root: bytes
     signers: tuple[str, ...]  # valid, distinct, registered at the block
     threshold: int  # in force at the block
     oracles: tuple[str, ...]  # registered at the block
-    jobs: int  # totals entries
+    jobs: int | None  # totals rows of its published report (None: no report checked)
+    applied: int  # JobAllocated events of this epoch's totals (applyTotals, any time later)
     payouts: int  # claims and forfeits proven against this epoch's root
     report: str  # published report: ok, mismatch, missing, or not checked (before --from-epoch)
 
     def as_json(self) -> dict[str, Any]:
         return {"epoch": self.epoch, "block": self.block, "tx_hash": self.tx_hash, "root": "0x" + self.root.hex(),
-                "totals_hash": "0x" + self.totals_hash.hex(), "signers": list(self.signers),
+                "totals_root": "0x" + self.totals_root.hex(), "signers": list(self.signers),
                 "threshold": self.threshold, "oracles": list(self.oracles), "jobs": self.jobs,
-                "payouts": self.payouts, "report": self.report}
+                "applied": self.applied, "payouts": self.payouts, "report": self.report}
 
 
-def check_signatures(epoch: int, root: bytes, totals_hash_: bytes, signatures: Sequence[bytes], *,
+def check_signatures(epoch: int, root: bytes, totals_root_: bytes, signatures: Sequence[bytes], *,
                      domain: dict[str, Any], oracles: frozenset[str], threshold: int,
                      block: int) -> tuple[tuple[str, ...], list[Finding]]:
     """The report's valid, distinct, registered signers (``oracles`` as of ``block``) and what is
     wrong with the others; a quorum needs ``threshold``. As OracleRegistry.verifyQuorum, any bad
     signature is a finding even if enough good ones remain: the contract would have refused it."""
-    message = epoch_report(domain, epoch, root, totals_hash_)
+    message = epoch_report(domain, epoch, root, totals_root_)
     signers: list[str] = []
     findings: list[Finding] = []
     for i, signature in enumerate(signatures):
@@ -88,14 +89,16 @@ def _malformed(signature: bytes) -> str | None:
 
 
 def check_reports(record: ChainRecord) -> tuple[dict[int, EpochRow], list[Finding]]:
-    """Every EpochSettled against its calldata, the oracle set of its block and its allocations."""
+    """Every EpochSettled against its calldata, the roots stored and the oracle set of its block."""
     registry = list(record.registry_events)
     oracles: set[str] = set()
     threshold = 0
     applied = 0
-    by_tx: dict[str, list[ChainEvent]] = defaultdict(list)
+    seen: dict[str, int] = defaultdict(int)  # EpochSettled events of each transaction so far
+    allocated: dict[int, int] = defaultdict(int)
     for e in record.escrow_events:
-        by_tx[e.tx_hash].append(e)
+        if e.name == "JobAllocated":
+            allocated[int(e.args["epoch"])] += 1
     rows: dict[int, EpochRow] = {}
     findings: list[Finding] = []
     for settled in (e for e in record.escrow_events if e.name == "EpochSettled"):
@@ -108,57 +111,44 @@ def check_reports(record: ChainRecord) -> tuple[dict[int, EpochRow], list[Findin
                 oracles.discard(to_checksum_address(change.args["oracle"]))
             else:
                 threshold = int(change.args["current"])
-        epoch, root, thash = int(settled.args["epoch"]), bytes(settled.args["root"]), bytes(settled.args["totalsHash"])
-        row = EpochRow(epoch, settled.at.block, settled.tx_hash, root, thash, (), threshold,
-                       tuple(sorted(oracles)), 0, 0, "not checked")
+        index = seen[settled.tx_hash]
+        seen[settled.tx_hash] += 1
+        epoch, root = int(settled.args["epoch"]), bytes(settled.args["root"])
+        troot = bytes(settled.args["totalsRoot"])
+        row = EpochRow(epoch, settled.at.block, settled.tx_hash, root, troot, (), threshold,
+                       tuple(sorted(oracles)), None, allocated[epoch], 0, "not checked")
         rows[epoch] = row
         if epoch < record.from_epoch:
             continue
-        if record.roots.get(epoch) != root:
-            on_chain = record.roots.get(epoch, b"")
-            findings.append(Finding(Check.ROOT_ON_CHAIN, f"rootOf is 0x{on_chain.hex()}, EpochSettled announced "
-                                    f"0x{root.hex()}", epoch=epoch))
-        call = record.report_calls.get(settled.tx_hash)
-        if call is None:
+        for what, stored, announced in (("rootOf", record.roots.get(epoch), root),
+                                        ("totalsRootOf", record.totals_roots.get(epoch), troot)):
+            if stored != announced:
+                findings.append(Finding(Check.ROOT_ON_CHAIN, f"{what} is 0x{(stored or b'').hex()}, EpochSettled "
+                                        f"announced 0x{announced.hex()}", epoch=epoch))
+        calls = record.calls.get(settled.tx_hash)
+        if calls is None:
             why = record.undecodable.get(settled.tx_hash, f"no calldata read for {settled.tx_hash}")
             findings.append(Finding(Check.REPORT_CALLDATA, f"{why}; signatures not verified", epoch=epoch))
             continue
-        if (call.epoch, call.root) != (epoch, root):
+        if index >= len(calls.reports):
+            findings.append(Finding(Check.REPORT_CALLDATA, f"EpochSettled number {index} of {settled.tx_hash} has "
+                                    f"no submitReport in its calldata ({', '.join(calls.functions)}); signatures "
+                                    "not verified", epoch=epoch))
+            continue
+        call = calls.reports[index]
+        if (call.epoch, call.root, call.totals_root) != (epoch, root, troot):
             findings.append(Finding(Check.REPORT_CALLDATA, f"calldata is for epoch {call.epoch} root "
-                                    f"0x{call.root.hex()}, the event for epoch {epoch} root 0x{root.hex()}",
-                                    epoch=epoch))
-        if totals_hash(call.totals) != thash:
-            findings.append(Finding(Check.TOTALS_HASH, f"calldata totals hash to 0x{totals_hash(call.totals).hex()}, "
-                                    f"the event says 0x{thash.hex()}", epoch=epoch))
+                                    f"0x{call.root.hex()} totals root 0x{call.totals_root.hex()}, the event for "
+                                    f"epoch {epoch} root 0x{root.hex()} totals root 0x{troot.hex()}", epoch=epoch))
         if int(settled.args["signers"]) != len(call.signatures):
             findings.append(Finding(Check.SIGNER_COUNT, f"the event counts {settled.args['signers']} signers, the "
                                     f"calldata carries {len(call.signatures)} signatures", epoch=epoch))
-        signers, sig_findings = check_signatures(epoch, root, thash, call.signatures, domain=record.domain,
+        signers, sig_findings = check_signatures(epoch, root, troot, call.signatures, domain=record.domain,
                                                  oracles=frozenset(oracles), threshold=threshold,
                                                  block=settled.at.block)
         findings += sig_findings
-        findings += _check_allocations(epoch, call.totals, by_tx[settled.tx_hash])
-        rows[epoch] = replace(row, signers=signers, jobs=len(call.totals))
+        rows[epoch] = replace(row, signers=signers)
     return rows, findings
-
-
-def _check_allocations(epoch: int, totals: Sequence[JobTotals], events: Sequence[ChainEvent]) -> list[Finding]:
-    """Each signed totals entry became exactly one JobAllocated with its amounts, or was skipped."""
-    findings: list[Finding] = []
-    emitted = {int(e.args["jobId"]): e for e in events if e.name in ("JobAllocated", "JobAllocationSkipped")}
-    for t in totals:
-        e = emitted.pop(t.job_id, None)
-        if e is None:
-            findings.append(Finding(Check.ALLOCATION, "signed totals were neither allocated nor skipped",
-                                    t.job_id, epoch))
-        elif e.name == "JobAllocated" and (e.args["release"], e.args["refund"], e.args["burn"]) != (
-                t.release, t.refund, t.burn):
-            findings.append(Finding(Check.ALLOCATION, f"allocated {e.args['release']}/{e.args['refund']}/"
-                                    f"{e.args['burn']}, signed {t.release}/{t.refund}/{t.burn} (release/refund/burn)",
-                                    t.job_id, epoch))
-    findings += [Finding(Check.ALLOCATION, f"{e.name} for a job the signed totals do not name", job_id, epoch)
-                 for job_id, e in emitted.items()]
-    return findings
 
 
 def check_payouts(record: ChainRecord) -> tuple[dict[int, list[PayLeaf]], list[Finding]]:
@@ -168,7 +158,7 @@ def check_payouts(record: ChainRecord) -> tuple[dict[int, list[PayLeaf]], list[F
     paid: dict[tuple[int, int], int] = defaultdict(int)
     proven: dict[int, list[PayLeaf]] = defaultdict(list)
     findings: list[Finding] = []
-    seen: dict[str, int] = defaultdict(int)  # payout events of each transaction so far
+    seen: dict[tuple[str, str], int] = defaultdict(int)  # Claimed and Forfeited events of each transaction so far
     for e in record.escrow_events:
         if e.name == "EpochSettled":
             roots[int(e.args["epoch"])] = (bytes(e.args["root"]), e.at)
@@ -178,20 +168,22 @@ def check_payouts(record: ChainRecord) -> tuple[dict[int, list[PayLeaf]], list[F
         job_id, license_id, amount = int(e.args["jobId"]), int(e.args["licenseId"]), int(e.args["amount"])
         previous = paid[(job_id, license_id)]
         paid[(job_id, license_id)] = previous + amount
-        index = seen[e.tx_hash]
-        seen[e.tx_hash] += 1
-        call = record.payout_calls.get(e.tx_hash)
-        if call is None:
+        index = seen[(e.tx_hash, e.name)]
+        seen[(e.tx_hash, e.name)] += 1
+        calls = record.calls.get(e.tx_hash)
+        if calls is None:
             why = record.undecodable.get(e.tx_hash)
             if why is not None and index == 0:
                 findings.append(Finding(Check.CLAIM_CALLDATA, f"{why}; proofs not verified", job_id))
             continue  # no calldata: before the audited epochs (--from-epoch), or reported just above
-        expected = "claim" if e.name == "Claimed" else "forfeit"
-        if call.function != expected or index >= len(call.claims):
+        function = "claim" if e.name == "Claimed" else "forfeit"
+        claims = calls.claims_of(function)
+        if index >= len(claims):
             findings.append(Finding(Check.CLAIM_CALLDATA, f"{e.name} number {index} of {e.tx_hash} has no claim in "
-                                    f"its {call.function} calldata ({len(call.claims)} claims)", job_id))
+                                    f"its calldata ({len(claims)} in its {function} calls; it called "
+                                    f"{', '.join(calls.functions)})", job_id))
             continue
-        c = call.claims[index]
+        c = claims[index]
         if (c.job_id, c.license_id) != (job_id, license_id):
             findings.append(Finding(Check.CLAIM_CALLDATA, f"{e.name} for license {license_id}, the calldata claims "
                                     f"job {c.job_id} license {c.license_id}", job_id, c.epoch))

@@ -49,8 +49,9 @@ def _chain_for(chain_kind: str, rpc: str | None) -> Iterator[Chain]:
 @click.option("--epoch-seconds", type=click.IntRange(4, 3600), default=10, show_default=True,
               help="Epoch length on chain.")
 @click.option("--kill/--no-kill", default=True, show_default=True,
-              help="Stop a node that holds a replica halfway through the job's first epoch (3 nodes or more): "
-                   "its replicas move; it is paid for the time it served, the unserved slot time is refunded.")
+              help="Stop a node that holds a replica a quarter into the jobs' first epoch (3 nodes or more): "
+                   "its replicas move; its share is withheld if it held them long without beating, and the "
+                   "unserved slot time is refunded.")
 @click.option("--processes", is_flag=True,
               help="Run every node and oracle as its own OS process (deedmesh node run / oracle run), against "
                    "anvil (started here) unless --rpc names a chain.")

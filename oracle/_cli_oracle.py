@@ -32,7 +32,7 @@ def oracle() -> None:
 @click.option("--dir", "directory", type=click.Path(file_okay=False, path_type=Path),
               help="Work directory: watch logs and settled reports.  [default: <keystore>.oracle]")
 @click.option("--settle-s", type=click.FloatRange(0, 3600), default=DEFAULTS.settle_s, show_default=True,
-              help="After an epoch ends, how long to wait for its last heartbeats before observing it.")
+              help="After an epoch ends, how long to wait for the watch log's last samples before observing it.")
 @click.option("--round-s", type=click.FloatRange(1, 86_400), default=DEFAULTS.round_s, show_default=True,
               help="A leader's time to land the root before the next oracle in line takes over.")
 @click.option("--heartbeat-interval-ms", type=click.IntRange(250, 60_000),
@@ -43,8 +43,8 @@ def oracle() -> None:
 def run_command(keystore: Path, password_file: Path | None, rpc: str, deployment: Path, listen: str,
                 bootstrap: tuple[str, ...], directory: Path | None, settle_s: float, round_s: float,
                 heartbeat_interval_ms: int, license_refresh_s: float) -> None:
-    """Watch the mesh, agree on each epoch's report with the other oracles, land its root on
-    chain, execute its burns, and keep every settled report (served to anyone over
+    """Watch the mesh, agree on each epoch's report with the other oracles, land its roots on
+    chain, and keep every settled report (served to anyone over
     /deedmesh/oracle/1: nodes claim with them, auditors check them).
 
     Prints one JSON line {"event": "ready", "addrs": [...], ...} when up, then one line per epoch:

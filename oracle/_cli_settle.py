@@ -34,16 +34,8 @@ from rich.table import Table
 from contracts import Chain, Deployment
 from mesh import read_keystore, resolve_password
 
-from ._settle import (
-    ClaimOutcome,
-    DueOutcome,
-    Progress,
-    SettleError,
-    TargetRefused,
-    burn_round,
-    claim_round,
-    refund_round,
-)
+from ._fetch import SettleError, TargetRefused
+from ._settle import ClaimOutcome, DueOutcome, Progress, burn_round, claim_round, refund_round
 
 log = logging.getLogger("deedmesh.settle")
 
@@ -65,6 +57,27 @@ def _options(key_help: str) -> Callable[[Any], Any]:
                      type=click.Path(dir_okay=False, exists=True, path_type=Path),
                      help="Deployment record with the contract addresses (deedmesh chain deploy --out)."),
         click.option("--json", "json_output", is_flag=True, help="Machine-readable JSON on stdout."),
+    ]
+
+    def decorate(fn: Any) -> Any:
+        for option in reversed(options):
+            fn = option(fn)
+        return fn
+
+    return decorate
+
+
+def _sources(purpose: str) -> Callable[[Any], Any]:
+    """Where the latest settled report comes from (``purpose``: what it is used for)."""
+    options = [
+        click.option("--oracle", "oracles", multiple=True, metavar="MULTIADDR",
+                     help=f"An oracle to fetch the report {purpose} from over libp2p "
+                          "(/ip4/.../tcp/.../p2p/<peer id>); repeat for more, asked in turn."),
+        click.option("--reports", "report_paths", multiple=True, type=click.Path(exists=True, path_type=Path),
+                     help="A directory of settled reports (an oracle's <dir>/reports) or one report file; repeat "
+                          "for more. Read before any --oracle is asked."),
+        click.option("--timeout-s", type=click.FloatRange(0, min_open=True), default=30.0, show_default=True,
+                     metavar="SECONDS", help="How long one oracle may take to send the report."),
     ]
 
     def decorate(fn: Any) -> Any:
@@ -130,30 +143,23 @@ def _fail(ctx: click.Context, exc: SettleError, as_json: bool) -> NoReturn:
 
 @click.command("claim")
 @_options("Keystore of the license owner (any key may send claims: pay always goes to the owner).")
-@click.option("--oracle", "oracles", multiple=True, metavar="MULTIADDR",
-              help="An oracle to fetch the report from over libp2p (/ip4/.../tcp/.../p2p/<peer id>); "
-                   "repeat for more, asked in turn.")
-@click.option("--reports", "report_paths", multiple=True, type=click.Path(exists=True, path_type=Path),
-              help="A directory of settled reports (an oracle's <dir>/reports) or one report file; repeat for "
-                   "more. Read before any --oracle is asked.")
+@_sources("to claim against (required)")
 @click.option("--license", "licenses", multiple=True, type=click.IntRange(1), metavar="ID",
               help="Claim for this license only; repeat for more.  [default: every license the key owns]")
 @click.option("--every", "every_s", type=click.FloatRange(1), metavar="SECONDS",
               help="Claim again every this many seconds until interrupted; a failed round is logged and retried.")
-@click.option("--timeout-s", type=click.FloatRange(0, min_open=True), default=30.0, show_default=True,
-              metavar="SECONDS",
-              help="How long one oracle may take to send the report.")
 @click.pass_context
 def claim_command(ctx: click.Context, keystore: Path, password_file: Path | None, rpc: str, deployment_file: Path,
-                  json_output: bool, oracles: tuple[str, ...], report_paths: tuple[Path, ...],
-                  licenses: tuple[int, ...], every_s: float | None, timeout_s: float) -> None:
+                  json_output: bool, oracles: tuple[str, ...], report_paths: tuple[Path, ...], timeout_s: float,
+                  licenses: tuple[int, ...], every_s: float | None) -> None:
     """Claim the node pay of the latest settled epoch, in one transaction.
 
     Finds the latest settled epoch on chain, reads its report (from --reports, else from the
-    --oracle nodes), and refuses it unless its pay hashes to the root the escrow holds for that
-    epoch. Then, for every license the key owns (or each --license), claims each job's cumulative
+    --oracle nodes), and refuses it unless its pay and its job totals hash to the roots the escrow
+    holds for that epoch. Then, for every license the key owns (or each --license), claims each job's cumulative
     amount where it exceeds what was claimed: that pays everything earned so far and not yet paid.
-    Pay goes to each license's owner, whoever sends the claim; a --license of another owner is
+    The jobs' totals in the report are applied in the same transaction where the escrow has older
+    ones. Pay goes to each license's owner, whoever sends the claim; a --license of another owner is
     claimed for that owner (the table says whose it is). Restricted licenses are left out, with
     the reason (a claim for one would revert the whole transaction).
 
@@ -246,57 +252,68 @@ def _print_table(table: Table) -> None:
 
 @click.command("refund")
 @_options("Keystore of the CSP whose refunds to take.")
+@_sources("whose totals to apply first")
 @click.option("--job", "job_ids", multiple=True, type=click.IntRange(1), metavar="ID",
               help="Take this job's refund only; repeat for more.  [default: every job the key's CSP created]")
 @click.pass_context
 def refund_command(ctx: click.Context, keystore: Path, password_file: Path | None, rpc: str, deployment_file: Path,
-                   json_output: bool, job_ids: tuple[int, ...]) -> None:
+                   json_output: bool, oracles: tuple[str, ...], report_paths: tuple[Path, ...], timeout_s: float,
+                   job_ids: tuple[int, ...]) -> None:
     """Take the refunds due to a CSP, in one transaction.
 
     A job's refund is what the settled reports allocated to its CSP (time nobody served, pay
-    withheld from nodes below the release threshold, rounding) and was not taken yet. Prints each
-    job's amount (token units); "nothing to refund" exits 0. A --job of another CSP is refused
-    before anything is sent.
+    withheld from nodes below the release threshold, rounding) and was not taken yet. With
+    --oracle or --reports, the latest settled report's totals are applied in the same transaction
+    (checked against the chain's roots as `claim` does); without, only totals already applied on
+    chain (by a claim, say) count. Prints each job's amount (token units); "nothing to refund"
+    exits 0. A --job of another CSP is refused before anything is sent.
 
     \b
     Exit codes: 0 refunded, or nothing due; 2 usage (an unknown --job, or one
     of another CSP); 3 chain unreachable; 4 bad deployment record; 5 the escrow
-    reverted (named); 6 transaction failed; 7 other chain error; 8 keystore error.
+    reverted (named); 6 transaction failed; 7 other chain error; 8 keystore error;
+    9 no source served the report; 16 every report found was refused.
     """
     _due(ctx, refund_round, _Signer(keystore, password_file, rpc, deployment_file), json_output, job_ids,
-         "refunded")
+         "refunded", report_paths=report_paths, oracles=oracles, timeout_s=timeout_s)
 
 
 @click.command("burn")
 @_options("Any funded keystore: burns go to the burn address, not to the sender.")
+@_sources("whose totals to apply first")
 @click.option("--job", "job_ids", multiple=True, type=click.IntRange(1), metavar="ID",
               help="Burn for this job only; repeat for more.  [default: every job]")
 @click.pass_context
 def burn_command(ctx: click.Context, keystore: Path, password_file: Path | None, rpc: str, deployment_file: Path,
-                 json_output: bool, job_ids: tuple[int, ...]) -> None:
+                 json_output: bool, oracles: tuple[str, ...], report_paths: tuple[Path, ...], timeout_s: float,
+                 job_ids: tuple[int, ...]) -> None:
     """Execute the burns due, in one transaction.
 
     A job's burn is what the settled reports allocated to burning (the protocol's share of every
     release, pay of nodes below the burn floor or blacklisted) and was not burned yet; it goes to
-    the burn address 0x000000000000000000000000000000000000dEaD. Anyone may execute it. Prints each
-    job's amount (token units); "nothing to burn" exits 0.
+    the burn address 0x000000000000000000000000000000000000dEaD. Anyone may execute it; the
+    oracles do not (a burn per report would cost gas for every job every epoch). With --oracle or
+    --reports, the latest settled report's totals are applied first, in the same transaction.
+    Prints each job's amount (token units); "nothing to burn" exits 0.
 
     \b
     Exit codes: 0 burned, or nothing due; 2 usage (an unknown --job); 3 chain
     unreachable; 4 bad deployment record; 5 the escrow reverted (named);
-    6 transaction failed; 7 other chain error; 8 keystore error.
+    6 transaction failed; 7 other chain error; 8 keystore error; 9 no source
+    served the report; 16 every report found was refused.
     """
     _due(ctx, burn_round, _Signer(keystore, password_file, rpc, deployment_file), json_output, job_ids,
-         "burned")
+         "burned", report_paths=report_paths, oracles=oracles, timeout_s=timeout_s)
 
 
 def _due(ctx: click.Context, settle: Callable[..., DueOutcome], signer: _Signer, json_output: bool,
-         job_ids: tuple[int, ...], verb: str) -> None:
+         job_ids: tuple[int, ...], verb: str, **sources: Any) -> None:
     """One ``refund_round`` or ``burn_round`` for the key, printed (shared by ``refund`` and ``burn``)."""
     as_json = _as_json(ctx, json_output)
     try:
         with _progress(as_json) as progress:
-            outcome = settle(signer.chain(), signer.deployment, signer.address, job_ids=job_ids, progress=progress)
+            outcome = settle(signer.chain(), signer.deployment, signer.address, job_ids=job_ids, progress=progress,
+                             **sources)
     except SettleError as exc:
         _fail(ctx, exc, as_json)
     _print_due(outcome, as_json, verb)

@@ -70,6 +70,7 @@ from mesh import (
 )
 
 from ._audit import AMOUNTS_NOT_VERIFIED, audit
+from ._devnet_money import read_reports, settled_money, withheld_shares
 from ._service import Oracle, OracleConfig
 from ._settle import burn_round, claim_round, refund_round
 from ._watch import EpochClock
@@ -90,7 +91,7 @@ class DevnetShape:
     threshold: int = 3
     epochs: int = 2  # the job's epochs: the devnet ends once they are all settled
     epoch_seconds: int = 10
-    kill: bool = True  # stop one holder halfway through the job's first epoch (needs 3 nodes or more)
+    kill: bool = True  # stop one holder a quarter into the job's first epoch (needs 3 nodes or more)
 
 
 @dataclass
@@ -251,18 +252,20 @@ async def drive(setup: Setup, shape: DevnetShape, work: Path, worker: ChainWorke
             epoch = clock.epoch_at(int(time.time() * 1000))
             progress(f"epoch {epoch}: jobs {', '.join(map(str, job_ids))} run in epochs {start}-{last}; "
                      f"waiting for the oracles to settle epoch {last}")
-            show(await snapshot(setup, ready, job_ids, epoch, killed.get("node"), worker))
+            show(await snapshot(setup, ready, job_ids, epoch, killed.get("node"), worker, reports))
             await trio.sleep(0.5)  # polling the chain for the last epoch's root
 
     progress("claiming the nodes' pay, taking the refund, executing burns")
     claimed = await worker.run(partial(claim_round, chain, dep, setup.admin, report_paths=reports,
                                        licenses=[lic for _, lic, _ in setup.nodes]))
-    refunded = await worker.run(partial(refund_round, chain, dep, setup.csp.address))
-    burned = await worker.run(partial(burn_round, chain, dep, setup.admin))
+    refunded = await worker.run(partial(refund_round, chain, dep, setup.csp.address, report_paths=reports))
+    burned = await worker.run(partial(burn_round, chain, dep, setup.admin, report_paths=reports))
 
     progress("auditing the run")
     audited = await worker.run(partial(audit, chain, dep, reports=reports))
     finals = [await worker.run(escrow.get_job, job_id) for job_id in job_ids]
+    withheld = [w for r in (await trio.to_thread.run_sync(read_reports, reports)).values()
+                for w in withheld_shares(r) if w.job_id in job_ids]
     survivor = next(r["api"] for r in ready if r["address"] != killed.get("node"))
     seen = await trio.to_thread.run_sync(get_json, survivor, "/jobs")
     moves = [e for j in seen if j["job_id"] in job_ids for e in j["events"] if e["what"] == "moved"]
@@ -273,9 +276,13 @@ async def drive(setup: Setup, shape: DevnetShape, work: Path, worker: ChainWorke
         "first_job_epoch_settled_s": first_landed_s or round(time.monotonic() - setup.began, 1),
         "last_job_epoch_settled_s": round(time.monotonic() - setup.began, 1),
         "reallocations": len(moves),
+        # node shares refunded to the CSP because the holder's availability during its tenure was
+        # below the job's release threshold (the killed holder's, while it was suspect yet held on)
+        "withheld": [w.as_json() for w in sorted(withheld, key=lambda w: (w.epoch, w.job_id, w.replica))],
         "jobs": [{"job_id": job_id, "spec": spec.name, "kind": spec.kind, "replicas": spec.replicas,
                   "start_epoch": start, "epochs": shape.epochs, "result_digest": results.get(job_id),
-                  **{k: int(v) for k, v in final.conservation().items()}}
+                  **{k: int(v) for k, v in final.conservation().items()},
+                  "withheld": sum(w.share for w in withheld if w.job_id == job_id)}
                  for job_id, spec, final in zip(job_ids, specs, finals, strict=True)],
         "engine": None if no_engine is None else f"no container engine: the job could not run ({no_engine})",
         "api": [r["api"] for r in ready],
@@ -303,9 +310,9 @@ async def drive(setup: Setup, shape: DevnetShape, work: Path, worker: ChainWorke
 
 
 async def snapshot(setup: Setup, ready: list[dict[str, Any]], job_ids: Sequence[int], epoch: int, killed: str | None,
-                   worker: ChainWorker) -> dict[str, Any]:
+                   worker: ChainWorker, reports: Sequence[Path]) -> dict[str, Any]:
     """What the live view shows: nodes, where each replica runs (as a live node sees it), the
-    epochs landed, and the jobs' money on chain."""
+    epochs landed, and the jobs' money as the reports settled it (``_devnet_money``)."""
     api = next(r["api"] for r in ready if r["address"] != killed)
     try:
         jobs = await trio.to_thread.run_sync(get_json, api, "/jobs")
@@ -313,6 +320,7 @@ async def snapshot(setup: Setup, ready: list[dict[str, Any]], job_ids: Sequence[
         jobs = []
     escrow = setup.dep.escrow(setup.chain)
     onchain = [await worker.run(escrow.get_job, job_id) for job_id in job_ids]
+    settled = await trio.to_thread.run_sync(read_reports, reports)
     held: dict[str, list[str]] = {}
     for j in jobs:
         if j["job_id"] in job_ids:
@@ -322,7 +330,7 @@ async def snapshot(setup: Setup, ready: list[dict[str, Any]], job_ids: Sequence[
             "nodes": [{"node": i.address, "license_id": lic, "up": i.address != killed,
                        "replicas": sorted(held.get(i.address, []))} for i, lic, _ in setup.nodes],
             "settled": sorted({(e["epoch"], e["root"]) for e in setup.events if e["event"] == "settled"}),
-            "money": {job.job_id: {k: int(v) for k, v in job.conservation().items()} for job in onchain}}
+            "money": settled_money(settled, {job.job_id: int(job.deposited) for job in onchain})}
 
 
 def example_specs(work: Path, engine: bool) -> list[JobSpec]:
@@ -360,9 +368,12 @@ def get_json(api: str, path: str) -> Any:
 async def kill_a_holder(setup: Setup, ready: list[dict[str, Any]], stop_node: Callable[[str], Awaitable[None]],
                         clock: EpochClock, job_id: int, start: int, killed: dict[str, Any],
                         progress: Callable[[str], object]) -> None:
-    """Halfway through the job's first epoch, stop a node that holds one of its replicas (not the
+    """A quarter into the job's first epoch, stop a node that holds one of its replicas (not the
     first node, whose API the devnet reads) as a machine is lost: the node and its containers go.
-    Then wait for the mesh to run that replica elsewhere (``killed``: who, when, where it went)."""
+    Then wait for the mesh to run that replica elsewhere (``killed``: who, when, where it went).
+    The node holds its replica, not beating, until it is declared dead: early in the epoch that is
+    enough of its tenure for its availability to fall below the release threshold, so its share
+    is withheld for the CSP (the summary's ``withheld``)."""
     api = ready[0]["api"]
 
     async def claims() -> list[dict[str, Any]]:
@@ -370,7 +381,7 @@ async def kill_a_holder(setup: Setup, ready: list[dict[str, Any]], stop_node: Ca
         return next((j["claims"] for j in jobs if j["job_id"] == job_id), [])
 
     begin, end = clock.bounds(start)
-    await trio.sleep(max(0.0, (begin + (end - begin) // 2) / 1000 - time.time()))
+    await trio.sleep(max(0.0, (begin + (end - begin) // 4) / 1000 - time.time()))
     with trio.move_on_after((end - begin) / 1000):
         while not [c for c in await claims() if c["node"] != ready[0]["address"]  # noqa: ASYNC110
                    and c["state"] == "healthy"]:
@@ -385,8 +396,9 @@ async def kill_a_holder(setup: Setup, ready: list[dict[str, Any]], stop_node: Ca
     await stop_node(victim)
     await trio.to_thread.run_sync(remove_node_containers, victim)  # its machine is gone, containers too
     at = time.monotonic()
-    killed.update({"node": victim, "license_id": license_id, "replica": replica,
-                   "epoch": clock.epoch_at(int(time.time() * 1000))})
+    now_ms = int(time.time() * 1000)
+    killed.update({"node": victim, "license_id": license_id, "replica": replica, "epoch": clock.epoch_at(now_ms),
+                   "into_epoch_s": round((now_ms - begin) / 1000, 2)})
     while True:
         moved = [c for c in await claims() if c["replica"] == replica and c["node"] != victim
                  and c["state"] == "healthy"]

@@ -1,5 +1,6 @@
 """The devnet's live view (rich): the step it is on, the nodes and the replicas they hold, the
-epochs the oracles landed, and the job's money on chain, redrawn from each ``_devnet.snapshot``."""
+epochs the oracles landed, and the jobs' money as the reports settled it (withheld: node pay
+refunded to the CSP, part of refunded), redrawn from each ``_devnet.snapshot``."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-MONEY = ("deposited", "released", "refunded", "burned", "locked")
+MONEY = ("deposited", "released", "withheld", "refunded", "burned", "locked")
 
 
 class LiveView:
@@ -42,7 +43,8 @@ class LiveView:
         parts.append(nodes)
         landed = ", ".join(str(epoch) for epoch, _ in s["settled"][-8:]) or "none yet"
         parts.append(Text(f"epochs settled on chain: {landed}"))
-        money = Table("job", *MONEY, title="the jobs' money on chain", title_justify="left")
+        money = Table("job", *MONEY, title="the jobs' money as settled (applied on chain by claim, refund, burn)",
+                      title_justify="left")
         for job_id, terms in s["money"].items():
             money.add_row(str(job_id), *(str(terms[k]) for k in MONEY))
         parts.append(money)

@@ -1,6 +1,8 @@
 """The chain inputs of an epoch report (``_report.ChainInputs``), read at one pinned block: every
-job active in the epoch (price, policy, and the replica count valid for that epoch after any
-``JobScaled``) and the license and standing of every node the observations name. A leader reads
+job active on chain and started by the epoch (price, policy, and the replica count valid for that
+epoch after any ``JobScaled``; ended ones too, until closed: every report carries their totals, the
+escrow closes a job only on the newest) and the license and standing of every node the
+observations name. A leader reads
 them at the latest block and cites it; a follower reads the same block and compares, so both
 judge the same facts. Blocking (web3): run it in a worker thread.
 """
@@ -62,7 +64,7 @@ def read_inputs(chain: Chain, deployment: Deployment, epoch: int, nodes: Iterabl
     statuses = chain.read_many([licenses.status_call(lic) for _, lic in owned], block)
     jobs = [JobInput.from_job(job, compute_replicas_at(epoch, job.replicas, scaled.get(job.job_id, ())))
             for job in jobs_read
-            if job.status is JobStatus.ACTIVE and job.start_epoch <= epoch < job.start_epoch + job.epochs]
+            if job.status is JobStatus.ACTIVE and job.start_epoch <= epoch]
     found = [NodeInput(node=n, license_id=lic, standing=standing_of(LicenseStatus(status)))
              for (n, lic), status in zip(owned, statuses, strict=True)]
     return ChainInputs(block=block, block_hash=block_hash, start_ms=start_ms, end_ms=end_ms, jobs=tuple(jobs),

@@ -62,14 +62,15 @@ from contracts import (
     JobTotals,
     LicenseId,
     LicenseStatus,
+    MerkleTree,
     SettlementPolicy,
     TokenUnits,
+    TotalsProof,
     digest,
     epoch_report,
     keccak,
 )
 
-from ._merkle import MerkleTree
 from ._observation import (
     OBSERVATION_TYPE,
     SECP256K1_N,
@@ -129,8 +130,9 @@ __all__ = [
 
 UINT128 = 2**128
 EMPTY_ROOT = bytes(32)  # no node pay yet: no leaf hashes to zero, so nothing proves against it
+NO_TOTALS = bytes(32)  # no job yet (contracts.totals_root of nothing)
 _LEAF_KIND = (1).to_bytes(32, "big")  # the leaf's first word: LEAF_RELEASE, a uint8
-_WORD_ONE = (32).to_bytes(32, "big")  # abi.encode of a lone dynamic array starts with its offset, 0x20
+_TOTALS_KIND = (2).to_bytes(32, "big")  # LEAF_TOTALS
 
 
 # ------------------------------------------------------------------ chain inputs
@@ -288,7 +290,8 @@ def aggregate(observations: Sequence[Observation], threshold: int) -> Aggregate:
 class EpochReport(FrozenModel):
     """An epoch's agreed report: what it cites (observations, chain inputs, the previous report),
     what follows from them (medians; this epoch's and the cumulative amounts; node pay), and the
-    two values the escrow checks (``root``, ``totals_hash``). Amounts are token units."""
+    two roots the escrow checks (``root`` of node pay, ``totals_root`` of job totals). Amounts are
+    token units."""
 
     epoch: int = Field(ge=0, lt=UINT64)
     previous_id: str | None  # content id of the report this one builds on
@@ -301,7 +304,7 @@ class EpochReport(FrozenModel):
     totals: tuple[tuple[Natural, Natural, Natural, Natural], ...]  # cumulative, job ids strictly increasing
     pay: tuple[tuple[Natural, Natural, Natural], ...]  # cumulative (job, license, amount > 0), sorted
     root: str = Field(pattern=r"^0x[0-9a-f]{64}$")
-    totals_hash: str = Field(pattern=r"^0x[0-9a-f]{64}$")
+    totals_root: str = Field(pattern=r"^0x[0-9a-f]{64}$")
 
     @model_validator(mode="after")
     def _canonical_shape(self) -> EpochReport:
@@ -310,16 +313,38 @@ class EpochReport(FrozenModel):
         return self
 
     def job_totals(self) -> list[JobTotals]:
-        """The ``JobTotals[]`` to submit with the root."""
+        """Every job's cumulative totals (the leaves of ``totals_root``)."""
         return [JobTotals(JobId(j), TokenUnits(r), TokenUnits(f), TokenUnits(b)) for j, r, f, b in self.totals]
+
+    def totals_proofs(self, job_ids: Iterable[int]) -> list[TotalsProof]:
+        """Proofs of the totals of ``job_ids`` against ``totals_root`` (``escrow.apply_totals``),
+        in the order given; ``KeyError`` for a job the report has no totals for."""
+        tree = self.totals_tree
+        rows = {row[0]: row for row in self.totals}
+        out = []
+        for job_id in job_ids:
+            j, r, f, b = rows[job_id]
+            assert tree is not None  # rows is not empty
+            out.append(TotalsProof(JobTotals(JobId(j), TokenUnits(r), TokenUnits(f), TokenUnits(b)),
+                                   Epoch(self.epoch), tree.proof(_totals_leaf(j, r, f, b))))
+        return out
 
     @property
     def root_bytes(self) -> bytes:
         return bytes.fromhex(self.root[2:])
 
+    @property
+    def totals_root_bytes(self) -> bytes:
+        return bytes.fromhex(self.totals_root[2:])
+
+    @property
+    def totals_tree(self) -> MerkleTree | None:
+        """The Merkle tree of job totals (None when there is no job), built once."""
+        return memo(self, "_memo_totals_tree", ("totals",), lambda: _totals_tree(self.totals))
+
     def message(self, domain: dict[str, Any]) -> dict[str, Any]:
         """The EIP-712 ``EpochReport`` message oracles sign (``contracts.sign``)."""
-        return epoch_report(domain, self.epoch, self.root_bytes, bytes.fromhex(self.totals_hash[2:]))
+        return epoch_report(domain, self.epoch, self.root_bytes, self.totals_root_bytes)
 
     def digest(self, domain: dict[str, Any]) -> bytes:
         """The 32-byte digest the escrow's ``submitReport`` checks the signatures against."""
@@ -357,10 +382,20 @@ def _release_leaf(job: int, license_id: int, amount: int) -> bytes:
                          + amount.to_bytes(32, "big")))
 
 
-def _totals_hash(rows: Sequence[tuple[int, int, int, int]]) -> bytes:
-    """``contracts.totals_hash`` of the rows as ``JobTotals``, encoded directly (held equal by a test)."""
-    return keccak(b"".join([_WORD_ONE, len(rows).to_bytes(32, "big"),
-                            *(v.to_bytes(32, "big") for row in rows for v in row)]))
+def _totals_leaf(job: int, release: int, refund: int, burn: int) -> bytes:
+    """``contracts.totals_leaf``, encoded directly like ``_release_leaf`` (held equal by a test)."""
+    return keccak(keccak(_TOTALS_KIND + job.to_bytes(32, "big") + release.to_bytes(32, "big")
+                         + refund.to_bytes(32, "big") + burn.to_bytes(32, "big")))
+
+
+def _totals_tree(rows: Sequence[tuple[int, int, int, int]]) -> MerkleTree | None:
+    return MerkleTree(_totals_leaf(*row) for row in rows) if rows else None
+
+
+def _totals_root(rows: Sequence[tuple[int, int, int, int]]) -> bytes:
+    """``contracts.totals_root`` of the rows as ``JobTotals`` (held equal by a test)."""
+    tree = _totals_tree(rows)
+    return NO_TOTALS if tree is None else tree.root
 
 
 def _pay_tree(pay: Sequence[tuple[int, int, int]]) -> MerkleTree | None:
@@ -397,11 +432,15 @@ def build_report(epoch: int, observations: Sequence[Observation], inputs: ChainI
         slots[(job_id, replica)][node] = ms
         judged[(job_id, replica, node)] = compute_tenure_availability(alive_ms, ms)
 
-    totals: dict[int, list[int]] = {j: [r, f, b] for j, r, f, b in previous.totals} if previous else {}
+    # every job the inputs name (active on chain and started) has a totals leaf, zeros if nothing
+    # was settled for it yet: the escrow closes a job only on the newest report's totals
+    carried = {j: [r, f, b] for j, r, f, b in previous.totals} if previous else {}
+    totals: dict[int, list[int]] = {job.job_id: carried.get(job.job_id, [0, 0, 0]) for job in inputs.jobs
+                                    if job.status is JobStatus.ACTIVE and job.start_epoch <= epoch}
     pay: dict[tuple[int, int], int] = dict(previous.pay_of) if previous else {}
     settled: list[tuple[int, int, int, int]] = []
     for job in inputs.jobs:
-        if not job.is_active_in(epoch):
+        if not job.is_active_in(epoch):  # ended, not closed yet: its totals stand
             continue
         release = refund = burn = 0
         for replica in range(job.replicas):
@@ -420,7 +459,7 @@ def build_report(epoch: int, observations: Sequence[Observation], inputs: ChainI
                     key = (job.job_id, holder.license_id)
                     pay[key] = pay.get(key, 0) + out.node
         settled.append((job.job_id, release, refund, burn))
-        cumulative = totals.setdefault(job.job_id, [0, 0, 0])
+        cumulative = totals[job.job_id]
         cumulative[0] += release
         cumulative[1] += refund
         cumulative[2] += burn
@@ -435,13 +474,13 @@ def build_report(epoch: int, observations: Sequence[Observation], inputs: ChainI
         previous_epoch=previous.epoch if previous else None, observations=cited, inputs=inputs,
         availability=medians.availability, tenure=medians.tenure, settled=tuple(settled), totals=total_rows,
         pay=pay_rows, root="0x" + (tree.root if tree else EMPTY_ROOT).hex(),
-        totals_hash="0x" + _totals_hash(total_rows).hex())
+        totals_root="0x" + _totals_root(total_rows).hex())
     report.__dict__["_memo_tree"] = ((report.pay,), tree)  # built once (``memo``)
     return report
 
 
 _COMPARED = ("observations", "previous_id", "previous_epoch", "availability", "tenure", "settled", "totals", "pay",
-             "root", "totals_hash")
+             "root", "totals_root")
 
 
 def verify_report(report: EpochReport, domain: dict[str, Any], oracle_set: Collection[str], threshold: int,

@@ -62,7 +62,7 @@ MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # a report of 10,000 nodes is ~12 MB (BENC
 
 @dataclass(frozen=True)
 class OracleConfig:
-    settle_s: float = 1.0  # after an epoch ends, how long until it is observed (the last beats arrive)
+    settle_s: float = 0.5  # after an epoch ends, how long until it is observed: two samples of the watcher
     round_s: float = 10.0  # a leader's time to land the root before the next one takes over
     request_s: float = 5.0  # one exchange with another oracle
     poll_s: float = 0.5  # how often the chain is asked whether an epoch landed
@@ -140,6 +140,7 @@ class Oracle:
         self.scalings = Scalings(self.chain, self.deployment)  # read once, kept (chain inputs)
         self._landed_seen: set[int] = set()  # epochs whose EpochSettled we read, up to block _events_read_to
         self._events_read_to = self.deployment.block - 1
+        self._set_read: tuple[float, frozenset[str], int] | None = None  # (when, oracles, threshold)
         self.node.transport.set_handler(PROTOCOL, self.answer, max_request_bytes=MAX_MESSAGE_BYTES,
                                         timeout_s=self.config.round_s)
         (self.directory / "reports").mkdir(parents=True, exist_ok=True)
@@ -180,7 +181,9 @@ class Oracle:
         """Take part in ``epoch``'s agreement until its root is on chain (module docstring, 2-4)."""
         if epoch in self.settled:
             return
-        _, end = self.clock.bounds(epoch)  # the epoch's last beats are still arriving for settle_s
+        _, end = self.clock.bounds(epoch)  # the epoch's last samples are still being written for settle_s
+        await trio.sleep(max(0.0, (end - self.node.now_ms()) / 1000))
+        await self._oracle_set(max_age_s=0)  # meanwhile: a leader asks at once, a follower signs at once
         await trio.sleep(max(0.0, (end - self.node.now_ms()) / 1000 + self.config.settle_s))
         self.observe(epoch)
         round_ = 0
@@ -276,7 +279,8 @@ class Oracle:
             return f"{len(signatures)} signatures, {threshold} needed{because}"
         while True:
             try:
-                await self.gate.run(lambda: escrow.submit_report(epoch, report.root_bytes, report.job_totals(),
+                await self.gate.run(lambda: escrow.submit_report(epoch, report.root_bytes,
+                                                                 bytes.fromhex(report.totals_root[2:]),
                                                                  list(signatures.values()), sender=self.address))
                 break
             except reverts.JobEscrowEpochNotEnded as exc:
@@ -286,26 +290,11 @@ class Oracle:
                 await trio.sleep(self.config.poll_s)
             except ChainError as exc:
                 return f"submission failed: {exc}"
-        self._store(report)  # only a report that landed: the next one builds on it
-        await self._execute_burns(report)
+        # only a report that landed: the next one builds on it. Its totals reach each job's accounts
+        # when a claim, refund, burn or close applies them (escrow.applyTotals): landing costs the
+        # same whatever the number of jobs (BENCHMARKS.md, end-to-end gas)
+        self._store(report)
         return "submitted"
-
-    async def _execute_burns(self, report: EpochReport) -> None:
-        """Burn what the landed report allocated to burning (SETTLEMENT.md): the submitter does it
-        at once, so burned pay leaves the escrow with its epoch. Anyone may (``deedmesh burn``);
-        a failure here is logged and left to them, the allocation stays on chain."""
-        escrow = self.deployment.escrow(self.chain)
-        burning = [job for job, _, _, burn in report.totals if burn]
-        if not burning:
-            return
-        try:
-            jobs = await self.gate.run(lambda: [escrow.get_job(j) for j in burning])
-            due = [j.job_id for j in jobs if j.alloc_burn > j.burned]
-            if due:
-                await self.gate.run(lambda: escrow.execute_burn(due, sender=self.address))
-                log.info("executed burns", extra={"epoch": report.epoch, "jobs": due})
-        except ChainError as exc:
-            log.warning("could not execute burns; anyone may (deedmesh burn)", extra={"error": str(exc)[:300]})
 
     async def _ask_all(self, oracles: frozenset[str], message: dict[str, Any],
                        enough: Callable[[dict[str, Any]], bool] = lambda _: False) -> list[dict[str, Any]]:
@@ -381,10 +370,17 @@ class Oracle:
         return {"oracle": self.address, "signature": "0x" + sign(report.message(self.domain), self.private_key).hex()}
 
     # ------------------------------------------------------------------ the chain and the store
-    async def _oracle_set(self) -> tuple[frozenset[str], int]:
-        registry = self.deployment.oracles(self.chain)
-        members = await self.gate.run(registry.oracles)
-        return frozenset(members), int(await self.gate.run(registry.threshold))
+    async def _oracle_set(self, *, max_age_s: float | None = None) -> tuple[frozenset[str], int]:
+        """The registered oracles and the threshold, read at most ``max_age_s`` ago (default: a
+        round): each oracle reads them once as an epoch ends, not once per round and request (a
+        change takes effect from the next epoch; the escrow checks the quorum itself)."""
+        max_age = self.config.round_s if max_age_s is None else max_age_s
+        now = trio.current_time()
+        if self._set_read is None or now - self._set_read[0] > max_age:
+            registry = self.deployment.oracles(self.chain)
+            members = frozenset(await self.gate.run(registry.oracles))
+            self._set_read = (now, members, int(await self.gate.run(registry.threshold)))
+        return self._set_read[1], self._set_read[2]
 
     async def _landed(self, epoch: int) -> bool:
         if epoch in self.settled:
@@ -397,6 +393,8 @@ class Oracle:
 
     async def _previous(self, epoch: int) -> EpochReport | None:
         """The settled report the one for ``epoch`` builds on: the latest settled epoch before it."""
+        if epoch - 1 in self.reports:  # we hold only reports that landed: the usual case, no chain read
+            return self.reports[epoch - 1]
         # a report with no node pay lands with a zero root: the chain's events say which landed
         earlier = max((e for e in await self._landed_epochs() if e < epoch), default=None)
         if earlier is None:

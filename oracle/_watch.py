@@ -7,7 +7,10 @@ a neighbour, it is never placed on). ``Watcher`` samples that participant's view
 (``<dir>/epoch-<n>.jsonl``):
 
 - ``{"at": ms, "up": [...], "down": [...]}``: licensed nodes that became alive (their signed
-  beats arrive within the liveness tolerance: alive or suspect) or stopped being;
+  beats arrive within the liveness tolerance) or stopped being. A suspect node is down: its beats
+  stopped arriving (two intervals missed, ``mesh.LivenessConfig``), though it still holds its
+  replicas until it is declared dead, so a holder that fails is judged on the time it held a
+  replica without beating (SETTLEMENT.md rule 2: withheld, or burned, per the job's policy);
 - ``{"at": ms, "held": [[job, replica, node], ...], "released": [...]}``: the winning claim of a
   replica moved (placement's rules over the claim sets the oracle has, ``mesh.assignments``);
 - ``{"at": ms, "watching": true}``: a sample was taken. Gaps between these are the time the oracle
@@ -149,9 +152,10 @@ class Watcher:
         self._last_at: int | None = None  # the time of the last sample
 
     def view(self) -> tuple[set[str], set[Held]]:
-        """The licensed nodes alive to the oracle, and each placed replica's holder, now."""
+        """The licensed nodes alive to the oracle (not suspect: module docstring), and each placed
+        replica's holder, now."""
         up = {a for a, state in self.node.membership.peers().items()
-              if state in (PeerState.ALIVE, PeerState.SUSPECT) and self.node.is_eligible(a)}
+              if state is PeerState.ALIVE and self.node.is_eligible(a)}
         held = {(job_id, replica, holder)
                 for job_id, placed in assignments(self.node, placeable_jobs(self.node)).items()
                 for replica, holder in placed.items()}

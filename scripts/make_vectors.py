@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Write tests/vectors/eip712.json: the signed formats computed by the Python side.
+"""Write tests/vectors/eip712.json: the signed formats computed by the Python side (EIP-712
+structs, the node-pay leaf, and a report's job totals: leaves, Merkle root and proofs).
 
 The vectors use the escrow address of a deterministic deployment on a fresh embedded chain, so
 the contract test can deploy the same way and check that Solidity computes the same digests.
@@ -25,7 +26,9 @@ from contracts import (
     job_submission,
     release_leaf,
     sign,
-    totals_hash,
+    totals_leaf,
+    totals_proofs,
+    totals_root,
 )
 
 OUT = Path(__file__).resolve().parent.parent / "tests" / "vectors" / "eip712.json"
@@ -45,9 +48,10 @@ def main() -> None:
     escrow = vector_deployment(chain)
     domain = escrow_domain(chain.chain_id, escrow)
     signer = Account.from_key(SIGNER_KEY)
-    totals = [JobTotals(1, 970_000, 20_000, 10_000), JobTotals(7, 0, 5, 2**128 - 1)]  # type: ignore[arg-type]
+    totals = [JobTotals(1, 970_000, 20_000, 10_000), JobTotals(7, 0, 5, 2**128 - 1),  # type: ignore[arg-type]
+              JobTotals(2**256 - 1, 2**128 - 1, 0, 3)]  # type: ignore[arg-type]
     messages = {
-        "EpochReport": epoch_report(domain, 42, bytes.fromhex("ab" * 32), totals_hash(totals)),
+        "EpochReport": epoch_report(domain, 42, bytes.fromhex("ab" * 32), totals_root(totals)),
         "CspAdmission": csp_admission(domain, chain.accounts[5], b"kyc".ljust(32, b"\0"), 1_900_000_000, 7),
         "JobSubmission": job_submission(domain, 3, bytes.fromhex("cd" * 32), 2**64 + 5, 1_850_000_000),
     }
@@ -62,7 +66,16 @@ def main() -> None:
             }
             for name, m in messages.items()
         },
-        "totals": {"value": [t.as_abi() for t in totals], "hash": "0x" + totals_hash(totals).hex()},
+        # a report's job totals: one Merkle leaf per job, the root EpochReport.totalsRoot signs, and
+        # each job's proof (what applyTotals takes)
+        "totals": {
+            "epoch": 42,
+            "value": [t.as_abi() for t in totals],
+            "leaves": ["0x" + totals_leaf(t).hex() for t in totals],
+            "root": "0x" + totals_root(totals).hex(),
+            "proofs": [["0x" + h.hex() for h in p.proof] for p in totals_proofs(42, totals)],
+            "empty_root": "0x" + totals_root([]).hex(),
+        },
         "release_leaf": {"job_id": 3, "license_id": 9, "cumulative": 123_456_789,
                          "leaf": "0x" + release_leaf(3, 9, 123_456_789).hex()},
     }

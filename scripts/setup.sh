@@ -8,6 +8,16 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 "$PY" -c 'import sys; assert sys.version_info >= (3, 11), "deedmesh needs Python >= 3.11"'
 
+# The README's walkthrough reads JSON output with jq.
+if ! command -v jq >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "setup: installing jq"
+    apt-get update -qq && apt-get install -y -qq jq >/dev/null
+  else
+    echo "setup: jq is missing (the README's walkthrough uses it); install it with your package manager" >&2
+  fi
+fi
+
 # fastecdsa (a libp2p dependency) builds from source and needs GMP and a C toolchain.
 if ! [ -e /usr/include/gmp.h ] && ! ls /usr/include/*/gmp.h >/dev/null 2>&1; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then

@@ -46,13 +46,19 @@ def test_devnet_settles_the_jobs_epochs_through_its_oracles_and_the_audit_balanc
         assert j["released"] > 0  # the nodes served it
         assert j["burned"] > 0  # the protocol's share of each release
     assert jobs["chaindist"]["result_digest"]  # the fan-out job finished, and a live node shows its digest
-    # a holder of the CAR job was killed halfway through the first epoch: its replica moved, and the
-    # time it held the replica dead (until the mesh moved it) was withheld and refunded to the CSP
+    # a holder of the CAR job was killed early in the first epoch: its replica moved, and since it
+    # held the replica a while without beating (suspect, until declared dead) its availability
+    # during its tenure fell below the release threshold: its share was withheld for the CSP
     killed = summary["killed"]
     assert killed["epoch"] == first
     assert killed["moved_to"] not in (None, killed["node"])
     assert summary["reallocations"] >= 1
     assert job["refunded"] > 0
+    if killed["into_epoch_s"] <= 0.4 * 8:  # killed early enough for the suspect time to weigh (as planned)
+        mine = [w for w in summary["withheld"] if w["node"] == killed["node"].lower() and w["epoch"] == first]
+        assert mine, summary["withheld"]
+        assert all(w["availability_in_tenure"] < w["release_threshold"] for w in mine)
+        assert job["withheld"] >= sum(w["share"] for w in mine if w["job_id"] == job["job_id"]) > 0
     paid = summary["claimed"]["paid"]
     assert sum(p["amount"] for p in paid) == sum(j["released"] for j in summary["jobs"])  # all claimed by owners
     assert {p["owner"] for p in paid} <= {n["owner"] for n in summary["nodes"]}

@@ -7,6 +7,7 @@ import {SafeERC20} from "@openzeppelin/contracts/token/ERC20/utils/SafeERC20.sol
 import {ECDSA} from "@openzeppelin/contracts/utils/cryptography/ECDSA.sol";
 import {EIP712} from "@openzeppelin/contracts/utils/cryptography/EIP712.sol";
 import {MerkleProof} from "@openzeppelin/contracts/utils/cryptography/MerkleProof.sol";
+import {Multicall} from "@openzeppelin/contracts/utils/Multicall.sol";
 import {ReentrancyGuardTransient} from "@openzeppelin/contracts/utils/ReentrancyGuardTransient.sol";
 import {SafeCast} from "@openzeppelin/contracts/utils/math/SafeCast.sol";
 import {LicenseRegistry} from "./LicenseRegistry.sol";
@@ -14,9 +15,12 @@ import {OracleRegistry} from "./OracleRegistry.sol";
 
 /// @title JobEscrow
 /// @notice Escrow for licensed edge compute. Admitted CSPs fund jobs; once per epoch a quorum of
-/// oracles posts a signed report: a Merkle root of each (job, license)'s cumulative node pay, and
-/// each job's cumulative totals (released to nodes, refunded to the CSP, burned). License owners
-/// claim with proofs, CSPs take refunds, burns are executed; all whenever anyone likes.
+/// oracles posts a signed report: two Merkle roots, one of each (job, license)'s cumulative node
+/// pay and one of each job's cumulative totals (released to nodes, refunded to the CSP, burned).
+/// Posting costs the same whatever the number of jobs: a job's totals are applied to its accounts
+/// only when someone proves them (`applyTotals`, usually batched with a claim, refund, burn or
+/// close through `multicall`). License owners claim with proofs, CSPs take refunds, burns are
+/// executed; all whenever anyone likes.
 /// @dev Per job, at every moment:
 ///   deposited = released + forfeited + refunded + burned + reclaimed      (moved out)
 ///             + (allocRelease - released - forfeited)                       (claimable)
@@ -25,11 +29,11 @@ import {OracleRegistry} from "./OracleRegistry.sol";
 /// where deposited is everything pulled from the CSP (create, top-ups, scale-ups) and reclaimed
 /// everything returned to it unallocated (scale-downs, and the rest at cancel or close); an active
 /// job may have reclaimed != 0 once it was scaled down. The contract enforces
-/// allocRelease + allocRefund + allocBurn + reclaimed <= deposited at every report and every
-/// scale-down, and each outflow <= its allocation, so no job ever pays out more than its deposit,
+/// allocRelease + allocRefund + allocBurn + reclaimed <= deposited at every application of totals
+/// and every scale-down, and each outflow <= its allocation, so no job ever pays out more than its deposit,
 /// whatever the oracles sign. Node pay is keyed by license id: the license is what earns and what
 /// governance sanctions, and a node key can be rotated (relinked) without losing pay.
-contract JobEscrow is AccessControl, EIP712, ReentrancyGuardTransient {
+contract JobEscrow is AccessControl, EIP712, ReentrancyGuardTransient, Multicall {
     using SafeERC20 for IERC20;
 
     /// @notice Role allowed to set the attester, allow tokens and restrict CSPs.
@@ -38,11 +42,13 @@ contract JobEscrow is AccessControl, EIP712, ReentrancyGuardTransient {
     address public constant BURN_ADDRESS = 0x000000000000000000000000000000000000dEaD;
     /// @notice Leaf kind for a (job, license) cumulative node pay.
     uint8 public constant LEAF_RELEASE = 1;
+    /// @notice Leaf kind for a job's cumulative totals.
+    uint8 public constant LEAF_TOTALS = 2;
 
     bytes32 private constant CSP_ADMISSION_TYPEHASH =
         keccak256("CspAdmission(address csp,bytes32 kycRef,uint64 validUntil,uint256 nonce)");
     bytes32 private constant EPOCH_REPORT_TYPEHASH =
-        keccak256("EpochReport(uint64 epoch,bytes32 root,bytes32 totalsHash)");
+        keccak256("EpochReport(uint64 epoch,bytes32 root,bytes32 totalsRoot)");
     bytes32 private constant JOB_SUBMISSION_TYPEHASH =
         keccak256("JobSubmission(uint256 jobId,bytes32 specHash,uint256 nonce,uint64 expiry)");
 
@@ -99,12 +105,15 @@ contract JobEscrow is AccessControl, EIP712, ReentrancyGuardTransient {
         uint128 forfeited; // node pay of blacklisted licenses, burned
     }
 
-    /// @notice One job's cumulative totals in an epoch report.
-    struct JobTotals {
+    /// @notice One job's cumulative totals in the report of `epoch`, with their proof against that
+    /// report's totals root.
+    struct TotalsProof {
         uint256 jobId;
+        uint64 epoch;
         uint128 release;
         uint128 refund;
         uint128 burn;
+        bytes32[] proof;
     }
 
     /// @notice A claim (or forfeit) of a (job, license)'s cumulative node pay against an epoch root.
@@ -127,6 +136,8 @@ contract JobEscrow is AccessControl, EIP712, ReentrancyGuardTransient {
     uint256 private _lastJobId;
     mapping(uint256 jobId => Job) private _jobs;
     mapping(uint64 epoch => bytes32) private _roots;
+    mapping(uint64 epoch => bytes32) private _totalsRoots;
+    mapping(uint256 jobId => uint64) private _settledUntil; // 1 + the epoch of the totals applied last
     mapping(uint256 jobId => mapping(uint256 licenseId => uint256)) private _claimed;
     mapping(address token => bool) private _allowedTokens;
     mapping(address csp => uint64) private _admittedUntil;
@@ -173,12 +184,14 @@ contract JobEscrow is AccessControl, EIP712, ReentrancyGuardTransient {
     error JobEscrowEpochNotAfterLast(uint64 epoch, uint64 nextEpoch);
     /// @notice The epoch has not ended yet.
     error JobEscrowEpochNotEnded(uint64 epoch, uint64 currentEpoch);
-    /// @notice Job totals must be sorted by strictly increasing job id.
-    error JobEscrowTotalsNotSorted(uint256 index);
-    /// @notice A report lowered a cumulative total of the job.
+    /// @notice The proof does not prove the job's totals against the totals root of that epoch.
+    error JobEscrowInvalidTotalsProof(uint256 jobId, uint64 epoch);
+    /// @notice A job cannot close before the totals of the newest report that covers it are applied.
+    error JobEscrowTotalsNotApplied(uint256 jobId, uint64 settledUntil, uint64 needed);
+    /// @notice Applied totals would lower a cumulative total of the job.
     error JobEscrowAllocationDecreased(uint256 jobId);
-    /// @notice A report would assign more than the job's deposit less what was already returned to
-    /// the CSP: `allocated` (the report's totals) > `available` (deposited - reclaimed).
+    /// @notice Applied totals would assign more than the job's deposit less what was already returned
+    /// to the CSP: `allocated` (the report's totals) > `available` (deposited - reclaimed).
     error JobEscrowExceedsDeposit(uint256 jobId, uint256 allocated, uint256 available);
     /// @notice No root was posted for that epoch.
     error JobEscrowUnknownEpoch(uint64 epoch);
@@ -225,10 +238,8 @@ contract JobEscrow is AccessControl, EIP712, ReentrancyGuardTransient {
     /// @notice A finished job was closed and its unallocated remainder returned to the CSP.
     event JobClosed(uint256 indexed jobId, uint256 reclaimed);
     /// @notice A quorum-signed report for `epoch` landed.
-    event EpochSettled(uint64 indexed epoch, bytes32 root, bytes32 totalsHash, uint256 signers);
-    /// @notice A report carried totals for a job that is no longer active; they were not applied.
-    event JobAllocationSkipped(uint256 indexed jobId, uint64 indexed epoch, JobStatus status);
-    /// @notice A report set the job's cumulative totals.
+    event EpochSettled(uint64 indexed epoch, bytes32 root, bytes32 totalsRoot, uint256 signers);
+    /// @notice The totals of the report of `epoch` were applied to the job's accounts.
     event JobAllocated(uint256 indexed jobId, uint64 indexed epoch, uint128 release, uint128 refund, uint128 burn);
     /// @notice A license owner was paid node pay of a job.
     event Claimed(uint256 indexed jobId, uint256 indexed licenseId, address indexed owner, uint256 amount);
@@ -403,12 +414,20 @@ contract JobEscrow is AccessControl, EIP712, ReentrancyGuardTransient {
 
     /// @notice Close a job once its last epoch plus the grace period is over, returning to the CSP
     /// whatever no report allocated and no scale-down returned yet (the outcome for epochs that never
-    /// reached a quorum). Anyone may call.
+    /// reached a quorum). Anyone may call. Every report from the job's start on carries its totals,
+    /// so the newest one that covers the job (up to its last epoch) must be applied first
+    /// (`applyTotals` in the same `multicall`): nobody can close a job on older totals and take
+    /// back pay that later reports assigned.
     function closeJob(uint256 jobId) external nonReentrant {
         Job storage job = _requireJob(jobId);
         if (job.status != JobStatus.Active) revert JobEscrowJobNotActive(jobId, job.status);
-        uint64 closableFrom = job.startEpoch + job.epochs + _closeGraceEpochs;
+        uint64 endEpoch = job.startEpoch + job.epochs;
+        uint64 closableFrom = endEpoch + _closeGraceEpochs;
         if (currentEpoch() < closableFrom) revert JobEscrowJobNotClosable(jobId, closableFrom);
+        uint64 needed = _nextEpoch < endEpoch ? _nextEpoch : endEpoch; // 1 + the newest epoch to cover
+        if (needed > job.startEpoch && _settledUntil[jobId] < needed) {
+            revert JobEscrowTotalsNotApplied(jobId, _settledUntil[jobId], needed);
+        }
         uint128 remainder = job.deposited - job.reclaimed - job.allocRelease - job.allocRefund - job.allocBurn;
         job.reclaimed += remainder;
         job.status = JobStatus.Closed;
@@ -418,32 +437,39 @@ contract JobEscrow is AccessControl, EIP712, ReentrancyGuardTransient {
 
     // ------------------------------------------------------------------ epoch reports
 
-    /// @notice Post the oracles' report for `epoch`: the Merkle root of node pay and each job's
-    /// cumulative totals, signed by a quorum (EIP-712 `EpochReport` under this contract's domain).
-    /// Anyone may submit it. Epochs only move forward; a skipped epoch is covered by the next
-    /// report, since all amounts are cumulative. Totals for a job that was closed or cancelled in
-    /// the meantime are skipped (`JobAllocationSkipped`), not applied.
-    function submitReport(uint64 epoch, bytes32 root, JobTotals[] calldata totals, bytes[] calldata signatures)
-        external
-    {
+    /// @notice Post the oracles' report for `epoch`: the Merkle root of each (job, license)'s
+    /// cumulative node pay and the Merkle root of each job's cumulative totals, signed by a quorum
+    /// (EIP-712 `EpochReport` under this contract's domain). Anyone may submit it. Epochs only move
+    /// forward; amounts are cumulative, so a newer report supersedes an older one. The cost does not
+    /// grow with the number of jobs: totals reach a job's accounts through `applyTotals`.
+    function submitReport(uint64 epoch, bytes32 root, bytes32 totalsRoot, bytes[] calldata signatures) external {
         if (epoch < _nextEpoch) revert JobEscrowEpochNotAfterLast(epoch, _nextEpoch);
         uint64 current = currentEpoch();
         if (epoch >= current) revert JobEscrowEpochNotEnded(epoch, current);
-        bytes32 totalsHash_ = keccak256(abi.encode(totals));
-        uint256 signers = _oracles.verifyQuorum(epochReportDigest(epoch, root, totalsHash_), signatures);
+        uint256 signers = _oracles.verifyQuorum(epochReportDigest(epoch, root, totalsRoot), signatures);
+        _roots[epoch] = root;
+        _totalsRoots[epoch] = totalsRoot;
+        _nextEpoch = epoch + 1;
+        emit EpochSettled(epoch, root, totalsRoot, signers);
+    }
 
-        uint256 previousJobId = 0;
+    /// @notice Apply jobs' cumulative totals, each proven against the totals root of a posted epoch,
+    /// to their accounts: what claims, refunds and burns may then pay out. Anyone may call, usually
+    /// in one `multicall` with the claim, refund, burn or close that needs them. Totals from an epoch
+    /// not newer than the job's last applied ones are skipped, so keepers racing on the same report
+    /// do not fail each other; newer ones may not lower any total, nor assign more than the job's
+    /// deposit less what was returned to the CSP, whatever the oracles signed.
+    function applyTotals(TotalsProof[] calldata totals) external {
         for (uint256 i = 0; i < totals.length; ++i) {
-            JobTotals calldata t = totals[i];
-            if (t.jobId <= previousJobId) revert JobEscrowTotalsNotSorted(i);
-            previousJobId = t.jobId;
+            TotalsProof calldata t = totals[i];
             Job storage job = _requireJob(t.jobId);
-            if (job.status != JobStatus.Active) {
-                // A job closed (or cancelled) while the report was being agreed keeps its final
-                // accounts; skipping it keeps every other job's settlement from being held hostage.
-                emit JobAllocationSkipped(t.jobId, epoch, job.status);
-                continue;
+            if (job.status != JobStatus.Active) revert JobEscrowJobNotActive(t.jobId, job.status);
+            bytes32 totalsRoot = _totalsRoots[t.epoch];
+            if (totalsRoot == bytes32(0)) revert JobEscrowUnknownEpoch(t.epoch);
+            if (!MerkleProof.verifyCalldata(t.proof, totalsRoot, totalsLeaf(t.jobId, t.release, t.refund, t.burn))) {
+                revert JobEscrowInvalidTotalsProof(t.jobId, t.epoch);
             }
+            if (t.epoch < _settledUntil[t.jobId]) continue;
             if (t.release < job.allocRelease || t.refund < job.allocRefund || t.burn < job.allocBurn) {
                 revert JobEscrowAllocationDecreased(t.jobId);
             }
@@ -453,11 +479,9 @@ contract JobEscrow is AccessControl, EIP712, ReentrancyGuardTransient {
             job.allocRelease = t.release;
             job.allocRefund = t.refund;
             job.allocBurn = t.burn;
-            emit JobAllocated(t.jobId, epoch, t.release, t.refund, t.burn);
+            _settledUntil[t.jobId] = t.epoch + 1;
+            emit JobAllocated(t.jobId, t.epoch, t.release, t.refund, t.burn);
         }
-        _roots[epoch] = root;
-        _nextEpoch = epoch + 1;
-        emit EpochSettled(epoch, root, totalsHash_, signers);
     }
 
     // ------------------------------------------------------------------ payouts
@@ -576,6 +600,16 @@ contract JobEscrow is AccessControl, EIP712, ReentrancyGuardTransient {
         return _roots[epoch];
     }
 
+    /// @notice The totals root posted for `epoch`, or zero.
+    function totalsRootOf(uint64 epoch) external view returns (bytes32) {
+        return _totalsRoots[epoch];
+    }
+
+    /// @notice 1 + the epoch whose totals were last applied to the job (0: none yet).
+    function settledUntil(uint256 jobId) external view returns (uint64) {
+        return _settledUntil[jobId];
+    }
+
     /// @notice A job with all its accounts.
     function getJob(uint256 jobId) external view returns (Job memory) {
         return _jobs[jobId];
@@ -622,9 +656,9 @@ contract JobEscrow is AccessControl, EIP712, ReentrancyGuardTransient {
         return (_licenses, _oracles);
     }
 
-    /// @notice The hash of a report's job totals, as signed in `EpochReport.totalsHash`.
-    function totalsHash(JobTotals[] calldata totals) external pure returns (bytes32) {
-        return keccak256(abi.encode(totals));
+    /// @notice The Merkle leaf of a job's cumulative totals (OpenZeppelin double hash).
+    function totalsLeaf(uint256 jobId, uint128 release, uint128 refund, uint128 burn) public pure returns (bytes32) {
+        return keccak256(bytes.concat(keccak256(abi.encode(LEAF_TOTALS, jobId, release, refund, burn))));
     }
 
     /// @notice The Merkle leaf of a (job, license)'s cumulative node pay (OpenZeppelin double hash).
@@ -633,8 +667,8 @@ contract JobEscrow is AccessControl, EIP712, ReentrancyGuardTransient {
     }
 
     /// @notice The EIP-712 digest the oracles sign for an epoch report.
-    function epochReportDigest(uint64 epoch, bytes32 root, bytes32 totalsHash_) public view returns (bytes32) {
-        return _hashTypedDataV4(keccak256(abi.encode(EPOCH_REPORT_TYPEHASH, epoch, root, totalsHash_)));
+    function epochReportDigest(uint64 epoch, bytes32 root, bytes32 totalsRoot) public view returns (bytes32) {
+        return _hashTypedDataV4(keccak256(abi.encode(EPOCH_REPORT_TYPEHASH, epoch, root, totalsRoot)));
     }
 
     /// @notice The EIP-712 digest the attester signs to admit a CSP.

@@ -26,8 +26,10 @@ from contracts import (
     JobTotals,
     LicenseId,
     LicenseStatus,
+    MerkleTree,
     TokenClient,
     TokenUnits,
+    TotalsProof,
     csp_admission,
     epoch_report,
     escrow_domain,
@@ -35,9 +37,9 @@ from contracts import (
     release_leaf,
     reverts,
     sign,
-    totals_hash,
+    totals_proofs,
+    totals_root,
 )
-from oracle import MerkleTree
 
 from .world import GRACE_EPOCHS, PRICE, World, key
 
@@ -56,9 +58,11 @@ class Ledger:
 
     balances: dict[tuple[str, str], int]
     jobs: list[Job]
+    settled_until: list[int]
     claimed: dict[tuple[int, int], int]
     next_epoch: int
     roots: list[bytes]
+    totals_roots: list[bytes]
     governance: tuple[object, ...]
 
 
@@ -71,10 +75,12 @@ def ledger(world: World, *tokens: TokenClient) -> Ledger:
     return Ledger(
         balances={(t.address, a): t.balance_of(a) for t in (world.token, *tokens) for a in accounts},
         jobs=[escrow.get_job(j) for j in range(1, last + 2)],  # one past the last: no job was created
+        settled_until=[escrow.settled_until(j) for j in range(1, last + 1)],
         # the licenses the attacks use; any other payout would still show in balances and jobs
         claimed={(j, lic): escrow.claimed_of(j, lic) for j in range(1, last + 1) for lic in world.license_ids[:3]},
         next_epoch=next_epoch,
         roots=[escrow.root_of(e) for e in range(next_epoch, escrow.current_epoch())],  # the ones a report could set
+        totals_roots=[escrow.totals_root_of(e) for e in range(next_epoch, escrow.current_epoch())],
         governance=(escrow.attester(), escrow.is_token_allowed(world.outsider), escrow.csp_status(world.csp),
                     escrow.admitted_until(world.csp2), escrow.has_role(gov, world.outsider),
                     escrow.has_role(gov, world.admin)),
@@ -107,11 +113,11 @@ def settled(world: World) -> Settled:
 
 
 def next_report(world: World, s: Settled) -> tuple[list[JobTotals], bytes, bytes, list[bytes]]:
-    """An honest, unposted report for epoch ``s.nxt``: (totals, root, totals hash, signatures)."""
+    """An honest, unposted report for epoch ``s.nxt``: (totals, root, totals root, signatures)."""
     lic = world.license_ids
     totals = [JobTotals(s.job, TokenUnits(3 * PRICE), TokenUnits(PRICE // 2), TokenUnits(0))]
     _, root, sigs = world.signed_report(s.nxt, {(s.job, lic[0]): 2 * PRICE, (s.job, lic[1]): PRICE}, totals)
-    return totals, root, totals_hash(totals), sigs
+    return totals, root, totals_root(totals), sigs
 
 
 def recovered_by_escrow(world: World, epoch: int, root: bytes, th: bytes, signature: bytes) -> str:
@@ -134,18 +140,22 @@ def test_ledger_sees_every_kind_of_move(world: World) -> None:
     snapshots = [ledger(world)]
     world.escrow.claim([world.claim_of(s.tree, s.epoch, s.job, world.license_ids[0], PRICE)], sender=world.outsider)
     snapshots.append(ledger(world))
-    totals, root, _, sigs = next_report(world, s)
-    world.escrow.submit_report(s.nxt, root, totals, sigs, sender=world.outsider)
+    totals, root, th, sigs = next_report(world, s)
+    world.escrow.submit_report(s.nxt, root, th, sigs, sender=world.outsider)
+    snapshots.append(ledger(world))
+    world.apply(s.nxt, totals)
     snapshots.append(ledger(world))
     world.escrow.set_token_allowed(world.outsider, True, sender=world.admin)
     snapshots.append(ledger(world))
     world.new_job()
     snapshots.append(ledger(world))
-    a, b, c, d, e = snapshots
+    a, b, c, d, e, f = snapshots
     assert (a.balances != b.balances, a.claimed != b.claimed, a.jobs != b.jobs) == (True, True, True)
-    assert (b.next_epoch != c.next_epoch, b.roots != c.roots, b.jobs != c.jobs) == (True, True, True)
-    assert c.governance != d.governance
-    assert (d.jobs != e.jobs, d.balances != e.balances) == (True, True)
+    assert (b.next_epoch != c.next_epoch, b.roots != c.roots, b.totals_roots != c.totals_roots) == (True, True, True)
+    assert b.jobs == c.jobs  # a report touches no job
+    assert (c.jobs != d.jobs, c.settled_until != d.settled_until) == (True, True)
+    assert d.governance != e.governance
+    assert (e.jobs != f.jobs, e.balances != f.balances) == (True, True)
     world.assert_conserved()
 
 
@@ -163,7 +173,7 @@ def test_forged_signature_rejected(world: World, genuine: int) -> None:
                                         signers=[*world.oracle_keys[:genuine], forger])
     before = ledger(world)
     with pytest.raises(reverts.OracleRegistryNotOracle) as err:
-        world.escrow.submit_report(s.nxt, root, totals, sigs, sender=world.outsider)
+        world.escrow.submit_report(s.nxt, root, totals_root(totals), sigs, sender=world.outsider)
     assert err.value.args_by_name == {"account": forger.address}
     assert ledger(world) == before
     world.assert_conserved()
@@ -171,13 +181,13 @@ def test_forged_signature_rejected(world: World, genuine: int) -> None:
 
 def test_duplicated_signature_rejected(world: World) -> None:
     s = settled(world)
-    totals, root, th, sigs = next_report(world, s)
+    _, root, th, sigs = next_report(world, s)
     first = recovered_by_escrow(world, s.nxt, root, th, sigs[0])
     assert first in {k.address for k in world.oracle_keys}
     before = ledger(world)
     # two distinct oracles, one of them counted twice to fake a third
     with pytest.raises(reverts.OracleRegistryDuplicateSigner) as err:
-        world.escrow.submit_report(s.nxt, root, totals, [sigs[0], sigs[1], sigs[0]], sender=world.outsider)
+        world.escrow.submit_report(s.nxt, root, th, [sigs[0], sigs[1], sigs[0]], sender=world.outsider)
     assert err.value.args_by_name == {"oracle": first}
     assert ledger(world) == before
     world.assert_conserved()
@@ -186,10 +196,10 @@ def test_duplicated_signature_rejected(world: World) -> None:
 @pytest.mark.parametrize("count", [0, 2])
 def test_too_few_signatures_rejected(world: World, count: int) -> None:
     s = settled(world)
-    totals, root, _, sigs = next_report(world, s)
+    _, root, th, sigs = next_report(world, s)
     before = ledger(world)
     with pytest.raises(reverts.OracleRegistryQuorumNotReached) as err:
-        world.escrow.submit_report(s.nxt, root, totals, sigs[:count], sender=world.outsider)
+        world.escrow.submit_report(s.nxt, root, th, sigs[:count], sender=world.outsider)
     assert err.value.args_by_name == {"signers": count, "threshold": 3}
     assert ledger(world) == before
     world.assert_conserved()
@@ -210,7 +220,7 @@ def test_signature_for_another_domain_rejected(world: World, other: str) -> None
     assert stranger not in {k.address for k in world.oracle_keys}
     before = ledger(world)
     with pytest.raises(reverts.OracleRegistryNotOracle) as err:
-        world.escrow.submit_report(s.nxt, root, totals, sigs, sender=world.outsider)
+        world.escrow.submit_report(s.nxt, root, th, sigs, sender=world.outsider)
     assert err.value.args_by_name == {"account": stranger}
     assert ledger(world) == before
     world.assert_conserved()
@@ -218,7 +228,7 @@ def test_signature_for_another_domain_rejected(world: World, other: str) -> None
 
 def test_high_s_signature_rejected(world: World) -> None:
     s = settled(world)
-    totals, root, th, sigs = next_report(world, s)
+    _, root, th, sigs = next_report(world, s)
     r, s_value, v = sigs[2][:32], int.from_bytes(sigs[2][32:64], "big"), sigs[2][64]
     flipped = r + (SECP256K1_N - s_value).to_bytes(32, "big") + bytes([55 - v])  # 27 <-> 28
     # the malleated signature is mathematically valid for the same oracle...
@@ -229,7 +239,7 @@ def test_high_s_signature_rejected(world: World) -> None:
     # ...and still refused: only low-s signatures are accepted
     before = ledger(world)
     with pytest.raises(reverts.OracleRegistryInvalidSignature) as err:
-        world.escrow.submit_report(s.nxt, root, totals, [*sigs[:2], flipped], sender=world.outsider)
+        world.escrow.submit_report(s.nxt, root, th, [*sigs[:2], flipped], sender=world.outsider)
     assert err.value.args_by_name == {"index": 2}
     assert ledger(world) == before
     world.assert_conserved()
@@ -241,19 +251,19 @@ def test_tampered_report_rejected(world: World, tamper: str) -> None:
     totals, root, th, sigs = next_report(world, s)
     world.advance_to_epoch(s.nxt + 2)
     epoch = s.nxt
-    if tamper == "totals":  # more node pay than the oracles signed, still within the deposit
+    if tamper == "totals":  # the totals root swapped after signing: more node pay, still within the deposit
         totals = [JobTotals(s.job, TokenUnits(DEPOSIT - PRICE), totals[0].refund, totals[0].burn)]
     elif tamper == "root":  # a root whose only leaf pays another license everything
         root = MerkleTree([release_leaf(s.job, world.license_ids[2], 3 * PRICE)]).root
     else:
         epoch = s.nxt + 1
     # the escrow hashes what it was given, so the oracles' signatures recover to strangers
-    stranger = recovered_by_escrow(world, epoch, root, totals_hash(totals), sigs[0])
+    stranger = recovered_by_escrow(world, epoch, root, totals_root(totals), sigs[0])
     assert stranger not in {k.address for k in world.oracle_keys}
-    assert (th == totals_hash(totals)) == (tamper != "totals")
+    assert (th == totals_root(totals)) == (tamper != "totals")
     before = ledger(world)
     with pytest.raises(reverts.OracleRegistryNotOracle) as err:
-        world.escrow.submit_report(epoch, root, totals, sigs, sender=world.outsider)
+        world.escrow.submit_report(epoch, root, totals_root(totals), sigs, sender=world.outsider)
     assert err.value.args_by_name == {"account": stranger}
     assert ledger(world) == before
     world.assert_conserved()
@@ -267,34 +277,88 @@ def test_replayed_report_rejected(world: World) -> None:
                                                 old_totals)
     before = ledger(world)
     with pytest.raises(reverts.JobEscrowEpochNotAfterLast) as same:  # the same report again
-        world.escrow.submit_report(s.epoch, old_root, old_totals, old_sigs, sender=world.outsider)
+        world.escrow.submit_report(s.epoch, old_root, totals_root(old_totals), old_sigs, sender=world.outsider)
     assert same.value.args_by_name == {"epoch": s.epoch, "nextEpoch": s.nxt}
     assert ledger(world) == before
-    totals, root, _, sigs = next_report(world, s)
-    world.escrow.submit_report(s.nxt, root, totals, sigs, sender=world.outsider)
+    _, root, th, sigs = next_report(world, s)
+    world.escrow.submit_report(s.nxt, root, th, sigs, sender=world.outsider)
     before = ledger(world)
     with pytest.raises(reverts.JobEscrowEpochNotAfterLast) as old:  # an old root after a newer one
-        world.escrow.submit_report(s.epoch, old_root, old_totals, old_sigs, sender=world.outsider)
+        world.escrow.submit_report(s.epoch, old_root, totals_root(old_totals), old_sigs, sender=world.outsider)
     assert old.value.args_by_name == {"epoch": s.epoch, "nextEpoch": s.nxt + 1}
     assert ledger(world) == before
     assert world.escrow.root_of(s.nxt) == root
     world.assert_conserved()
 
 
-def test_root_paying_more_than_deposit_rejected(world: World) -> None:
+def test_totals_paying_more_than_deposit_never_apply(world: World) -> None:
     s = settled(world)
     other = world.new_job(replicas=1, epochs=1, start_epoch=s.nxt + 1)
     lic = world.license_ids
-    # a quorum signs it, but one job's totals exceed its deposit: the whole report is refused
+    # a quorum signs it, and the report lands (it touches no job), but one job's totals exceed its
+    # deposit: they can never be applied, alone or in a batch, directly or before a claim
     totals = [JobTotals(s.job, TokenUnits(DEPOSIT), TokenUnits(PRICE // 4), TokenUnits(0)),
               JobTotals(other, TokenUnits(0), TokenUnits(1), TokenUnits(0))]
-    _, root, sigs = world.signed_report(s.nxt, {(s.job, lic[0]): DEPOSIT}, totals)
+    tree = world.post_report(s.nxt, {(s.job, lic[0]): DEPOSIT}, totals, apply=False)
+    claim = world.claim_of(tree, s.nxt, s.job, lic[0], DEPOSIT)
     before = ledger(world)
-    with pytest.raises(reverts.JobEscrowExceedsDeposit) as err:
-        world.escrow.submit_report(s.nxt, root, totals, sigs, sender=world.outsider)
-    assert err.value.args_by_name == {"jobId": s.job, "allocated": DEPOSIT + PRICE // 4, "available": DEPOSIT}
+    attempts = {
+        "alone": lambda: world.apply(s.nxt, totals, [s.job]),
+        "batch": lambda: world.apply(s.nxt, totals, [other, s.job]),
+        "before a claim": lambda: world.escrow.claim([claim], sender=world.owners[0],
+                                                     totals=totals_proofs(s.nxt, totals, [s.job])),
+    }
+    for label, attempt in attempts.items():
+        with pytest.raises(reverts.JobEscrowExceedsDeposit) as err:
+            attempt()
+        assert err.value.args_by_name == {"jobId": s.job, "allocated": DEPOSIT + PRICE // 4,
+                                          "available": DEPOSIT}, label
+    with pytest.raises(reverts.JobEscrowExceedsAllocation):  # the leaf pays nothing beyond the applied totals
+        world.escrow.claim([claim], sender=world.owners[0])
     assert ledger(world) == before
-    assert world.escrow.get_job(other).alloc_refund == 0
+    world.apply(s.nxt, totals, [other])  # the other job's totals in the same report are fine
+    assert world.escrow.get_job(other).alloc_refund == 1
+    world.assert_conserved()
+
+
+def test_old_totals_cannot_roll_back_allocations(world: World) -> None:
+    # anyone may apply totals: replaying an older report's (lower) totals changes nothing
+    s = settled(world)
+    totals, root, th, sigs = next_report(world, s)
+    world.escrow.submit_report(s.nxt, root, th, sigs, sender=world.outsider)
+    world.apply(s.nxt, totals)
+    before = ledger(world)
+    for sender in (world.csp, world.outsider):
+        receipt = world.escrow.apply_totals(totals_proofs(s.epoch, s.totals), sender=sender)
+        assert world.escrow.events(receipt) == []
+    assert ledger(world) == before
+    # nor can an older proof be passed off as the newer epoch's
+    [old] = totals_proofs(s.epoch, s.totals)
+    with pytest.raises(reverts.JobEscrowInvalidTotalsProof) as err:
+        world.escrow.apply_totals([TotalsProof(old.totals, Epoch(s.nxt), old.proof)], sender=world.csp)
+    assert err.value.args_by_name == {"jobId": s.job, "epoch": s.nxt}
+    assert ledger(world) == before
+    world.assert_conserved()
+
+
+def test_close_on_old_totals_rejected(world: World) -> None:
+    # the CSP (or anyone) closing on the first report's totals would take back pay that the newer
+    # report assigned: refused until the newest covering totals are applied
+    s = settled(world)
+    totals, root, th, sigs = next_report(world, s)
+    world.escrow.submit_report(s.nxt, root, th, sigs, sender=world.outsider)
+    world.advance_to_epoch(s.epoch + 3 + GRACE_EPOCHS)
+    before = ledger(world)
+    for attempt in (lambda: world.escrow.close_job(s.job, sender=world.csp),
+                    lambda: world.escrow.close_job(s.job, sender=world.csp,
+                                                   totals=totals_proofs(s.epoch, s.totals))):
+        with pytest.raises(reverts.JobEscrowTotalsNotApplied) as err:
+            attempt()
+        assert err.value.args_by_name == {"jobId": s.job, "settledUntil": s.nxt, "needed": s.nxt + 1}
+    assert ledger(world) == before
+    world.escrow.close_job(s.job, sender=world.csp, totals=totals_proofs(s.nxt, totals))
+    state = world.escrow.get_job(s.job)
+    assert (state.alloc_release, state.reclaimed) == (3 * PRICE, DEPOSIT - 3 * PRICE - PRICE // 2)
     world.assert_conserved()
 
 
@@ -337,8 +401,8 @@ def test_claim_with_foreign_proof_rejected(world: World) -> None:
         assert err.value.args_by_name == {"jobId": claim.job_id, "licenseId": claim.license_id}, label
     assert ledger(world) == before
     # a genuine proof against the root of another epoch
-    totals, root, _, sigs = next_report(world, s)
-    world.escrow.submit_report(s.nxt, root, totals, sigs, sender=world.outsider)
+    _, root, th, sigs = next_report(world, s)
+    world.escrow.submit_report(s.nxt, root, th, sigs, sender=world.outsider)
     before = ledger(world)
     with pytest.raises(reverts.JobEscrowInvalidProof):
         world.escrow.claim([Claim(s.job, genuine.license_id, Epoch(s.nxt), genuine.cumulative, genuine.proof)],
@@ -387,10 +451,11 @@ class Reentrant:
     fresh: JobId  # not started: cancellable, and scalable over all its epochs
     tree: MerkleTree
     epoch: int
+    newer: list[TotalsProof]  # the job's totals in the report of epoch + 1, landed and not applied
 
 
 RE_PAY = {0: PRICE, 1: PRICE // 2}  # license index -> node pay of ``Reentrant.job``
-RE_REFUND, RE_BURN = PRICE, PRICE // 4
+RE_REFUND, RE_BURN, RE_MORE_BURN = PRICE, PRICE // 4, 7  # the newer report burns RE_MORE_BURN more
 
 
 def reentrant_setup(world: World) -> Reentrant:
@@ -401,21 +466,30 @@ def reentrant_setup(world: World) -> Reentrant:
     token.approve(world.escrow.address, 2 * DEPOSIT, sender=world.csp)
     job = world.escrow.create_job(world.params(token=token.address), sender=world.csp)
     closable_from = world.escrow.get_job(job).start_epoch + 3 + GRACE_EPOCHS
-    world.advance_to_epoch(closable_from)
+    world.advance_to_epoch(closable_from + 1)
     lic = world.license_ids
+    pay = {(job, lic[i]): amount for i, amount in RE_PAY.items()}
     totals = [JobTotals(job, TokenUnits(sum(RE_PAY.values())), TokenUnits(RE_REFUND), TokenUnits(RE_BURN))]
-    tree = world.post_report(closable_from - 1, {(job, lic[i]): amount for i, amount in RE_PAY.items()}, totals)
+    tree = world.post_report(closable_from - 1, pay, totals)
+    newer = [JobTotals(job, TokenUnits(sum(RE_PAY.values())), TokenUnits(RE_REFUND),
+                       TokenUnits(RE_BURN + RE_MORE_BURN))]
+    world.post_report(closable_from, pay, newer, apply=False)
     world.licenses.set_status(lic[1], LicenseStatus.BLACKLISTED, sender=world.admin)  # for forfeit
     fresh = world.escrow.create_job(world.params(token=token.address), sender=world.csp)
-    return Reentrant(token, contract, job, fresh, tree, closable_from - 1)
+    return Reentrant(token, contract, job, fresh, tree, closable_from - 1, totals_proofs(closable_from, newer))
+
+
+def encoded(world: World, fn: str, args: list[Any]) -> bytes:
+    return bytes.fromhex(world.escrow.contract.encode_abi(fn, args=args).removeprefix("0x"))
 
 
 def reentrant_calls(world: World, r: Reentrant) -> dict[str, tuple[str, list[Any], str, int]]:
-    """Per escrow function: (name, args, who receives, amount it pays out once)."""
+    """Per escrow function (or multicall): (name, args, who receives, amount it pays out once)."""
     lic = world.license_ids
     c0 = world.claim_of(r.tree, r.epoch, r.job, lic[0], RE_PAY[0])
     c1 = world.claim_of(r.tree, r.epoch, r.job, lic[1], RE_PAY[1])
     remainder = DEPOSIT - sum(RE_PAY.values()) - RE_REFUND - RE_BURN
+    apply = encoded(world, "applyTotals", [[p.as_abi() for p in r.newer]])
     return {
         "claim": ("claim", [[c0.as_abi()]], world.owners[0], RE_PAY[0]),
         "forfeit": ("forfeit", [[c1.as_abi()]], BURN, RE_PAY[1]),
@@ -425,6 +499,13 @@ def reentrant_calls(world: World, r: Reentrant) -> dict[str, tuple[str, list[Any
         "closeJob": ("closeJob", [r.job], world.csp, remainder),
         # a scale-down pays the CSP back 1 slot x 3 epochs (a scale-up only pulls: no payout to hook)
         "scaleJob": ("scaleJob", [r.fresh, 1, b"\x5c" * 32], world.csp, PRICE * 3),
+        # the newer totals and a payout in one transaction, as the clients send them
+        "multicall claim": ("multicall", [[apply, encoded(world, "claim", [[c0.as_abi()]])]], world.owners[0],
+                            RE_PAY[0]),
+        "multicall burn": ("multicall", [[apply, encoded(world, "executeBurn", [[r.job]])]], BURN,
+                           RE_BURN + RE_MORE_BURN),
+        "multicall close": ("multicall", [[apply, encoded(world, "closeJob", [r.job])]], world.csp,
+                            remainder - RE_MORE_BURN),
     }
 
 
@@ -439,6 +520,9 @@ def assert_token_conserved(world: World, token: TokenClient) -> None:
     ("cancelJob", "cancelJob"), ("closeJob", "closeJob"),
     ("claim", "takeRefund"), ("takeRefund", "claim"), ("executeBurn", "forfeit"), ("cancelJob", "closeJob"),
     ("scaleJob", "scaleJob"), ("scaleJob", "cancelJob"), ("closeJob", "scaleJob"), ("claim", "scaleJob"),
+    # through multicall, outside and inside: each call it makes is guarded on its own
+    ("multicall claim", "claim"), ("multicall claim", "multicall claim"), ("claim", "multicall claim"),
+    ("multicall burn", "multicall close"), ("multicall close", "takeRefund"), ("takeRefund", "multicall close"),
 ])
 def test_reentrancy_through_token_rejected(world: World, outer: str, inner: str) -> None:
     r = reentrant_setup(world)
@@ -447,8 +531,8 @@ def test_reentrancy_through_token_rejected(world: World, outer: str, inner: str)
     inner_fn, inner_args, _, _ = calls[inner]
     functions = world.escrow.contract.functions
     # the token calls back into the escrow while the escrow pays someone
-    payload = bytes.fromhex(world.escrow.contract.encode_abi(inner_fn, args=inner_args).removeprefix("0x"))
-    world.chain.transact(r.contract.functions.arm(world.escrow.address, payload), world.admin)
+    world.chain.transact(r.contract.functions.arm(world.escrow.address, encoded(world, inner_fn, inner_args)),
+                         world.admin)
     before = ledger(world, r.token)
     with pytest.raises(reverts.ReentrancyGuardReentrantCall) as err:
         world.chain.transact(getattr(functions, fn)(*args), world.csp)
@@ -460,6 +544,23 @@ def test_reentrancy_through_token_rejected(world: World, outer: str, inner: str)
     world.chain.transact(getattr(functions, fn)(*args), world.csp)
     assert r.token.balance_of(payee) == payee_before + amount
     assert r.token.balance_of(world.escrow.address) == before.balances[(r.token.address, world.escrow.address)] - amount
+    world.assert_conserved()
+    assert_token_conserved(world, r.token)
+
+
+def test_reentrant_apply_totals_during_a_payout_is_harmless(world: World) -> None:
+    # applyTotals moves no money and is not guarded: reentered while the escrow pays the CSP's refund,
+    # it only raises the allocations (within the deposit) after the refund was booked
+    r = reentrant_setup(world)
+    apply = encoded(world, "applyTotals", [[p.as_abi() for p in r.newer]])
+    world.chain.transact(r.contract.functions.arm(world.escrow.address, apply), world.admin)
+    csp_before = r.token.balance_of(world.csp)
+    receipt = world.escrow.take_refund([r.job], sender=world.outsider)
+    assert [e.name for e in world.escrow.events(receipt)] == ["RefundTaken", "JobAllocated"]
+    assert r.token.balance_of(world.csp) == csp_before + RE_REFUND
+    state = world.escrow.get_job(r.job)
+    assert (state.refunded, state.alloc_burn, world.escrow.settled_until(r.job)) == (
+        RE_REFUND, RE_BURN + RE_MORE_BURN, r.epoch + 2)
     world.assert_conserved()
     assert_token_conserved(world, r.token)
 

@@ -28,19 +28,24 @@ from contracts import (
     JobStatus,
     JobTotals,
     LicenseStatus,
+    MerkleTree,
     SettlementPolicy,
     TokenClient,
     TokenUnits,
+    TotalsProof,
     csp_admission,
     digest,
     epoch_report,
     escrow_domain,
     job_submission,
+    recover,
     release_leaf,
     reverts,
-    totals_hash,
+    sign,
+    totals_leaf,
+    totals_proofs,
+    totals_root,
 )
-from oracle import MerkleTree
 
 from .world import EPOCH_SECONDS, GRACE_EPOCHS, PRICE, World, key
 
@@ -75,15 +80,25 @@ def raw_params(world: World, *, replicas: int = 2, epochs: int = 3, price: int =
     return (b"\x5e" * 32, world.token.address, replicas, epochs, start_epoch, price, threshold, floor, bps)
 
 
-def report(world: World, epoch: int, job: int, pay: Mapping[int, int], refund: int = 0, burn: int = 0,
-           ) -> tuple[MerkleTree, TxReceipt]:
-    """Post a quorum-signed report for one job: ``pay`` maps license index -> cumulative node pay."""
+def one_job_totals(job: int, release: int, refund: int = 0, burn: int = 0) -> list[JobTotals]:
+    return [JobTotals(JobId(job), TokenUnits(release), TokenUnits(refund), TokenUnits(burn))]
+
+
+def report(world: World, epoch: int, job: int, pay: Mapping[int, int], refund: int = 0, burn: int = 0, *,
+           apply: bool = True) -> tuple[MerkleTree, list[TotalsProof]]:
+    """Post a quorum-signed report for one job (``pay`` maps license index -> cumulative node pay)
+    and, with ``apply``, apply its totals: (tree, the job's totals proof)."""
     lic = world.license_ids
     leaves = {(job, lic[i]): amount for i, amount in pay.items()}
-    totals = [JobTotals(JobId(job), TokenUnits(sum(pay.values())), TokenUnits(refund), TokenUnits(burn))]
-    tree, root, sigs = world.signed_report(epoch, leaves, totals)
-    receipt = world.escrow.submit_report(epoch, root, totals, sigs, sender=world.outsider)
-    return tree, receipt
+    totals = one_job_totals(job, sum(pay.values()), refund, burn)
+    tree = world.post_report(epoch, leaves, totals, apply=apply)
+    return tree, totals_proofs(epoch, totals)
+
+
+def alloc(world: World, job: int) -> tuple[int, int, int, int]:
+    """The job's applied totals and settledUntil: (release, refund, burn, settled until)."""
+    j = world.escrow.get_job(job)
+    return j.alloc_release, j.alloc_refund, j.alloc_burn, world.escrow.settled_until(job)
 
 
 def settled_job(world: World, pay: Mapping[int, int], refund: int = 0, burn: int = 0,
@@ -414,13 +429,28 @@ def test_cancel_rejected_once_allocated(world: World) -> None:
     job = world.new_job(start_epoch=e + 5)
     twin = world.new_job(start_epoch=e + 5)
     world.advance_to_epoch(e + 1)
-    report(world, e, job, {}, refund=1)  # a report touched the job before its start
+    report(world, e, job, {}, refund=1)  # a report touched the job before its start, and was applied
     with pytest.raises(reverts.JobEscrowJobAlreadyStarted) as err:
         world.escrow.cancel_job(job, sender=world.csp)
     assert err.value.args_by_name == {"jobId": job, "startEpoch": e + 5}
     with pytest.raises(reverts.JobEscrowNotJobOwner):
         world.escrow.cancel_job(twin, sender=world.csp2)
     world.escrow.cancel_job(twin, sender=world.csp)  # same epoch, no allocation: fine
+    world.assert_conserved()
+
+
+def test_cancel_before_landed_totals_are_applied_refuses_them_after(world: World) -> None:
+    # the escrow knows only applied totals: a landed report whose totals nobody applied does not
+    # stop a cancel, and afterwards they can no longer be applied
+    e = world.escrow.current_epoch()
+    job = world.new_job(start_epoch=e + 5)
+    world.advance_to_epoch(e + 1)
+    _, proofs = report(world, e, job, {}, refund=1, apply=False)
+    world.escrow.cancel_job(job, sender=world.csp)
+    with pytest.raises(reverts.JobEscrowJobNotActive) as err:
+        world.escrow.apply_totals(proofs, sender=world.outsider)
+    assert err.value.args_by_name == {"jobId": job, "status": JobStatus.CANCELLED}
+    assert alloc(world, job) == (0, 0, 0, 0)
     world.assert_conserved()
 
 
@@ -447,12 +477,13 @@ def test_close_job_returns_unallocated_remainder(world: World) -> None:
     with pytest.raises(reverts.JobEscrowJobNotActive) as again:
         world.escrow.close_job(job, sender=world.csp)
     assert again.value.args_by_name == {"jobId": job, "status": JobStatus.CLOSED}
-    # a late report cannot allocate to a closed job: its totals are skipped, the report still lands
-    _, late = report(world, closable_from - 1, job, {0: PRICE}, refund=PRICE, burn=PRICE // 2)
-    assert [e.name for e in world.escrow.events(late)] == ["JobAllocationSkipped", "EpochSettled"]
-    assert world.escrow.events(late)[0] == ev(world, "JobAllocationSkipped", jobId=job, epoch=closable_from - 1,
-                                              status=JobStatus.CLOSED)
+    # a late report still lands, but its totals cannot be applied to the closed job
+    _, late = report(world, closable_from - 1, job, {0: PRICE}, refund=2 * PRICE, burn=PRICE // 2, apply=False)
+    with pytest.raises(reverts.JobEscrowJobNotActive) as closed:
+        world.escrow.apply_totals(late, sender=world.outsider)
+    assert closed.value.args_by_name == {"jobId": job, "status": JobStatus.CLOSED}
     assert world.escrow.get_job(job).conservation() == state.conservation()
+    assert world.escrow.settled_until(job) == closable_from - 1
     # what was allocated before the close stays payable
     world.escrow.claim([world.claim_of(tree, closable_from - 2, job, world.license_ids[0], PRICE)],
                        sender=world.outsider)
@@ -477,10 +508,88 @@ def test_close_fully_allocated_job_transfers_nothing(world: World) -> None:
     world.assert_conserved()
 
 
+def test_close_waits_for_the_newest_covering_totals(world: World) -> None:
+    # reports of the job's three epochs and one after its end landed; only the first was applied
+    job = world.new_job()
+    s = world.escrow.get_job(job).start_epoch
+    end = s + 3
+    world.advance_to_epoch(end + GRACE_EPOCHS)
+    proofs = {}
+    for i, epoch in enumerate(range(s, end + 1)):  # end: a report after the job's last epoch carries it too
+        released = min(i + 1, 3) * PRICE
+        proofs[epoch] = report(world, epoch, job, {0: released}, refund=i, apply=epoch == s)[1]
+    assert alloc(world, job) == (PRICE, 0, 0, s + 1)
+    with pytest.raises(reverts.JobEscrowTotalsNotApplied) as first:  # closing now would take back 2 epochs' pay
+        world.escrow.close_job(job, sender=world.outsider)
+    # needed = min(next epoch, end): the job's last epoch, not the newer report after its end
+    assert first.value.args_by_name == {"jobId": job, "settledUntil": s + 1, "needed": end}
+    world.escrow.apply_totals(proofs[s + 1], sender=world.outsider)
+    with pytest.raises(reverts.JobEscrowTotalsNotApplied) as second:
+        world.escrow.close_job(job, sender=world.csp)
+    assert second.value.args_by_name == {"jobId": job, "settledUntil": s + 2, "needed": end}
+    before = world.token.balance_of(world.csp)
+    remainder = DEPOSIT - 3 * PRICE - 2
+    # the newest covering totals applied first, in the same transaction (multicall)
+    receipt = world.escrow.close_job(job, sender=world.outsider, totals=proofs[s + 2])
+    assert world.escrow.events(receipt) == [
+        ev(world, "JobAllocated", jobId=job, epoch=s + 2, release=3 * PRICE, refund=2, burn=0),
+        ev(world, "JobClosed", jobId=job, reclaimed=remainder)]
+    assert transfers(world.token, receipt) == [(world.escrow.address, world.csp, remainder)]
+    assert world.token.balance_of(world.csp) == before + remainder
+    assert alloc(world, job) == (3 * PRICE, 2, 0, end)
+    # the report after the end was never needed, and can no longer be applied
+    with pytest.raises(reverts.JobEscrowJobNotActive):
+        world.escrow.apply_totals(proofs[end], sender=world.outsider)
+    world.assert_conserved()
+
+
+def test_close_applying_the_newest_totals_directly(world: World) -> None:
+    # out of order: the newest report's totals alone settle the job (cumulative amounts)
+    job = world.new_job(epochs=1)
+    s = world.escrow.get_job(job).start_epoch
+    world.advance_to_epoch(s + 1 + GRACE_EPOCHS)
+    report(world, s, job, {0: PRICE}, apply=False)
+    _, newest = report(world, s + 1, job, {0: PRICE, 1: PRICE}, apply=False)
+    receipt = world.escrow.close_job(job, sender=world.outsider, totals=newest)
+    assert [e.name for e in world.escrow.events(receipt)] == ["JobAllocated", "JobClosed"]
+    assert alloc(world, job) == (2 * PRICE, 0, 0, s + 2)
+    world.assert_conserved()
+
+
+def test_close_needs_no_totals_when_no_report_covers_the_job(world: World) -> None:
+    e = world.escrow.current_epoch()
+    never = world.new_job(epochs=1, start_epoch=e + 2)  # no report at all from its start on
+    world.advance_to_epoch(e + 1)
+    world.post_report(e, {}, [])  # a report before its start: it does not cover the job
+    world.advance_to_epoch(e + 3 + GRACE_EPOCHS)
+    assert world.escrow.next_epoch() == e + 1
+    receipt = world.escrow.close_job(never, sender=world.outsider)
+    assert world.escrow.events(receipt) == [ev(world, "JobClosed", jobId=never, reclaimed=PRICE * 2)]
+    assert alloc(world, never) == (0, 0, 0, 0)
+    world.assert_conserved()
+
+
+def test_close_blocked_by_a_covering_report_without_the_job(world: World) -> None:
+    # Liveness relies on the oracles: a report covering the job must carry its totals leaf. An
+    # empty one (zero totals root) blocks the close until a later report does carry it.
+    job = world.new_job(epochs=1)
+    s = world.escrow.get_job(job).start_epoch
+    world.advance_to_epoch(s + 1 + GRACE_EPOCHS)
+    world.post_report(s, {}, [])
+    assert world.escrow.totals_root_of(s) == ZERO32
+    with pytest.raises(reverts.JobEscrowTotalsNotApplied) as blocked:
+        world.escrow.close_job(job, sender=world.outsider)
+    assert blocked.value.args_by_name == {"jobId": job, "settledUntil": 0, "needed": s + 1}
+    _, later = report(world, s + 1, job, {}, refund=2 * PRICE, apply=False)
+    world.escrow.close_job(job, sender=world.outsider, totals=later)
+    assert world.escrow.get_job(job).status == JobStatus.CLOSED
+    world.assert_conserved()
+
+
 # ---------------------------------------------------------------------------------------- submitReport
 
 
-def test_submit_report_settles_and_allocates(world: World) -> None:
+def test_submit_report_settles_without_touching_jobs(world: World) -> None:
     j1, j2 = world.new_job(), world.new_job(replicas=1)
     e = world.escrow.get_job(j1).start_epoch
     world.advance_to_epoch(e + 1)
@@ -490,29 +599,47 @@ def test_submit_report_settles_and_allocates(world: World) -> None:
     totals = [JobTotals(j1, u(PRICE + PRICE // 3), u(7), u(11)), JobTotals(j2, u(5), u(0), u(0))]
     # all four oracles sign: the event counts them
     tree, root, sigs = world.signed_report(e, pay, totals, signers=world.oracle_keys)
-    receipt = world.escrow.submit_report(e, root, totals, sigs, sender=world.outsider)
+    receipt = world.escrow.submit_report(e, root, totals_root(totals), sigs, sender=world.outsider)
+    assert world.escrow.events(receipt) == [
+        ev(world, "EpochSettled", epoch=e, root=tree.root, totalsRoot=totals_root(totals), signers=4)]
+    assert (world.escrow.next_epoch(), world.escrow.root_of(e), world.escrow.root_of(e - 1)) == (e + 1, root, ZERO32)
+    assert (world.escrow.totals_root_of(e), world.escrow.totals_root_of(e - 1)) == (totals_root(totals), ZERO32)
+    assert alloc(world, j1) == alloc(world, j2) == (0, 0, 0, 0)  # no job's accounts were touched
+    world.assert_conserved()
+    # anyone applies them, in one batch: JobAllocated is emitted now, with the report's epoch
+    receipt = world.escrow.apply_totals(totals_proofs(e, totals), sender=world.outsider)
     assert world.escrow.events(receipt) == [
         ev(world, "JobAllocated", jobId=j1, epoch=e, release=PRICE + PRICE // 3, refund=7, burn=11),
-        ev(world, "JobAllocated", jobId=j2, epoch=e, release=5, refund=0, burn=0),
-        ev(world, "EpochSettled", epoch=e, root=tree.root, totalsHash=totals_hash(totals), signers=4),
-    ]
-    assert (world.escrow.next_epoch(), world.escrow.root_of(e), world.escrow.root_of(e - 1)) == (e + 1, root, ZERO32)
-    a = world.escrow.get_job(j1)
-    assert (a.alloc_release, a.alloc_refund, a.alloc_burn) == (PRICE + PRICE // 3, 7, 11)
-    assert world.escrow.get_job(j2).alloc_release == 5
+        ev(world, "JobAllocated", jobId=j2, epoch=e, release=5, refund=0, burn=0)]
+    assert transfers(world.token, receipt) == []
+    assert alloc(world, j1) == (PRICE + PRICE // 3, 7, 11, e + 1)
+    assert alloc(world, j2) == (5, 0, 0, e + 1)
     world.assert_conserved()
+
+
+def test_submit_report_gas_does_not_grow_with_jobs(world: World) -> None:
+    e = world.escrow.current_epoch()
+    jobs = [world.new_job() for _ in range(6)]
+    world.advance_to_epoch(e + 3)
+    gas = []
+    for epoch, count in ((e + 1, 1), (e + 2, 6)):
+        totals = [JobTotals(j, TokenUnits(7), TokenUnits(0), TokenUnits(0)) for j in jobs[:count]]
+        _, root, sigs = world.signed_report(epoch, {}, totals)
+        gas.append(world.escrow.submit_report(epoch, root, totals_root(totals), sigs, sender=world.outsider)["gasUsed"])
+    assert abs(gas[1] - gas[0]) < 200  # only calldata bytes of the (equally long) roots may differ
 
 
 def test_report_may_skip_epochs_and_be_empty(world: World) -> None:
     e = world.escrow.current_epoch()
     world.advance_to_epoch(e + 5)
     _, root, sigs = world.signed_report(e + 3, {}, [])
-    receipt = world.escrow.submit_report(e + 3, root, [], sigs, sender=world.outsider)
+    assert totals_root([]) == ZERO32
+    receipt = world.escrow.submit_report(e + 3, root, ZERO32, sigs, sender=world.outsider)
     assert world.escrow.events(receipt) == [
-        ev(world, "EpochSettled", epoch=e + 3, root=root,
-           totalsHash=keccak(b"\x00" * 31 + b"\x20" + b"\x00" * 32), signers=3)]
+        ev(world, "EpochSettled", epoch=e + 3, root=root, totalsRoot=ZERO32, signers=3)]
     assert world.escrow.next_epoch() == e + 4
     assert world.escrow.root_of(e + 2) == ZERO32
+    assert world.escrow.totals_root_of(e + 3) == ZERO32
 
 
 def test_report_epoch_must_move_forward(world: World) -> None:
@@ -539,68 +666,284 @@ def test_report_epoch_must_have_ended(world: World) -> None:
     assert world.escrow.next_epoch() == 0
 
 
-@pytest.mark.parametrize(("order", "index"), [((2, 1), 1), ((1, 1), 1), ((0,), 0), ((1, 2, 2), 2)])
-def test_report_totals_must_be_sorted(world: World, order: tuple[int, ...], index: int) -> None:
-    world.new_job()
-    world.new_job()
+def test_report_with_totals_root_swapped_after_signing_fails_quorum(world: World) -> None:
+    # the signatures cover EpochReport(epoch, root, totalsRoot): another totals root recovers strangers
+    job = world.new_job()
     e = world.escrow.current_epoch()
     world.advance_to_epoch(e + 1)
-    totals = [JobTotals(JobId(j), TokenUnits(0), TokenUnits(1), TokenUnits(0)) for j in order]
-    _, root, sigs = world.signed_report(e, {}, totals)
-    with pytest.raises(reverts.JobEscrowTotalsNotSorted) as err:
-        world.escrow.submit_report(e, root, totals, sigs, sender=world.outsider)
-    assert err.value.args_by_name == {"index": index}
-    assert world.escrow.next_epoch() == 0
+    signed = one_job_totals(job, 10)
+    _, root, sigs = world.signed_report(e, {}, signed)
+    swapped = totals_root(one_job_totals(job, DEPOSIT))
+    stranger = recover(epoch_report(world.escrow.domain(), e, root, swapped), sigs[0])
+    assert stranger not in {k.address for k in world.oracle_keys}
+    with pytest.raises(reverts.OracleRegistryNotOracle) as err:
+        world.escrow.submit_report(e, root, swapped, sigs, sender=world.outsider)
+    assert err.value.args_by_name == {"account": stranger}
+    assert (world.escrow.next_epoch(), world.escrow.totals_root_of(e)) == (0, ZERO32)
+    world.escrow.submit_report(e, root, totals_root(signed), sigs, sender=world.outsider)  # as signed: lands
+
+
+# ---------------------------------------------------------------------------------------- applyTotals
+
+
+def test_apply_totals_rejects_unknown_and_inactive_jobs(world: World) -> None:
+    e = world.escrow.current_epoch()
+    cancelled = world.new_job(start_epoch=e + 5)
+    active = world.new_job(start_epoch=e + 5)
+    world.advance_to_epoch(e + 1)
+    totals = [*one_job_totals(cancelled, 0, 1), *one_job_totals(active, 0, 2), *one_job_totals(active + 1, 0, 3)]
+    world.post_report(e, {}, totals, apply=False)
+    with pytest.raises(reverts.JobEscrowUnknownJob) as unknown:  # proven, but no such job
+        world.apply(e, totals, [active + 1])
+    assert unknown.value.args_by_name == {"jobId": active + 1}
+    world.escrow.cancel_job(cancelled, sender=world.csp)
+    with pytest.raises(reverts.JobEscrowJobNotActive) as inactive:
+        world.apply(e, totals, [cancelled])
+    assert inactive.value.args_by_name == {"jobId": cancelled, "status": JobStatus.CANCELLED}
+    # a batch is all or nothing: the active job's valid totals before the cancelled one are not applied
+    with pytest.raises(reverts.JobEscrowJobNotActive):
+        world.apply(e, totals, [active, cancelled])
+    assert alloc(world, active) == (0, 0, 0, 0)
+    world.apply(e, totals, [active])
+    assert alloc(world, active) == (0, 2, 0, e + 1)
+    world.assert_conserved()
+
+
+def test_apply_totals_rejects_an_epoch_without_totals_root(world: World) -> None:
+    job = world.new_job()
+    e = world.escrow.get_job(job).start_epoch
+    world.advance_to_epoch(e + 3)
+    totals = one_job_totals(job, PRICE)
+    world.post_report(e, {}, totals, apply=False)
+    world.post_report(e + 1, {}, [], apply=False)  # landed, with no job: zero totals root
+    [proof] = totals_proofs(e, totals)
+    for epoch in (e + 1, e + 2, e - 1):  # empty report, no report yet, before any report
+        with pytest.raises(reverts.JobEscrowUnknownEpoch) as err:
+            world.escrow.apply_totals([TotalsProof(proof.totals, Epoch(epoch), proof.proof)], sender=world.outsider)
+        assert err.value.args_by_name == {"epoch": epoch}
+    assert alloc(world, job) == (0, 0, 0, 0)
+
+
+def test_apply_totals_rejects_invalid_proofs(world: World) -> None:
+    j1, j2 = world.new_job(), world.new_job()
+    e = world.escrow.get_job(j1).start_epoch
+    world.advance_to_epoch(e + 2)
+    lic = world.license_ids[0]
+    first = [*one_job_totals(j1, PRICE, 5), *one_job_totals(j2, 9)]
+    second = [*one_job_totals(j1, 2 * PRICE, 5), *one_job_totals(j2, 10)]
+    world.post_report(e, {(j1, lic): PRICE}, first, apply=False)
+    world.post_report(e + 1, {(j1, lic): 2 * PRICE}, second, apply=False)
+    [good] = totals_proofs(e + 1, second, [j1])
+    [older] = totals_proofs(e, first, [j1])
+    t = good.totals
+    forged = {
+        "more release": TotalsProof(JobTotals(j1, TokenUnits(t.release + 1), t.refund, t.burn), good.epoch,
+                                    good.proof),
+        "less refund": TotalsProof(JobTotals(j1, t.release, TokenUnits(t.refund - 1), t.burn), good.epoch,
+                                   good.proof),
+        "another job's leaf": TotalsProof(JobTotals(j2, t.release, t.refund, t.burn), good.epoch, good.proof),
+        "proof of another epoch": TotalsProof(older.totals, good.epoch, older.proof),  # valid for e, not e + 1
+        "no proof": TotalsProof(t, good.epoch, ()),
+    }
+    for label, bad in forged.items():
+        with pytest.raises(reverts.JobEscrowInvalidTotalsProof) as err:
+            world.escrow.apply_totals([bad], sender=world.outsider)
+        assert err.value.args_by_name == {"jobId": bad.totals.job_id, "epoch": e + 1}, label
+    assert alloc(world, j1) == alloc(world, j2) == (0, 0, 0, 0)
+    world.escrow.apply_totals([good], sender=world.outsider)
+    assert alloc(world, j1) == (2 * PRICE, 5, 0, e + 2)
+    # a stale entry is proven before it is skipped: a forged one still reverts
+    with pytest.raises(reverts.JobEscrowInvalidTotalsProof):
+        world.escrow.apply_totals([forged["more release"]], sender=world.outsider)
+    world.assert_conserved()
+
+
+def test_release_and_totals_leaves_cannot_stand_in_for_each_other(world: World) -> None:
+    # a quorum posting one tree as both roots: its node-pay leaf is no totals leaf and vice versa
+    job = world.new_job()
+    e = world.escrow.current_epoch()
+    world.advance_to_epoch(e + 1)
+    lic = world.license_ids[0]
+    release = release_leaf(job, lic, PRICE)
+    totals = JobTotals(job, TokenUnits(lic), TokenUnits(PRICE), TokenUnits(0))
+    tree = MerkleTree([release, totals_leaf(totals)])
+    msg = epoch_report(world.escrow.domain(), e, tree.root, tree.root)
+    sigs = [sign(msg, k.key) for k in sorted(world.oracle_keys[:3], key=lambda k: k.address)]
+    world.escrow.submit_report(e, tree.root, tree.root, sigs, sender=world.outsider)
+    # the release leaf's (job, license, cumulative) read as totals, with the release leaf's proof
+    as_totals = TotalsProof(JobTotals(job, TokenUnits(lic), TokenUnits(PRICE), TokenUnits(0)), Epoch(e),
+                            tree.proof(release))
+    with pytest.raises(reverts.JobEscrowInvalidTotalsProof) as err:
+        world.escrow.apply_totals([as_totals], sender=world.outsider)
+    assert err.value.args_by_name == {"jobId": job, "epoch": e}
+    # and the totals leaf read as a claim of (job, release as license, refund as cumulative)
+    with pytest.raises(reverts.JobEscrowInvalidProof):
+        world.escrow.claim([Claim(job, lic, Epoch(e), TokenUnits(PRICE), tree.proof(totals_leaf(totals)))],
+                           sender=world.outsider)
+    # each leaf is valid as its own kind
+    world.escrow.apply_totals([TotalsProof(totals, Epoch(e), tree.proof(totals_leaf(totals)))],
+                              sender=world.outsider)
+    assert alloc(world, job) == (lic, PRICE, 0, e + 1)
+    world.assert_conserved()
+
+
+def test_apply_totals_skips_totals_not_newer_than_applied(world: World) -> None:
+    job = world.new_job()
+    e = world.escrow.get_job(job).start_epoch
+    world.advance_to_epoch(e + 3)
+    older, newer = one_job_totals(job, PRICE, 1), one_job_totals(job, 2 * PRICE, 3, 4)
+    world.post_report(e, {}, older, apply=False)
+    world.post_report(e + 1, {}, newer, apply=False)
+    receipt = world.apply(e + 1, newer)  # out of order: the newer report first
+    assert world.escrow.events(receipt) == [
+        ev(world, "JobAllocated", jobId=job, epoch=e + 1, release=2 * PRICE, refund=3, burn=4)]
+    state = world.escrow.get_job(job)
+    for epoch, totals in ((e, older), (e + 1, newer)):  # older, then the same again (racing keepers)
+        receipt = world.apply(epoch, totals)
+        assert world.escrow.events(receipt) == []  # skipped silently
+        assert world.escrow.get_job(job) == state
+        assert world.escrow.settled_until(job) == e + 2
+    # in one batch too: only the newest is applied, whatever the order
+    world.post_report(e + 2, {}, one_job_totals(job, 3 * PRICE, 3, 4), apply=False)
+    batch = [*totals_proofs(e + 2, one_job_totals(job, 3 * PRICE, 3, 4)), *totals_proofs(e, older)]
+    receipt = world.escrow.apply_totals(batch, sender=world.outsider)
+    assert [e_.args["epoch"] for e_ in world.escrow.events(receipt)] == [e + 2]
+    assert alloc(world, job) == (3 * PRICE, 3, 4, e + 3)
+    world.assert_conserved()
 
 
 @pytest.mark.parametrize("field", ["release", "refund", "burn"])
-def test_report_may_not_decrease_allocations(world: World, field: str) -> None:
+def test_apply_totals_may_not_decrease_allocations(world: World, field: str) -> None:
     job = world.new_job()
     e = world.escrow.current_epoch()
     world.advance_to_epoch(e + 2)
     first = {"release": 100, "refund": 100, "burn": 100}
     world.post_report(e, {}, [JobTotals(job, **first)])  # type: ignore[arg-type]
-    lowered = {**first, field: 99}
+    lowered = [JobTotals(job, **{**first, field: 99})]  # type: ignore[arg-type]
+    world.post_report(e + 1, {}, lowered, apply=False)  # the report itself lands
     with pytest.raises(reverts.JobEscrowAllocationDecreased) as err:
-        world.post_report(e + 1, {}, [JobTotals(job, **lowered)])  # type: ignore[arg-type]
+        world.apply(e + 1, lowered)
     assert err.value.args_by_name == {"jobId": job}
-    state = world.escrow.get_job(job)
-    assert (state.alloc_release, state.alloc_refund, state.alloc_burn) == (100, 100, 100)
+    assert alloc(world, job) == (100, 100, 100, e + 1)
     world.assert_conserved()
 
 
-def test_report_may_not_exceed_deposit(world: World) -> None:
+def test_apply_totals_may_not_exceed_deposit(world: World) -> None:
     job = world.new_job()
     e = world.escrow.current_epoch()
-    world.advance_to_epoch(e + 1)
+    world.advance_to_epoch(e + 2)
+    over, exact = one_job_totals(job, DEPOSIT - 2, 2, 1), one_job_totals(job, DEPOSIT - 2, 1, 1)
+    world.post_report(e, {}, over, apply=False)
     with pytest.raises(reverts.JobEscrowExceedsDeposit) as err:
-        world.post_report(e, {}, [JobTotals(job, TokenUnits(DEPOSIT - 2), TokenUnits(2), TokenUnits(1))])
+        world.apply(e, over)
     assert err.value.args_by_name == {"jobId": job, "allocated": DEPOSIT + 1, "available": DEPOSIT}
-    world.post_report(e, {}, [JobTotals(job, TokenUnits(DEPOSIT - 2), TokenUnits(1), TokenUnits(1))])  # exactly
+    assert alloc(world, job) == (0, 0, 0, 0)
+    world.post_report(e + 1, {}, exact)  # exactly the deposit
     assert world.escrow.get_job(job).locked == 0
     world.assert_conserved()
 
 
-def test_report_rejects_unknown_and_inactive_jobs(world: World) -> None:
-    e = world.escrow.current_epoch()
-    job = world.new_job(start_epoch=e + 5)
+# ---------------------------------------------------------------------------------------- multicall
+
+
+def test_claim_beyond_applied_allocation_waits_for_totals(world: World) -> None:
+    job = world.new_job()
+    e = world.escrow.get_job(job).start_epoch
     world.advance_to_epoch(e + 1)
-    with pytest.raises(reverts.JobEscrowUnknownJob) as unknown:
-        world.post_report(e, {}, [JobTotals(JobId(job + 1), TokenUnits(0), TokenUnits(1), TokenUnits(0))])
-    assert unknown.value.args_by_name == {"jobId": job + 1}
-    world.escrow.cancel_job(job, sender=world.csp)
-    other = world.new_job(start_epoch=e + 5)
-    # the cancelled job's totals are skipped; the active job in the same report is still settled
-    totals = [JobTotals(job, TokenUnits(0), TokenUnits(1), TokenUnits(0)),
-              JobTotals(other, TokenUnits(0), TokenUnits(2), TokenUnits(0))]
-    _, root, sigs = world.signed_report(e, {}, totals)
-    receipt = world.escrow.submit_report(e, root, totals, sigs, sender=world.outsider)
-    assert world.escrow.events(receipt)[0] == ev(world, "JobAllocationSkipped", jobId=job, epoch=e,
-                                                 status=JobStatus.CANCELLED)
-    assert world.escrow.get_job(job).alloc_refund == 0
-    assert world.escrow.get_job(other).alloc_refund == 2
-    assert world.escrow.next_epoch() == e + 1
+    lic, owner = world.license_ids[0], world.owners[0]
+    tree, proofs = report(world, e, job, {0: PRICE}, refund=5, apply=False)
+    claim = world.claim_of(tree, e, job, lic, PRICE)
+    with pytest.raises(reverts.JobEscrowExceedsAllocation) as err:  # the report landed, its totals did not
+        world.escrow.claim([claim], sender=owner)
+    assert err.value.args_by_name == {"jobId": job, "allocated": 0, "requested": PRICE}
+    before = world.token.balance_of(owner)
+    receipt = world.escrow.claim([claim], sender=world.outsider, totals=proofs)  # one transaction
+    assert world.escrow.events(receipt) == [
+        ev(world, "JobAllocated", jobId=job, epoch=e, release=PRICE, refund=5, burn=0),
+        ev(world, "Claimed", jobId=job, licenseId=lic, owner=owner, amount=PRICE)]
+    assert transfers(world.token, receipt) == [(world.escrow.address, owner, PRICE)]
+    assert world.token.balance_of(owner) == before + PRICE
+    assert alloc(world, job) == (PRICE, 5, 0, e + 1)
     world.assert_conserved()
+
+
+@pytest.mark.parametrize("payout", ["takeRefund", "executeBurn", "forfeit"])
+def test_payouts_apply_totals_in_the_same_transaction(world: World, payout: str) -> None:
+    job = world.new_job()
+    e = world.escrow.get_job(job).start_epoch
+    world.advance_to_epoch(e + 1)
+    lic = world.license_ids[0]
+    tree, proofs = report(world, e, job, {0: 300}, refund=400, burn=90, apply=False)
+    allocated = ev(world, "JobAllocated", jobId=job, epoch=e, release=300, refund=400, burn=90)
+    if payout == "forfeit":
+        world.licenses.set_status(lic, LicenseStatus.BLACKLISTED, sender=world.admin)
+        claims = [world.claim_of(tree, e, job, lic, 300)]
+        with pytest.raises(reverts.JobEscrowExceedsAllocation):
+            world.escrow.forfeit(claims, sender=world.outsider)
+        receipt = world.escrow.forfeit(claims, sender=world.outsider, totals=proofs)
+        expected = [allocated, ev(world, "Forfeited", jobId=job, licenseId=lic, amount=300)]
+        moved = [(world.escrow.address, BURN, 300)]
+    else:
+        send = world.escrow.take_refund if payout == "takeRefund" else world.escrow.execute_burn
+        with pytest.raises(reverts.JobEscrowNothingDue) as err:
+            send([job], sender=world.outsider)
+        assert err.value.args_by_name == {"jobId": job}
+        receipt = send([job], sender=world.outsider, totals=proofs)
+        if payout == "takeRefund":
+            expected = [allocated, ev(world, "RefundTaken", jobId=job, csp=world.csp, amount=400)]
+            moved = [(world.escrow.address, world.csp, 400)]
+        else:
+            expected = [allocated, ev(world, "BurnExecuted", jobId=job, amount=90)]
+            moved = [(world.escrow.address, BURN, 90)]
+    assert world.escrow.events(receipt) == expected
+    assert transfers(world.token, receipt) == moved
+    assert world.escrow.settled_until(job) == e + 1
+    world.assert_conserved()
+
+
+def test_multicall_is_atomic_and_reverts_by_name(world: World) -> None:
+    job = world.new_job()
+    e = world.escrow.get_job(job).start_epoch
+    world.advance_to_epoch(e + 1)
+    lic = world.license_ids
+    tree, proofs = report(world, e, job, {0: PRICE, 1: PRICE}, refund=7, apply=False)
+    good = world.claim_of(tree, e, job, lic[0], PRICE)
+    bad = Claim(job, lic[1], Epoch(e), TokenUnits(PRICE + 1), world.claim_of(tree, e, job, lic[1], PRICE).proof)
+    before = (world.token.balance_of(world.escrow.address), world.token.balance_of(world.owners[0]))
+    # the claim fails after the totals were applied: the whole transaction reverts, with the claim's error
+    with pytest.raises(reverts.JobEscrowInvalidProof) as err:
+        world.escrow.claim([good, bad], sender=world.outsider, totals=proofs)
+    assert err.value.args_by_name == {"jobId": job, "licenseId": lic[1]}
+    assert alloc(world, job) == (0, 0, 0, 0)
+    # the totals fail before the claim runs
+    forged = TotalsProof(JobTotals(job, TokenUnits(2 * PRICE), TokenUnits(8), TokenUnits(0)), Epoch(e),
+                         proofs[0].proof)
+    with pytest.raises(reverts.JobEscrowInvalidTotalsProof) as bad_totals:
+        world.escrow.claim([good], sender=world.outsider, totals=[forged])
+    assert bad_totals.value.args_by_name == {"jobId": job, "epoch": e}
+    # the raw multicall: any calls of the escrow in order, the last one failing
+    with pytest.raises(reverts.JobEscrowNothingDue) as nothing:
+        world.escrow.multicall([("applyTotals", ([p.as_abi() for p in proofs],)),
+                                ("takeRefund", ([job],)), ("takeRefund", ([job],))], sender=world.outsider)
+    assert nothing.value.args_by_name == {"jobId": job}
+    assert (world.token.balance_of(world.escrow.address), world.token.balance_of(world.owners[0])) == before
+    assert alloc(world, job) == (0, 0, 0, 0)
+    assert world.escrow.claimed_of(job, lic[0]) == 0
+    receipt = world.escrow.multicall([("applyTotals", ([p.as_abi() for p in proofs],)), ("takeRefund", ([job],)),
+                                      ("claim", ([good.as_abi()],))], sender=world.outsider)
+    assert [e_.name for e_ in world.escrow.events(receipt)] == ["JobAllocated", "RefundTaken", "Claimed"]
+    world.assert_conserved()
+
+
+def test_multicall_keeps_the_callers_identity(world: World) -> None:
+    # calls of the escrow run as the multicall's sender: a stranger cannot act as the job's CSP
+    job = world.new_job()
+    with pytest.raises(reverts.JobEscrowNotJobOwner) as err:
+        world.escrow.multicall([("updateSpec", (job, b"\x66" * 32))], sender=world.outsider)
+    assert err.value.args_by_name == {"jobId": job, "caller": world.outsider}
+    receipt = world.escrow.multicall([("updateSpec", (job, b"\x66" * 32)), ("updateSpec", (job, b"\x67" * 32))],
+                                     sender=world.csp)
+    assert [e.args["current"] for e in world.escrow.events(receipt)] == [b"\x66" * 32, b"\x67" * 32]
 
 
 # ---------------------------------------------------------------------------------------- claim
@@ -863,6 +1206,8 @@ def test_views(world: World) -> None:
     world.advance_to_epoch(e + 4)
     assert escrow.current_epoch() == (world.chain.now() - world.dep.genesis_time) // EPOCH_SECONDS == e + 4
     assert (escrow.next_epoch(), escrow.root_of(e), escrow.last_job_id()) == (0, ZERO32, 0)
+    assert (escrow.totals_root_of(e), escrow.settled_until(1)) == (ZERO32, 0)
+    assert world.chain.read_many([escrow.settled_until_call(1)]) == [0]
     assert escrow.get_job(1).status == JobStatus.NONE
     assert escrow.claimed_of(1, world.license_ids[0]) == 0
     assert escrow.is_csp_admitted(world.csp)
@@ -875,7 +1220,7 @@ def test_views(world: World) -> None:
     assert escrow.attester() == world.attester.address
     assert escrow.registries() == (world.licenses.address, world.oracles.address)
     assert to_checksum_address(escrow._view("BURN_ADDRESS")) == BURN
-    assert escrow._view("LEAF_RELEASE") == 1
+    assert (escrow._view("LEAF_RELEASE"), escrow._view("LEAF_TOTALS")) == (1, 2)
     fields, name, version, chain_id, verifying, salt, extensions = escrow._view("eip712Domain")
     assert (fields, name, version, chain_id, verifying, salt, extensions) == (
         b"\x0f", "deedmesh JobEscrow", "1", world.chain.chain_id, escrow.address, ZERO32, [])
@@ -885,12 +1230,13 @@ def test_signed_formats_match_python(world: World) -> None:
     escrow, domain = world.escrow, world.escrow.domain()
     assert domain == escrow_domain(world.chain.chain_id, escrow.address)
     big = 2**128 - 1
-    for totals in ([], [JobTotals(JobId(1), TokenUnits(5), TokenUnits(6), TokenUnits(7)),
-                        JobTotals(JobId(2**200), TokenUnits(big), TokenUnits(0), TokenUnits(big))]):
-        assert escrow.totals_hash(totals) == totals_hash(totals)
+    for t in (JobTotals(JobId(1), TokenUnits(5), TokenUnits(6), TokenUnits(7)),
+              JobTotals(JobId(2**200), TokenUnits(big), TokenUnits(0), TokenUnits(big)),
+              JobTotals(JobId(0), TokenUnits(0), TokenUnits(0), TokenUnits(0))):
+        assert escrow.totals_leaf(t) == totals_leaf(t)
     for job, lic, amount in ((1, 1, 1), (2**255, 7, 2**256 - 1), (0, 0, 0)):
         assert escrow.release_leaf(job, lic, amount) == release_leaf(job, lic, amount)
-    root, th = b"\xab" * 32, totals_hash([JobTotals(JobId(3), TokenUnits(1), TokenUnits(2), TokenUnits(3))])
+    root, th = b"\xab" * 32, totals_root([JobTotals(JobId(3), TokenUnits(1), TokenUnits(2), TokenUnits(3))])
     assert escrow.epoch_report_digest(9, root, th) == digest(epoch_report(domain, 9, root, th))
     assert escrow.csp_admission_digest(world.csp, KYC, 2**64 - 1, 42) == digest(
         csp_admission(domain, world.csp, KYC, 2**64 - 1, 42))

@@ -332,13 +332,15 @@ def test_report_after_scale_down_is_capped_by_what_remains(world: World) -> None
     world.advance_to_epoch(start + 1)
     world.escrow.scale_job(job, 1, SCALED, sender=world.csp)  # the last epoch at 1 slot: PRICE back
     available = DEPOSIT - PRICE
-    world.advance_to_epoch(start + 3)
+    world.advance_to_epoch(start + 4)
+    over = [JobTotals(job, TokenUnits(available - 1), TokenUnits(2), TokenUnits(0))]
+    world.post_report(start + 2, {}, over, apply=False)  # lands: a report touches no job
     with pytest.raises(reverts.JobEscrowExceedsDeposit) as err:
-        world.post_report(start + 2, {}, [JobTotals(job, TokenUnits(available - 1), TokenUnits(2), TokenUnits(0))])
+        world.apply(start + 2, over)
     assert err.value.args_by_name == {"jobId": job, "allocated": available + 1, "available": available}
-    assert world.escrow.next_epoch() == 0
+    assert world.escrow.settled_until(job) == 0
     world.assert_conserved()
-    world.post_report(start + 2, {}, [JobTotals(job, TokenUnits(available - 1), TokenUnits(1), TokenUnits(0))])
+    world.post_report(start + 3, {}, [JobTotals(job, TokenUnits(available - 1), TokenUnits(1), TokenUnits(0))])
     state = world.escrow.get_job(job)
     assert (state.locked, state.reclaimed) == (0, PRICE)
     world.assert_conserved()
@@ -348,6 +350,23 @@ def test_report_after_scale_down_is_capped_by_what_remains(world: World) -> None
     assert world.escrow.events(receipt) == [ev(world, "JobClosed", jobId=job, reclaimed=0)]
     assert transfers(world.token, receipt) == []
     assert world.escrow.get_job(job).reclaimed == PRICE
+    world.assert_conserved()
+
+
+def test_scale_down_after_a_report_landed_caps_its_unapplied_totals(world: World) -> None:
+    # the escrow checks a scale-down against the applied totals only: a landed report that allocated
+    # more than the epochs so far could have earned (a dishonest quorum) but was not applied yet no
+    # longer fits after the scale-down, and is refused when someone applies it
+    job, start = running_job(world)
+    world.advance_to_epoch(start + 1)
+    over = [JobTotals(job, TokenUnits(DEPOSIT - PRICE + 1), TokenUnits(0), TokenUnits(0))]
+    world.post_report(start, {}, over, apply=False)
+    world.escrow.scale_job(job, 1, SCALED, sender=world.csp)  # PRICE back: the applied totals are still zero
+    with pytest.raises(reverts.JobEscrowExceedsDeposit) as err:
+        world.apply(start, over)
+    assert err.value.args_by_name == {"jobId": job, "allocated": DEPOSIT - PRICE + 1, "available": DEPOSIT - PRICE}
+    state = world.escrow.get_job(job)
+    assert (state.alloc_release, state.reclaimed, state.locked) == (0, PRICE, DEPOSIT - PRICE)
     world.assert_conserved()
 
 

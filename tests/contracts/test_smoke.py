@@ -1,4 +1,4 @@
-from contracts import JobTotals
+from contracts import JobTotals, totals_proofs
 
 from .world import PRICE, World
 
@@ -10,8 +10,11 @@ def test_job_settles_and_pays(world: World) -> None:
     lic = world.license_ids
     pay = {(job, lic[0]): PRICE, (job, lic[1]): PRICE // 2}
     totals = [JobTotals(job, PRICE + PRICE // 2, PRICE // 2, 0)]
-    tree = world.post_report(start, pay, totals)
+    tree = world.post_report(start, pay, totals, apply=False)
     before = world.token.balance_of(world.owners[0])
-    world.escrow.claim([world.claim_of(tree, start, job, lic[0], PRICE)], sender=world.owners[0])
+    # the claim applies the report's totals of its job in the same transaction
+    world.escrow.claim([world.claim_of(tree, start, job, lic[0], PRICE)], sender=world.owners[0],
+                       totals=totals_proofs(start, totals))
     assert world.token.balance_of(world.owners[0]) - before == PRICE
+    assert world.escrow.settled_until(job) == start + 1
     world.assert_conserved()

@@ -22,7 +22,9 @@ from contracts import (
     escrow_domain,
     recover,
     release_leaf,
-    totals_hash,
+    totals_leaf,
+    totals_proofs,
+    totals_root,
     typed_message,
 )
 from contracts._eip712 import TYPES
@@ -59,7 +61,7 @@ def test_python_reproduces_digest_and_signature(name: str) -> None:
 def test_solidity_reproduces_digests(vector_escrow: JobEscrowClient) -> None:
     s = VECTORS["structs"]
     r = _message("EpochReport")["message"]
-    assert vector_escrow.epoch_report_digest(r["epoch"], r["root"], r["totalsHash"]).hex() == s["EpochReport"][
+    assert vector_escrow.epoch_report_digest(r["epoch"], r["root"], r["totalsRoot"]).hex() == s["EpochReport"][
         "digest"][2:]
     c = _message("CspAdmission")["message"]
     assert vector_escrow.csp_admission_digest(c["csp"], c["kycRef"], c["validUntil"], c["nonce"]).hex() == s[
@@ -69,11 +71,28 @@ def test_solidity_reproduces_digests(vector_escrow: JobEscrowClient) -> None:
         "JobSubmission"]["digest"][2:]
 
 
-def test_totals_hash_and_leaf_on_both_sides(vector_escrow: JobEscrowClient) -> None:
-    totals = [JobTotals(*t) for t in VECTORS["totals"]["value"]]
-    expected = bytes.fromhex(VECTORS["totals"]["hash"][2:])
-    assert totals_hash(totals) == expected
-    assert vector_escrow.totals_hash(totals) == expected
+def test_totals_leaves_root_and_proofs_on_both_sides(vector_escrow: JobEscrowClient) -> None:
+    v = VECTORS["totals"]
+    totals = [JobTotals(*t) for t in v["value"]]
+    leaves = [bytes.fromhex(h[2:]) for h in v["leaves"]]
+    root = bytes.fromhex(v["root"][2:])
+    assert [totals_leaf(t) for t in totals] == leaves
+    assert [vector_escrow.totals_leaf(t) for t in totals] == leaves  # the contract's view
+    assert totals_root(totals) == root
+    assert totals_root([]).hex() == v["empty_root"][2:] == "00" * 32
+    # the root is the one the EpochReport vector signs
+    assert _message("EpochReport")["message"]["totalsRoot"] == root
+    proofs = totals_proofs(v["epoch"], totals)
+    assert [["0x" + h.hex() for h in p.proof] for p in proofs] == v["proofs"]
+    for leaf, proof in zip(leaves, v["proofs"], strict=True):
+        # OpenZeppelin's processProof, written out: hash sorted pairs up to the root
+        node = leaf
+        for sibling in (bytes.fromhex(h[2:]) for h in proof):
+            node = keccak(b"".join(sorted((node, sibling))))
+        assert node == root
+
+
+def test_release_leaf_on_both_sides(vector_escrow: JobEscrowClient) -> None:
     leaf = VECTORS["release_leaf"]
     args = (leaf["job_id"], leaf["license_id"], leaf["cumulative"])
     assert release_leaf(*args).hex() == leaf["leaf"][2:]

@@ -8,6 +8,7 @@ from typing import Any
 
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
+from web3.types import TxReceipt
 
 from contracts import (
     Chain,
@@ -20,6 +21,7 @@ from contracts import (
     JobParams,
     JobTotals,
     LicenseRegistryClient,
+    MerkleTree,
     OracleRegistryClient,
     SettlementPolicy,
     TokenClient,
@@ -29,9 +31,9 @@ from contracts import (
     epoch_report,
     release_leaf,
     sign,
-    totals_hash,
+    totals_proofs,
+    totals_root,
 )
-from oracle import MerkleTree
 
 EPOCH_SECONDS = 86_400  # a day: wall-clock drift during a test never crosses an epoch boundary
 GRACE_EPOCHS = 2
@@ -116,16 +118,25 @@ class World:
         """Build the tree of ``pay[(job, license)] = cumulative`` and sign the report: (tree, root, sigs)."""
         leaves = [release_leaf(j, lic, amount) for (j, lic), amount in pay.items()] or [b"\x00" * 32]
         tree = MerkleTree(leaves)
-        msg = epoch_report(domain or self.escrow.domain(), epoch, tree.root, totals_hash(totals))
+        msg = epoch_report(domain or self.escrow.domain(), epoch, tree.root, totals_root(totals))
         chosen = list(signers) if signers is not None else self.oracle_keys[: self.oracles.threshold()]
         sigs = [sign(msg, k.key) for k in sorted(chosen, key=lambda k: k.address)]
         return tree, tree.root, sigs
 
-    def post_report(self, epoch: int, pay: Mapping[tuple[int, int], int], totals: Sequence[JobTotals],
-                    **kw: object) -> MerkleTree:
+    def post_report(self, epoch: int, pay: Mapping[tuple[int, int], int], totals: Sequence[JobTotals], *,
+                    apply: bool = True, **kw: object) -> MerkleTree:
+        """Sign and submit the report; with ``apply``, apply every job's totals right after (one
+        more transaction), as claims, refunds and burns would before paying."""
         tree, root, sigs = self.signed_report(epoch, pay, totals, **kw)  # type: ignore[arg-type]
-        self.escrow.submit_report(epoch, root, totals, sigs, sender=self.outsider)
+        self.escrow.submit_report(epoch, root, totals_root(totals), sigs, sender=self.outsider)
+        if apply and totals:
+            self.apply(epoch, totals)
         return tree
+
+    def apply(self, epoch: int, totals: Sequence[JobTotals], job_ids: Sequence[int] | None = None) -> TxReceipt:
+        """Apply the totals of ``job_ids`` (default: all) of the report of ``epoch`` (whose totals
+        were ``totals``), sent by the outsider: anyone may."""
+        return self.escrow.apply_totals(totals_proofs(epoch, totals, job_ids), sender=self.outsider)
 
     @staticmethod
     def claim_of(tree: MerkleTree, epoch: int, job: int, license_id: int, cumulative: int) -> Claim:

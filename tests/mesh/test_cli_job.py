@@ -106,10 +106,10 @@ def licensed_nodes(chain: Chain, dep: Deployment, first_byte: int, n: int) -> li
     return idents
 
 
-def fund_job(spec_file: Path, csp_key: str, rpc: str, record: Path) -> int:
-    """``job fund`` of ``spec_file`` by the admitted CSP (10 units per node-epoch, 2 epochs): the job id."""
+def fund_job(spec_file: Path, csp_key: str, rpc: str, record: Path, epochs: int = 2) -> int:
+    """``job fund`` of ``spec_file`` by the admitted CSP (10 units per node-epoch, ``epochs`` epochs): the job id."""
     funded = run_cli("job", "fund", str(spec_file), "--key", csp_key, "--rpc", rpc, "--deployment", str(record),
-                     "--price", "10", "--epochs", "2")
+                     "--price", "10", "--epochs", str(epochs))
     assert funded.exit_code == 0, funded.output
     return int(json.loads(funded.output)["job_id"])
 

@@ -37,7 +37,7 @@ def test_update_scale_and_a_rolled_back_update_through_the_cli(
     broken = write(tmp_path / "broken.yaml", v2.read_text().replace("localhost/deedmesh-busybox:1",
                                                                     "localhost/deedmesh-missing:1"))
     three = write(tmp_path / "three.yaml", v2.read_text().replace("replicas: 2", "replicas: 3"))
-    job_id = fund_job(v1, csp_key, anvil_url, record)
+    job_id = fund_job(v1, csp_key, anvil_url, record, epochs=30)  # outlasts a slow run: scales need epochs left
     csp = ["--key", csp_key, "--deployment", str(record)]
     chained = [*csp, "--rpc", anvil_url, "--timeout-s", "120"]
     nodes: list[NodeProcess] = []

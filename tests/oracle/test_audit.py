@@ -8,9 +8,11 @@ the end of every test.
 The history (one per chain backend, reverted to a snapshot around every test): four jobs from
 epoch s, A topped up and scaled up before its start, B scaled down mid-job, C closed after its
 grace with an epoch no report covered, D cancelled; two epochs settled with quorum-signed reports
-(epoch s by oracles 0, 1, 3; then oracle 3 is removed, oracle 4 added and the threshold lowered to
-2; epoch s+1 by oracles 2 and 4), claims in batches, refunds, burns, and a blacklisted license's
-pay forfeited. Tests of the cited inputs settle one more epoch on top of it as the oracles would
+(epoch s by oracles 0, 1, 3, its totals applied in a transaction of their own; then oracle 3 is
+removed, oracle 4 added and the threshold lowered to 2; epoch s+1 by oracles 2 and 4, its totals
+applied only as the escrow's clients do, inside ``multicall`` with the claim, refund and close that
+need them, one entry skipped as already applied), claims in batches, refunds, burns, and a
+blacklisted license's pay forfeited. Tests of the cited inputs settle one more epoch on top of it as the oracles would
 (``_settle_full``): signed observations, ``build_report``, a quorum, the full format published.
 """
 
@@ -36,14 +38,16 @@ from contracts import (
     JobStatus,
     JobTotals,
     LicenseStatus,
+    MerkleTree,
     SettlementPolicy,
     TokenUnits,
+    TotalsProof,
     epoch_report,
     release_leaf,
     sign,
-    totals_hash,
+    totals_proofs,
+    totals_root,
 )
-from oracle import MerkleTree
 from oracle import _audit_inputs as audit_inputs
 from oracle._audit import (
     AMOUNTS_NOT_VERIFIED,
@@ -53,6 +57,7 @@ from oracle._audit import (
     ChainEvent,
     ChainRecord,
     Check,
+    ReportCall,
     audit,
     check,
     check_signatures,
@@ -62,6 +67,7 @@ from oracle._audit import (
 )
 from oracle._audit_chain import PayoutCall
 from oracle._audit_cli import EXIT_AUDIT_FAILED, audit_command
+from oracle._audit_ledger import Allocation
 from oracle._inputs import read_inputs
 from oracle._observe import Observed
 from oracle._report import ChainInputs, EpochReport, build_report, sign_observation
@@ -133,7 +139,7 @@ def _settle(w: World) -> History:
             b: [(lic[3], 255), (lic[4], 0), None],  # one burned, one unserved
             c: [(lic[0], 255)]},
         s + 1: {a: [(lic[0], 255), (lic[1], 255), (lic[2], 255)],
-                b: [(lic[3], 255), (lic[4], 255), (lic[2], 255)]},  # c: no report covers its second epoch
+                b: [(lic[3], 255), (lic[4], 255), None]},  # c: no report covers its second epoch
     }
     pay_now: dict[tuple[int, int], int] = {}
     totals_now: dict[int, list[int]] = {}
@@ -141,19 +147,23 @@ def _settle(w: World) -> History:
     totals: dict[int, list[JobTotals]] = {}
     trees: dict[int, MerkleTree] = {}
 
-    def post(epoch: int, signers: list[LocalAccount]) -> None:
+    def post(epoch: int, signers: list[LocalAccount], *, apply: bool) -> None:
         _epoch(served[epoch], policy, pay_now, totals_now)
         pays[epoch] = dict(pay_now)
         totals[epoch] = [JobTotals(JobId(j), TokenUnits(r), TokenUnits(f), TokenUnits(bn))
                          for j, (r, f, bn) in sorted(totals_now.items())]
-        trees[epoch] = w.post_report(epoch, pays[epoch], totals[epoch], signers=signers)
+        trees[epoch] = w.post_report(epoch, pays[epoch], totals[epoch], signers=signers, apply=apply)
 
-    def claim(epoch: int, *pairs: tuple[int, int]) -> None:
-        esc.claim([w.claim_of(trees[epoch], epoch, j, li, pays[epoch][(j, li)]) for j, li in pairs], sender=admin)
+    def proofs(epoch: int, *jobs: int) -> list[TotalsProof]:
+        return totals_proofs(epoch, totals[epoch], jobs)
+
+    def claim(epoch: int, *pairs: tuple[int, int], applying: tuple[int, ...] = ()) -> None:
+        esc.claim([w.claim_of(trees[epoch], epoch, j, li, pays[epoch][(j, li)]) for j, li in pairs], sender=admin,
+                  totals=proofs(epoch, *applying))
 
     w.advance_to_epoch(s + 1)
     removed, added = w.oracle_keys[3], key(104)
-    post(s, [w.oracle_keys[0], w.oracle_keys[1], removed])
+    post(s, [w.oracle_keys[0], w.oracle_keys[1], removed], apply=True)  # applyTotals on its own
     claim(s, (a, lic[0]), (b, lic[3]), (c, lic[0]))
     esc.take_refund([a, b], sender=csp)
     esc.execute_burn([b], sender=admin)
@@ -164,15 +174,16 @@ def _settle(w: World) -> History:
     w.oracles.set_threshold(2, sender=admin)
 
     w.advance_to_epoch(s + 2)
-    post(s + 1, [w.oracle_keys[2], added])
-    claim(s + 1, (a, lic[0]), (a, lic[1]))  # one transaction, two claims
+    post(s + 1, [w.oracle_keys[2], added], apply=False)  # applied by those who need the totals:
+    claim(s + 1, (a, lic[0]), (a, lic[1]), applying=(a,))  # multicall(applyTotals, claim): two claims
+    esc.take_refund([b], sender=csp, totals=proofs(s + 1, a, b))  # a's entry skipped, applied just before
     claim(s + 1, (b, lic[3]))
     w.licenses.set_status(lic[4], LicenseStatus.BLACKLISTED, sender=admin)
     esc.forfeit([w.claim_of(trees[s + 1], s + 1, b, lic[4], pays[s + 1][(b, lic[4])])], sender=admin)
     esc.execute_burn([a, b], sender=admin)
 
     w.advance_to_epoch(s + 4)  # c's end (s+2) plus the grace (2 epochs)
-    esc.close_job(c, sender=csp)
+    esc.close_job(c, sender=csp, totals=proofs(s + 1, c))  # the escrow closes c only on s+1's totals
 
     docs = {
         # the simple published form: objects, and an extra field the audit ignores
@@ -182,7 +193,7 @@ def _settle(w: World) -> History:
             "pay": [{"job_id": j, "license_id": li, "cumulative": amount} for (j, li), amount in pays[s].items()]},
         # oracle/_report.py's form: arrays, and the totals hash stated
         s + 1: {"epoch": s + 1, "root": "0x" + trees[s + 1].root.hex(),
-                "totals_hash": "0x" + totals_hash(totals[s + 1]).hex(),
+                "totals_root": "0x" + totals_root(totals[s + 1]).hex(),
                 "totals": [[t.job_id, t.release, t.refund, t.burn] for t in totals[s + 1]],
                 "pay": [[j, li, amount] for (j, li), amount in sorted(pays[s + 1].items())]},
     }
@@ -238,6 +249,22 @@ def _settled_tx(record: ChainRecord, epoch: int) -> str:
     return next(e.tx_hash for e in record.escrow_events if e.name == "EpochSettled" and e.args["epoch"] == epoch)
 
 
+def _report_call(record: ChainRecord, epoch: int) -> tuple[str, ReportCall]:
+    tx = _settled_tx(record, epoch)
+    (call,) = record.calls[tx].reports
+    return tx, call
+
+
+def _with_calls(record: ChainRecord, tx: str, **changes: Any) -> ChainRecord:
+    """``record`` with the calls of ``tx`` changed (``reports=``, ``payouts=``, ``totals=``)."""
+    return replace(record, calls={**record.calls, tx: replace(record.calls[tx], **changes)})
+
+
+def _allocated_tx(record: ChainRecord, job_id: int, epoch: int) -> str:
+    return next(e.tx_hash for e in record.escrow_events
+                if e.name == "JobAllocated" and (e.args["jobId"], e.args["epoch"]) == (job_id, epoch))
+
+
 def _cli(history: History, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, *args: str,
          root: bool = False) -> Result:
     """Run ``deedmesh audit`` in process: through the deedmesh group (the entry point) with ``root``,
@@ -274,6 +301,9 @@ def test_a_settled_history_audits_balanced(history: History, reports: dict[int, 
     assert [(e.epoch, e.report) for e in report.epochs] == [(s, "ok"), (s + 1, "ok")]
     assert [e.threshold for e in report.epochs] == [3, 2]
     assert [e.payouts for e in report.epochs] == [3, 4]
+    assert [(e.jobs, e.applied) for e in report.epochs] == [(3, 3), (3, 3)]  # a, b, c: every report's totals
+    assert [(t.job_id, t.epoch, t.applied, t.source) for t in report.totals] == [
+        (j, e, True, "report") for j in (history.a, history.b, history.c) for e in (s, s + 1)]
 
     accounts = {j.job_id: j for j in report.jobs}
     assert set(accounts) == {history.a, history.b, history.c, history.d}
@@ -290,6 +320,7 @@ def test_a_settled_history_audits_balanced(history: History, reports: dict[int, 
     assert (c.status, c.reclaimed, c.locked) == (JobStatus.CLOSED, PRICE, 0)  # its unreported epoch
     assert (d.status, d.reclaimed, d.allocations) == (JobStatus.CANCELLED, PRICE, ())
     assert [x.epoch for x in c.allocations] == [s, s + 1]
+    assert [(x.settled_until, x.landed) for x in (a, b, c, d)] == [(s + 2, None)] * 3 + [(0, None)]
     assert [(bal.balance, bal.held) for bal in report.balances] == [(w.token.balance_of(w.escrow.address),
                                                                    sum(x.held for x in report.jobs))]
     history.assert_conserved()
@@ -340,6 +371,14 @@ def test_a_missing_report_warns_unless_reports_are_required(history: History, re
     report = _audit(history, reports)
     assert report.ok
     assert [(f.check, f.epoch) for f in report.warnings] == [(Check.REPORT_MISSING, s + 1)]
+    # the table falls back on what was applied on chain for that epoch
+    assert {(t.epoch, t.source) for t in report.totals if t.epoch == s + 1} == {(s + 1, "chain")}
+    # a report published for an epoch that never landed: a warning too
+    ahead = dict(history.docs[s], epoch=s + 7)
+    extra = _write(reports[s].parent, ahead)
+    assert [(f.check, f.epoch) for f in _audit(history, reports).warnings] == [(Check.REPORT_MISSING, s + 1),
+                                                                              (Check.REPORT_UNSETTLED, s + 7)]
+    extra.unlink()
     out = _cli(history, monkeypatch, tmp_path, "--reports", str(reports[s].parent), "--require-reports", "--json")
     assert out.exit_code == EXIT_AUDIT_FAILED
     assert [(d["check"], d["epoch"]) for d in json.loads(out.stdout)["discrepancies"]] == [("report-missing", s + 1)]
@@ -419,10 +458,36 @@ def test_a_report_whose_totals_differ_from_the_signed_ones_is_caught(history: Hi
     reports[s] = _write(reports[s + 1].parent, doc)
     reports[s].with_name("ignored.txt").write_text("not a report")
     report = _audit(history, reports)
-    assert _checks(report) == {(Check.REPORT_TOTALS, a, s)}
-    (finding,) = report.errors
+    # its rows do not hash to the totals root the quorum signed; and a's were applied on chain: named
+    assert _checks(report) == {(Check.TOTALS_ROOT, None, s), (Check.REPORT_TOTALS, a, s)}
     signed = next(t for t in history.totals[s] if t.job_id == a)
-    assert f"signed {signed.release}/{signed.refund}/{signed.burn}" in finding.detail
+    (named,) = [f for f in report.errors if f.check is Check.REPORT_TOTALS]
+    assert f"applied on chain {signed.release}/{signed.refund}/{signed.burn}" in named.detail
+    assert report.epochs[0].report == "mismatch"
+    # the table takes no totals from it: epoch s's rows are what was applied
+    assert {(t.epoch, t.source) for t in report.totals if t.epoch == s} == {(s, "chain")}
+    history.assert_conserved()
+
+
+def test_a_report_stating_another_totals_root_or_two_versions_is_caught(history: History,
+                                                                        reports: dict[int, Path]) -> None:
+    s, b = history.s, history.b
+    doc = json.loads(reports[s + 1].read_text())
+    doc["totals_root"] = "0x" + "22" * 32  # its rows still the signed ones
+    reports[s + 1].unlink()
+    reports[s + 1] = _write(reports[s].parent, doc)
+    report = _audit(history, reports)
+    assert _checks(report) == {(Check.TOTALS_ROOT, None, s + 1)}
+    assert "states totals root 0x2222" in report.errors[0].detail
+    # a second, different version of epoch s+1's report published beside the honest one
+    doc = dict(history.docs[s + 1])
+    doc["totals"] = [[j, r, f + 1 if j == b else f, bn] for j, r, f, bn in doc["totals"]]
+    reports[s + 1].unlink()
+    reports[s + 1] = _write(reports[s].parent, history.docs[s + 1])
+    reports[-1] = _write(reports[s].parent, doc)
+    report = _audit(history, reports)
+    assert _checks(report) == {(Check.REPORT_CONFLICT, None, s + 1), (Check.TOTALS_ROOT, None, s + 1),
+                               (Check.REPORT_TOTALS, b, s + 1)}
     history.assert_conserved()
 
 
@@ -441,12 +506,10 @@ def test_a_signature_by_an_oracle_removed_before_the_report_is_caught(history: H
                                                                       reports: dict[int, Path]) -> None:
     s = history.s
     record, published = _record_and_published(history, reports)
-    tx = _settled_tx(record, s + 1)
-    call = record.report_calls[tx]
-    message = epoch_report(record.domain, s + 1, call.root, totals_hash(call.totals))
+    tx, call = _report_call(record, s + 1)
+    message = epoch_report(record.domain, s + 1, call.root, call.totals_root)
     forged = [sign(message, history.removed.key), call.signatures[0]]  # removed before epoch s+1's block
-    report = check(replace(record, report_calls={**record.report_calls, tx: replace(call, signatures=tuple(forged))}),
-                   published)
+    report = check(_with_calls(record, tx, reports=(replace(call, signatures=tuple(forged)),)), published)
     assert _checks(report) == {(Check.SIGNER_NOT_REGISTERED, None, s + 1), (Check.QUORUM_NOT_REACHED, None, s + 1)}
     assert any(history.removed.address in f.detail for f in report.errors)
     history.assert_conserved()
@@ -456,19 +519,17 @@ def test_quorum_is_judged_by_the_oracle_set_and_threshold_at_that_block(history:
                                                                         reports: dict[int, Path]) -> None:
     s = history.s
     record, published = _record_and_published(history, reports)
-    tx = _settled_tx(record, s)
-    call = record.report_calls[tx]
+    tx, call = _report_call(record, s)
 
     def with_signatures(signatures: list[bytes]) -> AuditReport:
-        altered = replace(call, signatures=tuple(signatures))
-        return check(replace(record, report_calls={**record.report_calls, tx: altered}), published)
+        return check(_with_calls(record, tx, reports=(replace(call, signatures=tuple(signatures)),)), published)
 
     # two signatures meet today's threshold (2), not the 3 in force when epoch s settled
     dropped = with_signatures(list(call.signatures[:2]))
     assert (Check.QUORUM_NOT_REACHED, None, s) in _checks(dropped)
     assert (Check.SIGNER_COUNT, None, s) in _checks(dropped)  # the event counted 3
     # an oracle added after epoch s did not count for it
-    message = epoch_report(record.domain, s, call.root, totals_hash(call.totals))
+    message = epoch_report(record.domain, s, call.root, call.totals_root)
     later = with_signatures([*call.signatures[:2], sign(message, history.added.key)])
     assert _checks(later) == {(Check.SIGNER_NOT_REGISTERED, None, s), (Check.QUORUM_NOT_REACHED, None, s)}
     history.assert_conserved()
@@ -540,20 +601,25 @@ def test_an_altered_refund_or_claim_amount_is_named(history: History, reports: d
     claimed = next(e for e in record.escrow_events if e.name == "Claimed" and e.args["jobId"] == b)
     altered = check(_alter_event(record, "Claimed", b, amount=claimed.args["amount"] + 3), published)
     assert {(f.check, f.job_id, f.epoch) for f in altered.errors} >= {(Check.CLAIM_AMOUNT, b, s)}
-    # 3 more than epoch s allocated to B's release: its claimable term goes negative
+    # 3 more than epoch s allocated to B's release: its claimable term goes negative, and stays so
+    # (everything B's reports released was claimed or forfeited): the end state does not conserve
     assert {f.check for f in altered.errors} == {Check.CLAIM_AMOUNT, Check.LEDGER, Check.JOB_STATE,
-                                                 Check.ESCROW_BALANCE}
+                                                 Check.ESCROW_BALANCE, Check.CONSERVATION}
     assert any(f.check is Check.LEDGER and "claimable is -3" in f.detail for f in altered.errors)
+    assert any(f.check is Check.CONSERVATION and f.job_id == b and "'claimable': -3" in f.detail
+               for f in altered.errors)
     history.assert_conserved()
 
 
 def test_a_claim_whose_calldata_does_not_prove_its_leaf_is_caught(history: History, reports: dict[int, Path]) -> None:
     s, a = history.s, history.a
     record, published = _record_and_published(history, reports)
-    tx, call = next((tx, call) for tx, call in record.payout_calls.items() if len(call.claims) == 2)
+    tx, calls = next((tx, calls) for tx, calls in record.calls.items() if len(calls.claims_of("claim")) == 2)
+    assert calls.functions == ("applyTotals", "claim")  # a multicall: its claim decoded from inside it
+    (call,) = calls.payouts
     first = call.claims[0]
     forged = PayoutCall(call.function, (replace(first, cumulative=first.cumulative + 1), call.claims[1]))
-    report = check(replace(record, payout_calls={**record.payout_calls, tx: forged}), published)
+    report = check(_with_calls(record, tx, payouts=(forged,)), published)
     assert _checks(report) == {(Check.CLAIM_PROOF, a, s + 1), (Check.CLAIM_AMOUNT, a, s + 1)}
     history.assert_conserved()
 
@@ -575,6 +641,147 @@ def test_amounts_replayed_from_events_follow_the_escrow_rules(history: History, 
     altered = check(replace(record, escrow_events=tuple(events)), published)
     assert (Check.ALLOCATION, b, s + 1) in _checks(altered)
     assert any(f.check is Check.LEDGER and "decreased" in f.detail for f in altered.errors)
+    history.assert_conserved()
+
+
+# ---------------------------------------------------------------------------------- (4b) totals applied on chain
+
+
+def test_totals_applied_through_multicall_are_audited(history: History, reports: dict[int, Path]) -> None:
+    s, a, b, c = history.s, history.a, history.b, history.c
+    record, published = _record_and_published(history, reports)
+    # epoch s+1's totals reached the jobs only inside multicalls: each decoded from inside them
+    claimed = _allocated_tx(record, a, s + 1)
+    assert record.calls[claimed].functions == ("applyTotals", "claim")
+    assert record.calls[claimed].totals == tuple(totals_proofs(s + 1, history.totals[s + 1], [a]))
+    refunded = _allocated_tx(record, b, s + 1)
+    assert record.calls[refunded].functions == ("applyTotals", "takeRefund")
+    assert [t.totals.job_id for t in record.calls[refunded].totals] == [a, b]  # a's skipped: no event for it
+    assert record.calls[_allocated_tx(record, c, s + 1)].functions == ("applyTotals", "closeJob")
+    assert check(record, published).ok
+
+    # the entry's amounts changed: its proof no longer proves them, and the event is not them
+    entry = record.calls[claimed].totals[0]
+    forged = replace(entry, totals=replace(entry.totals, release=entry.totals.release + 1))
+    report = check(_with_calls(record, claimed, totals=(forged,)), published)
+    assert _checks(report) == {(Check.TOTALS_PROOF, a, s + 1), (Check.ALLOCATION, a, s + 1)}
+    assert any("JobAllocated" in f.detail and "the applyTotals entry proves" in f.detail for f in report.errors)
+    # an entry proving the totals of an epoch no report of which had landed
+    report = check(_with_calls(record, claimed, totals=(entry, replace(entry, epoch=s + 3))), published)
+    assert _checks(report) == {(Check.TOTALS_PROOF, a, s + 3), (Check.TOTALS_CALLDATA, a, s + 3)}
+    # a JobAllocated with no entry behind it
+    report = check(_with_calls(record, claimed, totals=()), published)
+    assert _checks(report) == {(Check.TOTALS_CALLDATA, a, s + 1)}
+    # the skipped entry replaced by a valid one the escrow could not have skipped (c's s+1 totals,
+    # applied only later, at its close): the escrow would have applied it
+    (c_entry,) = totals_proofs(s + 1, history.totals[s + 1], [c])
+    report = check(_with_calls(record, refunded, totals=(c_entry, record.calls[refunded].totals[1])), published)
+    assert _checks(report) == {(Check.TOTALS_CALLDATA, c, s + 1)}
+    assert "neither applied (no JobAllocated) nor skippable" in report.errors[0].detail
+    # applyTotals relayed through another contract: its entries cannot be read
+    alone = _allocated_tx(record, a, s)  # epoch s's totals, applied in a transaction of their own
+    assert record.calls[alone].functions == ("applyTotals",)
+    calls = {k: v for k, v in record.calls.items() if k != alone}
+    report = check(replace(record, calls=calls, undecodable={alone: f"transaction {alone} was sent to a relayer"}),
+                   published)
+    assert _checks(report) == {(Check.TOTALS_CALLDATA, min(t.job_id for t in history.totals[s]), s)}
+    assert "totals proofs not verified" in report.errors[0].detail
+    history.assert_conserved()
+
+
+def test_a_close_on_totals_not_applied_is_caught(history: History, reports: dict[int, Path]) -> None:
+    s, c = history.s, history.c
+    record, published = _record_and_published(history, reports)
+    tx = _allocated_tx(record, c, s + 1)
+    events = tuple(e for e in record.escrow_events
+                   if not (e.tx_hash == tx and e.name == "JobAllocated"))  # as if the close skipped the totals
+    report = check(replace(record, escrow_events=events), published)
+    ledger = [f.detail for f in report.errors if f.check is Check.LEDGER and f.job_id == c]
+    assert any(f"report of epoch {s + 1} covers the job and was not applied" in d for d in ledger)
+    assert any(f.check is Check.JOB_STATE and "settled_until: events give" in f.detail for f in report.errors)
+    history.assert_conserved()
+
+
+def test_a_landed_report_not_applied_yet_is_locked_and_shown_not_a_discrepancy(
+        history: History, reports: dict[int, Path], monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    w, s, a, b = history.world, history.s, history.a, history.b
+    lic = w.license_ids
+    policy = w.escrow.get_job(a).policy
+    pay = dict(history.pay[s + 1])
+    cumulative = {t.job_id: [t.release, t.refund, t.burn] for t in history.totals[s + 1] if t.job_id in (a, b)}
+    _epoch({a: [(lic[0], 255), (lic[1], 255), (lic[2], 255)], b: [(lic[3], 255), (lic[4], 0)]}, policy, pay,
+           cumulative)
+    totals = [JobTotals(JobId(j), TokenUnits(r), TokenUnits(f), TokenUnits(bn))
+              for j, (r, f, bn) in sorted(cumulative.items())]
+    tree = w.post_report(s + 2, pay, totals, signers=[w.oracle_keys[2], history.added], apply=False)
+    reports[s + 2] = _write(reports[s].parent, {
+        "epoch": s + 2, "root": "0x" + tree.root.hex(), "totals_root": "0x" + totals_root(totals).hex(),
+        "totals": [[t.job_id, t.release, t.refund, t.burn] for t in totals],
+        "pay": [[j, li, amount] for (j, li), amount in sorted(pay.items())]})
+    report = _audit(history, reports)
+    assert report.ok, [f.line for f in report.findings]
+    assert [(e.epoch, e.jobs, e.applied) for e in report.epochs][-1] == (s + 2, 2, 0)
+    assert [(t.job_id, t.applied) for t in report.totals if t.epoch == s + 2] == [(a, False), (b, False)]
+    accounts = {j.job_id: j for j in report.jobs}
+    for t in totals:
+        acc, job = accounts[t.job_id], w.escrow.get_job(t.job_id)
+        assert (acc.settled_until, acc.landed) == (s + 2, Allocation(s + 2, t.release, t.refund, t.burn))
+        unapplied = t.release + t.refund + t.burn - job.alloc_release - job.alloc_refund - job.alloc_burn
+        assert 0 < acc.landed_unapplied == unapplied <= acc.locked == job.locked  # still locked on chain
+        assert acc.conservation() == job.conservation()
+    out = _cli(history, monkeypatch, tmp_path, "--reports", str(reports[s].parent), "--json")
+    assert out.exit_code == 0, out.output
+    shown = {j["job_id"]: j for j in json.loads(out.stdout)["jobs"]}
+    assert (shown[a]["settled_until"], shown[a]["landed"]["epoch"]) == (s + 2, s + 2)
+    assert {(t["job_id"], t["epoch"], t["applied"]) for t in json.loads(out.stdout)["totals"]} >= {
+        (a, s + 2, False), (b, s + 2, False), (a, s + 1, True)}
+
+    # a's totals applied by anyone: up to date; b's still landed
+    w.escrow.apply_totals(totals_proofs(s + 2, totals, [a]), sender=w.outsider)
+    report = _audit(history, reports)
+    assert report.ok, [f.line for f in report.findings]
+    accounts = {j.job_id: j for j in report.jobs}
+    assert (accounts[a].settled_until, accounts[a].landed, accounts[a].landed_unapplied) == (s + 3, None, 0)
+    assert accounts[b].landed is not None
+    assert [(t.job_id, t.applied) for t in report.totals if t.epoch == s + 2] == [(a, True), (b, False)]
+    # a tampered row of totals nobody applied: the totals root still catches it
+    doc = json.loads(reports[s + 2].read_text())
+    doc["totals"][1][2] += 1  # b's refund
+    reports.pop(s + 2).unlink()
+    reports[s + 2] = _write(reports[s].parent, doc)
+    assert _checks(_audit(history, reports)) == {(Check.TOTALS_ROOT, None, s + 2)}
+    history.assert_conserved()
+
+
+def test_what_the_chain_says_of_itself_is_cross_checked(history: History, reports: dict[int, Path]) -> None:
+    s, b = history.s, history.b
+    record, published = _record_and_published(history, reports)
+    # the escrow consults another oracle registry than the deployment record names
+    elsewhere = replace(record, oracle_registry=history.world.escrow.address)
+    assert _checks(check(elsewhere, published)) == {(Check.DEPLOYMENT, None, None)}
+    # the totals root the escrow stored is not the one its event announced
+    stored = replace(record, totals_roots={**record.totals_roots, s: b"\x00" * 32})
+    report = check(stored, published)
+    assert _checks(report) == {(Check.ROOT_ON_CHAIN, None, s)}
+    assert report.errors[0].detail.startswith("totalsRootOf is 0x00")
+    # the report's calldata carries another totals root than the event
+    tx, call = _report_call(record, s + 1)
+    report = check(_with_calls(record, tx, reports=(replace(call, totals_root=b"\x01" * 32),)), published)
+    assert _checks(report) == {(Check.REPORT_CALLDATA, None, s + 1)}
+    # a claim against an epoch not settled before it, and one relayed through another contract
+    claimed = next(e for e in record.escrow_events if e.name == "Claimed" and e.args["jobId"] == b
+                   and e.args["licenseId"] == history.world.license_ids[3] and e.tx_hash in record.calls
+                   and len(record.calls[e.tx_hash].claims_of("claim")) == 1)
+    (call_b,) = record.calls[claimed.tx_hash].payouts
+    later = PayoutCall("claim", (replace(call_b.claims[0], epoch=s + 3),))
+    assert _checks(check(_with_calls(record, claimed.tx_hash, payouts=(later,)), published)) == {
+        (Check.CLAIM_EPOCH, b, s + 3)}
+    calls = {k: v for k, v in record.calls.items() if k != claimed.tx_hash}
+    relayed = replace(record, calls=calls, undecodable={claimed.tx_hash: "sent to a multisig"})
+    assert _checks(check(relayed, published)) == {(Check.CLAIM_CALLDATA, b, None)}
+    # the escrow's settledUntil unlike the applications replayed from events
+    ahead = replace(record, settled_until={**record.settled_until, b: s + 5})
+    assert _checks(check(ahead, published)) == {(Check.JOB_STATE, b, None)}
     history.assert_conserved()
 
 
@@ -612,7 +819,7 @@ def _settle_full(history: History, directory: Path,
     observations = [sign_observation(domain, epoch, observed, k.key) for k in signers]
     read = read_inputs(w.chain, w.dep, epoch, nodes)
     report = build_report(epoch, observations, edit(read), None, w.oracles.threshold())
-    w.escrow.submit_report(epoch, report.root_bytes, report.job_totals(),
+    w.escrow.submit_report(epoch, report.root_bytes, report.totals_root_bytes,
                            [sign(report.message(domain), k.key) for k in signers], sender=w.outsider)
     landed = w.chain.block_number()  # dev chains mine each transaction in a block of its own
     path = directory / f"{report.content_id()}.json"
@@ -646,6 +853,19 @@ def test_a_full_report_whose_inputs_are_the_chains_balances(history: History, re
     history.assert_conserved()
 
 
+def test_a_full_report_that_does_not_build_on_the_previous_one_is_caught(history: History,
+                                                                          reports: dict[int, Path]) -> None:
+    full = _settle_full(history, reports[history.s].parent)
+    edited = full.report.model_copy(update={"previous_id": "ab" * 32})  # same roots: nothing on chain differs
+    full.path.unlink()
+    reports[full.epoch] = full.path.with_name(f"{edited.content_id()}.json")
+    reports[full.epoch].write_text(edited.model_dump_json())
+    report = _audit(history, reports)
+    assert _checks(report) == {(Check.REPORT_AMOUNTS, None, full.epoch)}
+    assert f"builds on report {'ab' * 32}" in report.errors[0].detail
+    history.assert_conserved()
+
+
 def _restrict_node_1(inputs: ChainInputs) -> ChainInputs:
     """License 1's node cited as frozen: its share goes to the CSP instead of its owner."""
     nodes = tuple(n.model_copy(update={"standing": Standing.RESTRICTED}) if i == 1 else n
@@ -654,8 +874,11 @@ def _restrict_node_1(inputs: ChainInputs) -> ChainInputs:
 
 
 def _one_replica(inputs: ChainInputs) -> ChainInputs:
-    """Job E cited with one replica: its second slot settled by nobody, the node that served it unpaid."""
-    return inputs.model_copy(update={"jobs": tuple(j.model_copy(update={"replicas": 1}) for j in inputs.jobs)})
+    """Job E (the newest; the inputs also hold the history's jobs not closed yet) cited with one
+    replica: its second slot settled by nobody, the node that served it unpaid."""
+    e = max(j.job_id for j in inputs.jobs)
+    return inputs.model_copy(update={"jobs": tuple(j.model_copy(update={"replicas": 1}) if j.job_id == e else j
+                                                   for j in inputs.jobs)})
 
 
 @pytest.mark.parametrize("edit", [pytest.param(_restrict_node_1, id="standing"),
@@ -750,8 +973,8 @@ def test_a_report_relayed_through_another_contract_is_flagged_unverifiable(histo
     s = history.s
     record, published = _record_and_published(history, reports)
     tx = _settled_tx(record, s)
-    calls = {k: v for k, v in record.report_calls.items() if k != tx}
-    relayed = replace(record, report_calls=calls, undecodable={tx: f"transaction {tx} was sent to a multisig"})
+    calls = {k: v for k, v in record.calls.items() if k != tx}
+    relayed = replace(record, calls=calls, undecodable={tx: f"transaction {tx} was sent to a multisig"})
     report = check(relayed, published)
     assert _checks(report) == {(Check.REPORT_CALLDATA, None, s)}
     assert "signatures not verified" in report.errors[0].detail

@@ -33,6 +33,7 @@ from contracts import (
     Job,
     JobId,
     JobStatus,
+    JobTotals,
     LicenseStatus,
     SettlementPolicy,
     TokenUnits,
@@ -43,6 +44,7 @@ from contracts._anvil import free_port
 from mesh import Libp2pConfig, Message, NodeIdentity, open_libp2p_transport, peer_id_of
 from mesh._cli import cli
 from mesh._identity import write_keystore
+from oracle._fetch import ReportRootMismatch, ReportUnavailable, Settled, fetch_report
 from oracle._inputs import read_inputs
 from oracle._observe import compute_observation
 from oracle._report import (
@@ -57,10 +59,9 @@ from oracle._report import (
 from oracle._service import MAX_MESSAGE_BYTES, PROTOCOL
 from oracle._settle import (
     LicenseHolder,
-    ReportRootMismatch,
-    ReportUnavailable,
     Skipped,
-    fetch_report,
+    as_applied,
+    pending_totals,
     plan_burns,
     plan_claims,
     plan_refunds,
@@ -118,7 +119,7 @@ class Scene:
         chosen = select_observations(observations, domain, w.oracles.oracles(), epoch, start, end).observations
         inputs = read_inputs(self.chain, w.dep, epoch, [op, n1, n2])
         report = build_report(epoch, chosen, inputs, self.settled[-1] if self.settled else None, 3)
-        w.escrow.submit_report(epoch, report.root_bytes, report.job_totals(),
+        w.escrow.submit_report(epoch, report.root_bytes, report.totals_root_bytes,
                                [sign(report.message(domain), k.key) for k in signers], sender=w.outsider)
         if publish:
             self.publish(report)
@@ -262,12 +263,14 @@ def test_a_restricted_license_is_left_out_with_the_reason_and_an_unknown_one_is_
     assert scene.nonce(OPERATOR) == nonce
 
 
-@pytest.mark.parametrize("tamper", ["amount", "root"])
+@pytest.mark.parametrize("tamper", ["amount", "root", "totals"])
 def test_a_report_that_does_not_match_the_chain_is_refused_and_nothing_is_sent(scene: Scene, tamper: str) -> None:
     report = scene.settle(publish=False)
     doc = json.loads(report.model_dump_json())
     if tamper == "amount":  # one amount raised, the root left as signed: the pay no longer hashes to it
         doc["pay"][0][2] += 1
+    elif tamper == "totals":  # a job's refund raised, its totals root left as signed
+        doc["totals"][0][2] += 1
     else:  # a consistent report of other amounts: its root is not the chain's
         doc["pay"] = [[j, lic, amount + 1] for j, lic, amount in doc["pay"]]
         doc["root"] = EpochReport.model_validate_json(json.dumps(doc)).tree.root.hex()  # type: ignore[union-attr]
@@ -280,7 +283,8 @@ def test_a_report_that_does_not_match_the_chain_is_refused_and_nothing_is_sent(s
     assert result.exit_code == 16, result.output
     error = json.loads(result.stdout)
     assert error["error"] == "ReportRootMismatch"
-    why = "do not hash to its root" if tamper == "amount" else "is not the chain's"
+    why = {"amount": "pay rows do not hash to its root", "root": "is not the chain's",
+           "totals": "totals rows do not hash to its totals root"}[tamper]
     assert f"refused every report of epoch {report.epoch} (nothing was sent): {forged}: its" in error["message"]
     assert why in error["message"]
     assert (scene.nonce(OPERATOR), scene.balance(OPERATOR.address)) == (nonce, before)
@@ -443,14 +447,17 @@ async def test_fetch_report_takes_only_a_report_matching_the_root() -> None:
 
             transport.set_handler(PROTOCOL, handler, max_request_bytes=MAX_MESSAGE_BYTES, timeout_s=10)
             addr = transport.addrs()[0]
-            got, source = await fetch_report([addr], report.epoch, report.root_bytes, timeout_s=10)
+            settled = Settled(report.epoch, report.root_bytes, report.totals_root_bytes)
+            got, source = await fetch_report([addr], settled, timeout_s=10)
             assert (got, source) == (report, addr)
             assert asked == [{"kind": "report", "epoch": report.epoch}]
             with pytest.raises(ReportRootMismatch, match=r"is not the chain's 0x1111") as mismatch:
-                await fetch_report([addr], report.epoch, b"\x11" * 32, timeout_s=10)
+                await fetch_report([addr], Settled(report.epoch, b"\x11" * 32, settled.totals_root), timeout_s=10)
             assert mismatch.value.refusals[0][0] == addr
+            with pytest.raises(ReportRootMismatch, match=r"its totals root 0x\w+ is not the chain's 0x2222"):
+                await fetch_report([addr], Settled(report.epoch, settled.root, b"\x22" * 32), timeout_s=10)
             with pytest.raises(ReportUnavailable, match=r"does not serve it \(answered 'none'\)"):
-                await fetch_report([addr], report.epoch + 1, report.root_bytes, timeout_s=10)
+                await fetch_report([addr], Settled(report.epoch + 1, settled.root, settled.totals_root), timeout_s=10)
             everything.cancel()
 
 
@@ -466,17 +473,30 @@ def test_refund_takes_what_is_due_to_the_csp_and_refuses_another_csps_job(scene:
     assert f"job {scene.theirs}: belongs to CSP {w.csp}, not to {CSP.address}" in refused.output
     assert scene.nonce(CSP) == nonce  # refused before anything was sent
 
-    job = w.escrow.get_job(scene.mine)
-    assert job.alloc_refund > job.refunded == 0  # node 2's withheld share
+    # the report landed, its totals are not applied yet: without a report source nothing is due
+    report = scene.settled[-1]
+    assert w.escrow.get_job(scene.mine).alloc_refund == 0
+    assert w.escrow.settled_until(scene.mine) == 0
+    unapplied = scene.run("refund", "csp")
+    assert unapplied.exit_code == 0, unapplied.output
+    assert json.loads(unapplied.stdout)["moved"] == []
+    assert "--oracle or --reports applies the newest report's" in json.loads(unapplied.stdout)["note"]
+    assert scene.nonce(CSP) == nonce
+
+    due = report.totals_proofs([scene.mine])[0].totals.refund  # node 2's withheld share and rounding
+    assert due > 0
     before = scene.balance(CSP.address)
-    result = scene.run("refund", "csp")
+    result = scene.run("refund", "csp", "--reports", str(scene.reports))
     assert result.exit_code == 0, result.output
     out = json.loads(result.stdout)
-    assert [(m["job_id"], m["to"], m["amount"]) for m in out["moved"]] == [(scene.mine, CSP.address, job.alloc_refund)]
-    assert scene.balance(CSP.address) - before == out["totals"][w.token.address] == job.alloc_refund
-    assert w.escrow.get_job(scene.mine).refunded == job.alloc_refund
+    assert [(m["job_id"], m["to"], m["amount"]) for m in out["moved"]] == [(scene.mine, CSP.address, due)]
+    assert (out["epoch"], out["source"]) == (report.epoch, str(scene.reports / f"{report.content_id()}.json"))
+    assert scene.balance(CSP.address) - before == out["totals"][w.token.address] == due
+    job = w.escrow.get_job(scene.mine)  # the totals were applied in the same transaction
+    assert (job.alloc_release, job.alloc_refund, job.alloc_burn, job.refunded) == (*report.totals[0][1:], due)
+    assert w.escrow.settled_until(scene.mine) == report.epoch + 1
 
-    again = scene.run("refund", "csp", "--job", str(scene.mine))
+    again = scene.run("refund", "csp", "--job", str(scene.mine), "--reports", str(scene.reports))
     assert again.exit_code == 0, again.output
     assert json.loads(again.stdout)["moved"] == []
     assert json.loads(again.stdout)["note"] == f"nothing to refund: no refund is due on job {scene.mine}"
@@ -485,17 +505,18 @@ def test_refund_takes_what_is_due_to_the_csp_and_refuses_another_csps_job(scene:
 
 def test_burn_sends_what_is_due_to_the_burn_address(scene: Scene) -> None:
     w = scene.world
-    scene.settle()
-    due = {j: w.escrow.get_job(j).alloc_burn for j in (scene.mine, scene.theirs)}
+    report = scene.settle()
+    due = {t.totals.job_id: t.totals.burn for t in report.totals_proofs([scene.mine, scene.theirs])}
     assert all(due.values())  # 1 % of every release
     before = scene.balance(BURN_ADDRESS)
-    result = scene.run("burn", "keeper")
+    result = scene.run("burn", "keeper", "--reports", str(scene.reports))
     assert result.exit_code == 0, result.output
     out = json.loads(result.stdout)
     assert {m["job_id"]: m["amount"] for m in out["moved"]} == due
     assert {m["to"] for m in out["moved"]} == {BURN_ADDRESS}
     assert scene.balance(BURN_ADDRESS) - before == sum(due.values())
     assert scene.balance(KEEPER.address) == 0  # the keeper only paid gas
+    assert {j: w.escrow.get_job(j).burned for j in due} == due
 
     again = run_cli("burn", "--key", str(scene.keys["keeper"]), "--rpc", scene.chain.url, "--deployment",
                     str(scene.record))
@@ -559,3 +580,21 @@ def test_each_command_explains_itself(command: str, words: list[str]) -> None:
     text = " ".join(result.output.split())
     for word in [*words, "Exit codes", "--key", "--rpc", "--deployment"]:
         assert word in text
+
+
+def test_pending_totals_are_the_reports_newer_changed_totals_of_active_jobs() -> None:
+    report = pure_report()
+    ((job_id, release, refund, burn),) = report.totals
+    assert release > 0
+    fresh = _job(job_id)
+    assert pending_totals(report, {job_id: fresh}, {}) == {job_id: JobTotals(JobId(job_id), TokenUnits(release),
+                                                                            TokenUnits(refund), TokenUnits(burn))}
+    applied = as_applied(fresh, pending_totals(report, {job_id: fresh}, {})[job_id])
+    assert (applied.alloc_release, applied.alloc_refund, applied.alloc_burn) == (release, refund, burn)
+    assert as_applied(fresh, None) is fresh
+    # already applied from this epoch or a newer one, unchanged, closed, or not asked about: nothing
+    assert pending_totals(report, {job_id: fresh}, {job_id: report.epoch + 1}) == {}
+    assert pending_totals(report, {job_id: applied}, {}) == {}
+    closed = Job(**{**fresh.__dict__, "status": JobStatus.CLOSED})
+    assert pending_totals(report, {job_id: closed}, {}) == {}
+    assert pending_totals(report, {}, {}) == {}

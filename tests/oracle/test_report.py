@@ -19,13 +19,15 @@ from contracts import (
     JobStatus,
     JobTotals,
     LicenseStatus,
+    MerkleTree,
     SettlementPolicy,
     escrow_domain,
     release_leaf,
     sign,
-    totals_hash,
+    totals_leaf,
+    totals_root,
+    verify,
 )
-from oracle import MerkleTree, verify
 from oracle._observe import Observed, compute_observation
 from oracle._report import (
     SECP256K1_N,
@@ -39,7 +41,8 @@ from oracle._report import (
     ReportError,
     ReportMismatch,
     _release_leaf,
-    _totals_hash,
+    _totals_leaf,
+    _totals_root,
     aggregate,
     build_report,
     claim,
@@ -317,7 +320,7 @@ def test_the_lying_oracle_changes_nothing_and_the_report_settles_per_policy(hone
     assert report.totals == report.settled
     assert report.pay == ((1, 1, 990_000), (1, 2, 693_000))
     assert report.job_totals() == [JobTotals(1, 1_683_000, 300_000, 17_000)]
-    assert bytes.fromhex(report.totals_hash[2:]) == totals_hash(report.job_totals())
+    assert bytes.fromhex(report.totals_root[2:]) == totals_root(report.job_totals())
     tree = MerkleTree([release_leaf(1, 1, 990_000), release_leaf(1, 2, 693_000)])
     assert report.root_bytes == tree.root
     assert [o.oracle for o in report.observations] == ORACLES
@@ -394,6 +397,26 @@ def test_only_the_epochs_replica_slots_of_jobs_active_in_it_are_paid() -> None:
     view = observed({A: 255}, {(j, 0, A): EPOCH_MS for j in range(1, 5)} | {(1, 1, B): EPOCH_MS})
     report = build_report(EPOCH, [unsigned(o, view) for o in ORACLES], chain_inputs(jobs), None, 3)
     assert report.settled == ((1, 990_000, 0, 10_000),)
+    # a totals row for every active job started by the epoch, its last one over or not (the escrow
+    # closes a job on the newest report's totals): none for one not started yet, or closed
+    assert report.totals == ((1, 990_000, 0, 10_000), (3, 0, 0, 0))
+
+
+def test_totals_carry_forward_while_a_job_is_open_and_are_dropped_once_it_is_closed(
+        honest_report: EpochReport) -> None:
+    nxt = EPOCH + 1
+    view = observed({A: 255}, {}, epoch=nxt)
+    ended = job_input(epochs=1)  # its one epoch was EPOCH: nothing new, the same totals
+    carried = build_report(nxt, [unsigned(o, view, nxt) for o in ORACLES], chain_inputs((ended,), epoch=nxt),
+                           honest_report, 3)
+    assert carried.settled == ()
+    assert carried.totals == honest_report.totals
+    closed = job_input(epochs=1, status=JobStatus.CLOSED)
+    dropped = build_report(nxt, [unsigned(o, view, nxt) for o in ORACLES], chain_inputs((closed,), epoch=nxt),
+                           honest_report, 3)
+    assert dropped.totals == ()
+    assert dropped.totals_root == "0x" + "00" * 32
+    assert dropped.pay == honest_report.pay  # node pay is carried all the same: claims stay possible
 
 
 def test_the_replica_count_of_an_epoch_follows_the_scalings() -> None:
@@ -418,8 +441,9 @@ def test_reports_accumulate_from_the_previous_one(honest_report: EpochReport) ->
 def test_the_fast_encodings_are_the_contracts() -> None:
     assert _release_leaf(3, 9, 10**20) == release_leaf(3, 9, 10**20)
     rows = [(1, 2, 3, 4), (7, 2**128 - 1, 0, 5)]
-    assert _totals_hash(rows) == totals_hash([JobTotals(*r) for r in rows])
-    assert _totals_hash([]) == totals_hash([])
+    assert _totals_leaf(*rows[1]) == totals_leaf(JobTotals(*rows[1]))  # type: ignore[arg-type]
+    assert _totals_root(rows) == totals_root([JobTotals(*r) for r in rows])
+    assert _totals_root([]) == totals_root([])
 
 
 @given(st.integers(0, 2**256 - 1), st.integers(0, 2**256 - 1), st.integers(0, 2**128 - 1))
@@ -466,7 +490,7 @@ def test_every_slot_epoch_adds_up_and_cumulative_amounts_never_decrease(
             assert all(now >= then for now, then in zip(cumulative, before.get(job_id, (0, 0, 0)), strict=True))
             assert cumulative[0] == sum(amount for j, _, amount in report.pay if j == job_id)
         assert set(before) <= set(ids)
-        assert bytes.fromhex(report.totals_hash[2:]) == totals_hash(report.job_totals())
+        assert bytes.fromhex(report.totals_root[2:]) == totals_root(report.job_totals())
         for job_id, license_id, amount in report.pay:
             assert verify(proof(report, job_id, license_id), report.root_bytes,
                           release_leaf(job_id, license_id, amount))
@@ -514,7 +538,7 @@ def _altered_alive_in_tenure(report: EpochReport) -> EpochReport:
     (lambda r: r.model_copy(update={"settled": ((1, 1_683_000, 300_000, 17_001),)}), ReportMismatch, "settled"),
     (lambda r: r.model_copy(update={"tenure": (*r.tenure[:2], (1, 1, C, 30_000, 30_000))}), ReportMismatch,
      "tenure"),
-    (lambda r: r.model_copy(update={"totals_hash": "0x" + "22" * 32}), ReportMismatch, "totals_hash"),
+    (lambda r: r.model_copy(update={"totals_root": "0x" + "22" * 32}), ReportMismatch, "totals_root"),
     (lambda r: r.model_copy(update={"previous_id": "00" * 32}), ReportMismatch, "previous_id"),
     (_resigned, ObservationRejected, None),
     (_altered_observation, ObservationRejected, None),
@@ -522,7 +546,7 @@ def _altered_alive_in_tenure(report: EpochReport) -> EpochReport:
     (lambda r: r.model_copy(update={"observations": r.observations[:2]}), NotEnoughObservations, None),
     (lambda r: r.model_copy(update={"observations": (*r.observations[:2], r.observations[0])}),
      ObservationRejected, None),
-], ids=["totals", "root", "amount", "availability", "settled", "alive-in-tenure", "totals-hash", "previous",
+], ids=["totals", "root", "amount", "availability", "settled", "alive-in-tenure", "totals-root", "previous",
         "signature", "observation-body", "observation-alive-in-tenure", "too-few", "same-oracle-twice"])
 def test_a_tampered_report_fails_verification_naming_what_differs(
         honest_report: EpochReport, tamper: object, error: type[ReportError], field: str | None) -> None:
@@ -610,20 +634,24 @@ def test_a_report_of_four_oracles_settles_on_chain_and_pays_a_claim(world: World
         for _follower in world.oracle_keys[:3]:
             verify_report(report, domain, oracle_set, 3, previous)
         assert report.digest(domain) == world.escrow.contract.functions.epochReportDigest(
-            epoch, report.root_bytes, bytes.fromhex(report.totals_hash[2:])).call()
+            epoch, report.root_bytes, bytes.fromhex(report.totals_root[2:])).call()
         signers = sorted(world.oracle_keys[:3], key=lambda k: k.address.lower())
-        world.escrow.submit_report(epoch, report.root_bytes, report.job_totals(),
+        world.escrow.submit_report(epoch, report.root_bytes, report.totals_root_bytes,
                                    [sign(report.message(domain), k.key) for k in signers], sender=world.outsider)
+        assert world.escrow.totals_root_of(epoch) == report.totals_root_bytes
 
         # the liar moved nothing: node 0 earns its slot, node 2 (up 2/3 of its tenure) is withheld for the CSP
         price = 1_000_000
         assert report.settled == ((job_id, price * 99 // 100 + price * 7 // 10 * 99 // 100,
                                    price * 3 // 10, price // 100 + price * 7 // 10 // 100),)
-        job = world.escrow.get_job(job_id)
-        assert (job.alloc_release, job.alloc_refund, job.alloc_burn) == report.totals[0][1:]
         before = world.token.balance_of(owner)
         paid_before = world.escrow.claimed_of(job_id, world.license_ids[0])
-        world.escrow.claim([claim(report, job_id, world.license_ids[0])], sender=world.outsider)
+        # the claim applies the report's totals of the job first, in the same transaction
+        world.escrow.claim([claim(report, job_id, world.license_ids[0])], sender=world.outsider,
+                           totals=report.totals_proofs([job_id]))
+        job = world.escrow.get_job(job_id)
+        assert (job.alloc_release, job.alloc_refund, job.alloc_burn) == report.totals[0][1:]
+        assert world.escrow.settled_until(job_id) == epoch + 1
         cumulative = report.pay_of[(job_id, world.license_ids[0])]
         assert world.token.balance_of(owner) - before == cumulative - paid_before
         assert world.escrow.claimed_of(job_id, world.license_ids[0]) == cumulative

@@ -1,6 +1,7 @@
 """What an oracle writes down of the mesh (``oracle._watch``): the pure replay of a log into
 intervals and coverage, and a watcher on the memory mesh (fake clock) following nodes going down
-and a replica moving, across an epoch boundary and a restart of the oracle."""
+(suspect counts as down, while the suspect still holds its replica) and a replica moving, across
+an epoch boundary and a restart of the oracle."""
 
 from __future__ import annotations
 
@@ -92,8 +93,11 @@ async def test_a_watcher_follows_a_node_going_down_and_its_replica_moving(
     assert first.coverage_ms == end - start  # watched the whole epoch, its boundaries included
     alive = {n: sum(b - a for m, a, b in first.alive if m == n) for n in licensed}
     assert all(alive[n] == end - start for n in licensed - {holder})
-    # the holder counted alive until the oracle's view judged it dead (liveness: ~2.75 beats)
+    # the holder counted alive until the oracle's view judged it suspect (liveness: ~2 beats)...
     assert down_at - start < alive[holder] < down_at - start + 5000
+    # ... and holding its replica until judged dead (~2.75 beats): the time between is held, not alive
+    held = sum(b - a for _, _, h, a, b in first.held if h == holder)
+    assert 0 < held - alive[holder] <= 1500
     tenures = {(h, a, b) for _, _, h, a, b in first.held}
     assert {h for h, _, _ in tenures} == {holder, next(h for h, _, _ in tenures if h != holder)}  # it moved once
     assert sum(b - a for _, a, b in tenures) <= end - start

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from contracts import keccak
+from ._keccak import keccak
 
 
 def hash_pair(a: bytes, b: bytes) -> bytes:
