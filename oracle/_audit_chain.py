@@ -130,6 +130,8 @@ class ChainRecord:
     balances: Mapping[str, int]  # the escrow's balance of each job token
     # the inputs published reports cite, read at their cited blocks, or why the chain did not serve them
     cited_inputs: Mapping[InputsKey, ChainInputs | str] = field(default_factory=dict)
+    close_grace_epochs: int = 0  # the escrow's epoch clock: the grace before a close, and again for its rule
+    closed_at_epoch: Mapping[int, int] = field(default_factory=dict)  # block of a JobClosed -> the escrow's epoch
 
     @property
     def domain(self) -> dict[str, Any]:
@@ -176,11 +178,16 @@ def collect(chain: Chain, deployment: Deployment, *, from_epoch: int = 0, to_blo
     balances = {token: int(read_at(chain, TokenClient(chain, token).contract.functions.balanceOf(escrow.address),
                                  head))
                 for token in sorted({job.token for job in jobs.values()})}
+    genesis, seconds, grace = read_at(chain, escrow.contract.functions.epochClock(), head)
+    closed_at_epoch = {}
+    for block in sorted({e.at.block for e in escrow_events if e.name == "JobClosed"}):
+        timestamp = int(chain.w3.eth.get_block(block)["timestamp"])
+        closed_at_epoch[block] = max(0, timestamp - int(genesis)) // int(seconds)  # as currentEpoch()
     return ChainRecord(deployment=deployment, chain_id=chain.chain_id, from_block=deployment.block, to_block=head,
                        oracle_registry=registry.address, escrow_events=escrow_events,
                        registry_events=registry_events, calls=calls, undecodable=undecodable, from_epoch=from_epoch,
                        jobs=jobs, settled_until=settled_until, roots=roots, totals_roots=totals_roots,
-                       balances=balances)
+                       balances=balances, close_grace_epochs=int(grace), closed_at_epoch=closed_at_epoch)
 
 
 def _events(chain: Chain, client: Any, names: Sequence[str], from_block: int, to_block: int,

@@ -130,7 +130,8 @@ def replay_jobs(record: ChainRecord) -> tuple[dict[int, JobAccount], list[Findin
         if "jobId" not in e.args:
             continue
         job_id = int(e.args["jobId"])
-        account, problems = apply_event(accounts.get(job_id), e, next_epoch)
+        account, problems = apply_event(accounts.get(job_id), e, next_epoch,
+                                        record.closed_at_epoch.get(e.at.block), record.close_grace_epochs)
         if account is not None:
             accounts[job_id] = account
         epoch = e.args.get("epoch")
@@ -138,10 +139,12 @@ def replay_jobs(record: ChainRecord) -> tuple[dict[int, JobAccount], list[Findin
     return accounts, findings
 
 
-def apply_event(account: JobAccount | None, e: ChainEvent, next_epoch: int = 0) -> tuple[JobAccount | None, list[str]]:
+def apply_event(account: JobAccount | None, e: ChainEvent, next_epoch: int = 0, closed_at: int | None = None,
+                grace: int = 0) -> tuple[JobAccount | None, list[str]]:
     """``account`` after event ``e``, and every rule the event's amounts break (JobEscrow's rules,
     re-derived: the contract enforces them, the audit does not take that on trust). ``next_epoch``:
-    1 + the newest epoch a report had landed for by then."""
+    1 + the newest epoch a report had landed for by then; ``closed_at``: for a ``JobClosed``, the
+    escrow's epoch at its block, and ``grace`` its close grace (epochs)."""
     a = e.args
     where = f"{e.name} at block {e.at.block}"
     if e.name == "JobCreated":
@@ -196,7 +199,10 @@ def apply_event(account: JobAccount | None, e: ChainEvent, next_epoch: int = 0) 
         if int(a["reclaimed"]) != account.locked:
             problems.append(f"{where}: returned {a['reclaimed']}, the unallocated remainder was {account.locked}")
         needed = min(next_epoch, account.start_epoch + account.epochs)  # the newest report covering it, + 1
-        if needed > account.start_epoch and account.settled_until < needed:
+        # required until a second grace period after the job became closable (``closed_at``: the
+        # escrow's epoch at the close; unknown, the rule is applied)
+        lapsed = closed_at is not None and closed_at >= account.start_epoch + account.epochs + 2 * grace
+        if needed > account.start_epoch and account.settled_until < needed and not lapsed:
             problems.append(f"{where}: closed on totals applied through epoch {account.settled_until - 1}; the "
                             f"report of epoch {needed - 1} covers the job and was not applied")
         new = replace(account, reclaimed=account.reclaimed + int(a["reclaimed"]), status=JobStatus.CLOSED)

@@ -186,7 +186,8 @@ contract JobEscrow is AccessControl, EIP712, ReentrancyGuardTransient, Multicall
     error JobEscrowEpochNotEnded(uint64 epoch, uint64 currentEpoch);
     /// @notice The proof does not prove the job's totals against the totals root of that epoch.
     error JobEscrowInvalidTotalsProof(uint256 jobId, uint64 epoch);
-    /// @notice A job cannot close before the totals of the newest report that covers it are applied.
+    /// @notice A job cannot close before the totals of the newest report that covers it are applied
+    /// (during the grace period after it became closable).
     error JobEscrowTotalsNotApplied(uint256 jobId, uint64 settledUntil, uint64 needed);
     /// @notice Applied totals would lower a cumulative total of the job.
     error JobEscrowAllocationDecreased(uint256 jobId);
@@ -415,17 +416,21 @@ contract JobEscrow is AccessControl, EIP712, ReentrancyGuardTransient, Multicall
     /// @notice Close a job once its last epoch plus the grace period is over, returning to the CSP
     /// whatever no report allocated and no scale-down returned yet (the outcome for epochs that never
     /// reached a quorum). Anyone may call. Every report from the job's start on carries its totals,
-    /// so the newest one that covers the job (up to its last epoch) must be applied first
-    /// (`applyTotals` in the same `multicall`): nobody can close a job on older totals and take
-    /// back pay that later reports assigned.
+    /// so for one more grace period the newest one that covers the job (up to its last epoch) must
+    /// be applied first (`applyTotals` in the same `multicall`): nobody can close a job on older
+    /// totals and take back pay that later reports assigned while its nodes can still claim it
+    /// (every claim applies its job's totals). After that second grace period the job closes on
+    /// the totals applied so far: a report that left the job out, or totals that can never apply,
+    /// cannot lock the CSP's remainder for good (SETTLEMENT.md: no report, the CSP takes it back).
     function closeJob(uint256 jobId) external nonReentrant {
         Job storage job = _requireJob(jobId);
         if (job.status != JobStatus.Active) revert JobEscrowJobNotActive(jobId, job.status);
         uint64 endEpoch = job.startEpoch + job.epochs;
         uint64 closableFrom = endEpoch + _closeGraceEpochs;
-        if (currentEpoch() < closableFrom) revert JobEscrowJobNotClosable(jobId, closableFrom);
+        uint64 current = currentEpoch();
+        if (current < closableFrom) revert JobEscrowJobNotClosable(jobId, closableFrom);
         uint64 needed = _nextEpoch < endEpoch ? _nextEpoch : endEpoch; // 1 + the newest epoch to cover
-        if (needed > job.startEpoch && _settledUntil[jobId] < needed) {
+        if (needed > job.startEpoch && _settledUntil[jobId] < needed && current < closableFrom + _closeGraceEpochs) {
             revert JobEscrowTotalsNotApplied(jobId, _settledUntil[jobId], needed);
         }
         uint128 remainder = job.deposited - job.reclaimed - job.allocRelease - job.allocRefund - job.allocBurn;

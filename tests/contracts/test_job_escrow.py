@@ -570,8 +570,8 @@ def test_close_needs_no_totals_when_no_report_covers_the_job(world: World) -> No
 
 
 def test_close_blocked_by_a_covering_report_without_the_job(world: World) -> None:
-    # Liveness relies on the oracles: a report covering the job must carry its totals leaf. An
-    # empty one (zero totals root) blocks the close until a later report does carry it.
+    # A report covering the job must carry its totals leaf. An empty one (zero totals root) blocks
+    # the close for a grace period, until a later report does carry it...
     job = world.new_job(epochs=1)
     s = world.escrow.get_job(job).start_epoch
     world.advance_to_epoch(s + 1 + GRACE_EPOCHS)
@@ -583,6 +583,26 @@ def test_close_blocked_by_a_covering_report_without_the_job(world: World) -> Non
     _, later = report(world, s + 1, job, {}, refund=2 * PRICE, apply=False)
     world.escrow.close_job(job, sender=world.outsider, totals=later)
     assert world.escrow.get_job(job).status == JobStatus.CLOSED
+    world.assert_conserved()
+
+
+def test_a_job_no_applicable_report_covers_closes_after_a_second_grace_period(world: World) -> None:
+    # ... and if none ever does (the oracles left it out, or stopped), the CSP gets the remainder
+    # back one more grace period later, on the totals applied so far: nothing is locked for good
+    job = world.new_job(epochs=1)
+    s = world.escrow.get_job(job).start_epoch
+    end = s + 1
+    world.advance_to_epoch(end + GRACE_EPOCHS)
+    world.post_report(s, {}, [])
+    world.advance_to_epoch(end + 2 * GRACE_EPOCHS - 1)
+    with pytest.raises(reverts.JobEscrowTotalsNotApplied):
+        world.escrow.close_job(job, sender=world.outsider)
+    world.advance_to_epoch(end + 2 * GRACE_EPOCHS)
+    deposited, before = world.escrow.get_job(job).deposited, world.token.balance_of(world.csp)
+    world.escrow.close_job(job, sender=world.outsider)
+    closed = world.escrow.get_job(job)
+    assert (closed.status, closed.reclaimed) == (JobStatus.CLOSED, deposited)
+    assert world.token.balance_of(world.csp) - before == deposited
     world.assert_conserved()
 
 

@@ -570,7 +570,8 @@ class EscrowMachine(RuleBasedStateMachine):
     def close_job(self, data: st.DataObject) -> None:
         """Anyone closes a job whose last epoch is over, often applying totals first in the same
         transaction: after the grace period, and once the newest report covering the job is applied
-        to it, it returns what no report allocated to the CSP; else it reverts."""
+        to it (or one more grace period later in any case), it returns what no report allocated to
+        the CSP; else it reverts."""
         w = self.world
         job_id = self.draw_job_id(data, self.ended)
         proofs = self.draw_proofs(data, [job_id])
@@ -590,7 +591,9 @@ class EscrowMachine(RuleBasedStateMachine):
             failure = (reverts.JobEscrowJobNotClosable, {"jobId": job_id, "closableFrom": job.closable_from})
         else:
             needed = min(self.next_epoch, job.end_epoch)  # 1 + the newest epoch a report covers of the job
-            if needed > job.start_epoch and job.settled_until < needed:
+            # required for one more grace period; after it the job closes on the totals applied so far
+            if needed > job.start_epoch and job.settled_until < needed \
+                    and self.epoch < job.closable_from + GRACE_EPOCHS:
                 failure = (reverts.JobEscrowTotalsNotApplied, {"jobId": job_id, "settledUntil": job.settled_until,
                                                                "needed": needed})
         if failure is not None:

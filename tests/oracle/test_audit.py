@@ -699,6 +699,13 @@ def test_a_close_on_totals_not_applied_is_caught(history: History, reports: dict
     ledger = [f.detail for f in report.errors if f.check is Check.LEDGER and f.job_id == c]
     assert any(f"report of epoch {s + 1} covers the job and was not applied" in d for d in ledger)
     assert any(f.check is Check.JOB_STATE and "settled_until: events give" in f.detail for f in report.errors)
+    # the escrow requires it only until a second grace period is over: a close after it is no finding
+    closed = next(e for e in record.escrow_events if e.name == "JobClosed" and int(e.args["jobId"]) == c)
+    job = record.jobs[c]
+    assert record.closed_at_epoch[closed.at.block] < job.start_epoch + job.epochs + 2 * record.close_grace_epochs
+    late = {**record.closed_at_epoch, closed.at.block: job.start_epoch + job.epochs + 2 * record.close_grace_epochs}
+    lapsed = check(replace(record, escrow_events=events, closed_at_epoch=late), published)
+    assert not [f for f in lapsed.errors if f.check is Check.LEDGER and f.job_id == c and "was not applied" in f.detail]
     history.assert_conserved()
 
 
