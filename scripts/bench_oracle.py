@@ -723,7 +723,7 @@ async def run_processes(world: World, args: argparse.Namespace, work: Path, star
                 for e in range(first, min(landed_to, last + 1)):
                     if e not in seen:
                         seen[e] = now
-                        log(started, f"epoch {e} ({e - first + 1}/{args.epochs}) on chain "
+                        log(started, f"epoch {e} ({e - first + 1}/{args.epochs}) landed or given up "
                                      f"{now - (genesis + (e + 1) * epoch_s):.2f} s after its end")
                 if last in seen:
                     break
@@ -743,13 +743,17 @@ def process_figures(world: World, run: ProcessRun) -> dict[str, Any]:
     """Finalization, rounds and gas of a processes run (``run_processes``)."""
     genesis, epoch_s = world.dep.genesis_time, world.dep.epoch_seconds
     reports = read_reports_in(run.report_dirs)
-    rows: list[dict[str, Any]] = [{"epoch": e, "landed": e in run.seen,
-             **({"finalization_s": round(run.seen[e] - (genesis + (e + 1) * epoch_s), 3)} if e in run.seen else {}),
-             "rounds": sorted({ev["rounds"] for ev in run.events if ev.get("epoch") == e and "rounds" in ev})}
-            for e in range(run.first_epoch, run.last_epoch + 1)]
     escrow = world.dep.escrow(world.chain)
     settled = [e for e in escrow.contract.events.EpochSettled().get_logs(from_block=world.dep.block)
                if run.first_epoch <= int(e["args"]["epoch"]) <= run.last_epoch]
+    # an epoch given up (no quorum) is passed by the next one's landing: only EpochSettled says it landed;
+    # one that landed did so when the chain's nextEpoch first passed it (reports land in order)
+    landed = {int(e["args"]["epoch"]) for e in settled}
+    rows: list[dict[str, Any]] = [
+        {"epoch": e, "landed": e in landed,
+         **({"finalization_s": round(run.seen[e] - (genesis + (e + 1) * epoch_s), 3)} if e in landed else {}),
+         "rounds": sorted({ev["rounds"] for ev in run.events if ev.get("epoch") == e and "rounds" in ev})}
+        for e in range(run.first_epoch, run.last_epoch + 1)]
     submit_gas = [int(world.chain.w3.eth.get_transaction_receipt(e["transactionHash"])["gasUsed"]) for e in settled]
     money = settle_money(world, run.jobs, sorted(p for d in run.report_dirs for p in d.glob("*.json")))
     in_window = {e: r for e, r in reports.items() if run.first_epoch <= e <= run.last_epoch}

@@ -1,6 +1,15 @@
-from contracts import JobTotals, totals_proofs
+"""A job settles and pays through the escrow, on anvil (the ``world`` fixture) and on the embedded
+chain (eth-tester: the contract tests run on anvil only, see ``conftest``)."""
 
-from .world import PRICE, World
+from __future__ import annotations
+
+from contracts import Chain, JobTotals, totals_proofs
+
+from .world import PRICE, World, build_world
+
+
+def test_job_settles_and_pays_on_the_embedded_chain() -> None:
+    test_job_settles_and_pays(build_world(Chain.embedded()))
 
 
 def test_job_settles_and_pays(world: World) -> None:

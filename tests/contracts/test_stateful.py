@@ -64,7 +64,7 @@ from contracts import (
 
 from .world import EPOCH_SECONDS, GRACE_EPOCHS, World
 
-# 12 examples of 28 steps: ~35-60 s per backend (eth-tester and anvil); a full check costs ~0.1 s.
+# 12 examples of 28 steps: ~35 s on anvil (the contract tests run there only); a full check costs ~0.1 s.
 SETTINGS = settings(max_examples=12, stateful_step_count=28, deadline=None)
 MAX_JOBS = 4  # per example: keeps the per-step conservation check (one getJob per job) cheap
 MAX_BLACKLISTED = 2  # blacklisting is final; keep most of the five licenses usable
