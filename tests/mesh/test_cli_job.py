@@ -6,6 +6,7 @@ through the node that does not run it; refusals by exit code and reason."""
 
 from __future__ import annotations
 
+import http.client
 import json
 import time
 import urllib.request
@@ -119,6 +120,15 @@ def run_cli(*args: str, as_json: bool = True) -> Result:
                               env={"DEEDMESH_KEY_PASSWORD": PASSWORD})
 
 
+def fetch(url: str) -> bytes:
+    """The body at ``url``, or b"" while nothing answers there properly yet."""
+    try:
+        with urllib.request.urlopen(url, timeout=5) as r:
+            return bytes(r.read())
+    except (OSError, http.client.HTTPException):
+        return b""
+
+
 MARKER = "a line from the container"
 # the example web app, printing one line at start: $GREETING is expanded by the container's shell
 LOGGING_COMMAND = f"""command: [sh, -c, 'echo "$GREETING: {MARKER}"; exec httpd -f -v -p 8080 -h /www']"""
@@ -180,8 +190,12 @@ def test_deploy_status_logs_and_stop_through_either_node_by_url_or_multiaddr(
             own = [c for c in seen_by(node)["claims"] if c["node"] == node.address]
             assert len(own) == 1
             assert own[0]["ports"].keys() == {"8080"}
-            with urllib.request.urlopen(f"http://127.0.0.1:{own[0]['ports']['8080']}/", timeout=5) as r:
-                assert b"hello" in r.read()
+            front = f"http://127.0.0.1:{own[0]['ports']['8080']}/"
+            # the front routes to the replica once its node has seen it healthy, a moment after it answers
+            def front_answers(url: str = front) -> bool:
+                return b"hello" in fetch(url)
+
+            wait_for(front_answers, 30, "the node's front answering")
             assert all(c["ports"] == {} for c in seen_by(node)["claims"] if c["node"] != node.address)
         # and job status from either node shows both replicas healthy (the example checks every 5 s)
         wait_for(lambda: [c["state"] for c in seen_by(nodes[1])["claims"]] == ["healthy", "healthy"], 30,
