@@ -352,7 +352,7 @@ def refund_round(chain: Chain, deployment: Deployment, csp: str, *, job_ids: Seq
     epoch = None if report is None else report.epoch
     due = plan_refunds(jobs)
     if not due:
-        hint = _NO_SOURCE if report is None else ""
+        hint = _NO_SOURCE if not (report_paths or oracles) else ""
         return DueOutcome(csp, note=f"nothing to refund: no refund is due on {_named(jobs, 'of ' + csp)}{hint}",
                           epoch=epoch, source=source)
     progress(f"taking the refunds of {len(due)} jobs")
@@ -380,7 +380,7 @@ def burn_round(chain: Chain, deployment: Deployment, sender: str, *, job_ids: Se
     epoch = None if report is None else report.epoch
     due = plan_burns(jobs)
     if not due:
-        hint = _NO_SOURCE if report is None else ""
+        hint = _NO_SOURCE if not (report_paths or oracles) else ""
         return DueOutcome(sender, note=f"nothing to burn: no burn is due on {_named(jobs, 'of the escrow')}{hint}",
                           epoch=epoch, source=source)
     progress(f"burning for {len(due)} jobs")
