@@ -11,9 +11,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from ._observe import compute_tenure_availability
-from ._report import EpochReport
-from ._settlement import compute_share_outcome, split_by_tenure
+from ._report import EpochReport, judge_epoch
 
 
 def read_reports(directories: Iterable[Path]) -> dict[int, EpochReport]:
@@ -49,29 +47,15 @@ class Withheld:
 
 def withheld_shares(report: EpochReport) -> list[Withheld]:
     """The shares ``report`` withheld from the nodes that held them (refunded to the CSP, neither
-    released nor burned), judged as ``build_report`` judges them."""
+    released nor burned), judged as ``build_report`` judges them (``judge_epoch``)."""
+    nodes = {n.node: n for n in report.inputs.nodes}
     epoch_ms = report.inputs.end_ms - report.inputs.start_ms
-    jobs = {j.job_id: j for j in report.inputs.jobs if j.is_active_in(report.epoch)}
-    standing = {n.node: n.standing for n in report.inputs.nodes}
-    slots: dict[tuple[int, int], dict[str, tuple[int, int]]] = {}
-    for job_id, replica, node, tenure_ms, alive_ms in report.tenure:
-        slots.setdefault((job_id, replica), {})[node] = (tenure_ms, alive_ms)
-    out = []
-    for (job_id, replica), holders in sorted(slots.items()):
-        job = jobs.get(job_id)
-        if job is None or replica >= job.replicas:
-            continue
-        shares, _ = split_by_tenure(job.price_per_node_epoch, {n: t for n, (t, _) in holders.items()}, epoch_ms)
-        for node, share in shares.items():
-            if node not in standing:  # no license: its share is the CSP's as unserved time, not withheld
-                continue
-            tenure_ms, alive_ms = holders[node]
-            availability = compute_tenure_availability(alive_ms, tenure_ms)
-            outcome = compute_share_outcome(share, availability, job.policy, standing[node])
-            if share and outcome.refund == share:
-                out.append(Withheld(report.epoch, job_id, replica, node, share, availability,
-                                    job.policy.release_threshold))
-    return out
+    return [Withheld(report.epoch, job.job_id, s.replica, s.node, s.share, s.availability,
+                     job.policy.release_threshold)
+            for job, _, judged in judge_epoch(report.epoch, report.inputs.jobs, report.tenure, nodes, epoch_ms)
+            for s in judged
+            # no license: the share is the CSP's like unserved time, not withheld from a node
+            if s.holder is not None and s.share and s.outcome.refund == s.share]
 
 
 def settled_money(reports: Mapping[int, EpochReport], deposited: Mapping[int, int]) -> dict[int, dict[str, int]]:

@@ -46,7 +46,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import defaultdict
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import groupby
 from typing import Any
@@ -93,7 +93,7 @@ from ._observation import (
 )
 from ._observe import TenureKey, compute_tenure_availability
 from ._report_errors import NotEnoughObservations, ObservationRejected, ReportError, ReportMismatch
-from ._settlement import Standing, compute_share_outcome, split_by_tenure
+from ._settlement import ShareOutcome, Standing, compute_share_outcome, split_by_tenure
 
 __all__ = [
     "EMPTY_ROOT",
@@ -426,12 +426,6 @@ def build_report(epoch: int, observations: Sequence[Observation], inputs: ChainI
     medians = aggregate(cited, threshold)
     epoch_ms = inputs.end_ms - inputs.start_ms
     nodes = {n.node: n for n in inputs.nodes}
-    slots: dict[tuple[int, int], dict[str, int]] = defaultdict(dict)
-    judged: dict[TenureKey, int] = {}  # availability during the tenure, 0-255
-    for job_id, replica, node, ms, alive_ms in medians.tenure:
-        slots[(job_id, replica)][node] = ms
-        judged[(job_id, replica, node)] = compute_tenure_availability(alive_ms, ms)
-
     # every job the inputs name (active on chain and started) has a totals leaf, zeros if nothing
     # was settled for it yet: the escrow closes a job only on the newest report's totals
     carried = {j: [r, f, b] for j, r, f, b in previous.totals} if previous else {}
@@ -439,25 +433,13 @@ def build_report(epoch: int, observations: Sequence[Observation], inputs: ChainI
                                     if job.status is JobStatus.ACTIVE and job.start_epoch <= epoch}
     pay: dict[tuple[int, int], int] = dict(previous.pay_of) if previous else {}
     settled: list[tuple[int, int, int, int]] = []
-    for job in inputs.jobs:
-        if not job.is_active_in(epoch):  # ended, not closed yet: its totals stand
-            continue
-        release = refund = burn = 0
-        for replica in range(job.replicas):
-            shares, unserved = split_by_tenure(job.price_per_node_epoch, slots.get((job.job_id, replica), {}),
-                                               epoch_ms)
-            refund += unserved
-            for node, share in shares.items():
-                holder = nodes.get(node)
-                if holder is None:  # no license: earns nothing, the CSP's
-                    refund += share
-                    continue
-                out = compute_share_outcome(share, judged[(job.job_id, replica, node)], job.policy,
-                                            holder.standing)
-                release, refund, burn = release + out.node, refund + out.refund, burn + out.burn
-                if out.node:
-                    key = (job.job_id, holder.license_id)
-                    pay[key] = pay.get(key, 0) + out.node
+    for job, unserved, judged in judge_epoch(epoch, inputs.jobs, medians.tenure, nodes, epoch_ms):
+        release, refund, burn = 0, unserved, 0
+        for s in judged:
+            release, refund, burn = release + s.outcome.node, refund + s.outcome.refund, burn + s.outcome.burn
+            if s.outcome.node and s.holder is not None:  # only a licensed holder earns
+                key = (job.job_id, s.holder.license_id)
+                pay[key] = pay.get(key, 0) + s.outcome.node
         settled.append((job.job_id, release, refund, burn))
         cumulative = totals[job.job_id]
         cumulative[0] += release
@@ -477,6 +459,45 @@ def build_report(epoch: int, observations: Sequence[Observation], inputs: ChainI
         totals_root="0x" + _totals_root(total_rows).hex())
     report.__dict__["_memo_tree"] = ((report.pay,), tree)  # built once (``memo``)
     return report
+
+
+@dataclass(frozen=True)
+class JudgedShare:
+    """One holder's share of a slot-epoch and where it goes (SETTLEMENT.md rules 1-3)."""
+
+    job: JobInput
+    replica: int
+    node: str
+    share: int
+    availability: int  # during its tenure, 0-255
+    holder: NodeInput | None  # None: no license, so the share is the CSP's (all of it refund)
+    outcome: ShareOutcome
+
+
+def judge_epoch(epoch: int, jobs: Iterable[JobInput], tenure: Iterable[TenureRow], nodes: Mapping[str, NodeInput],
+                epoch_ms: int) -> Iterator[tuple[JobInput, int, list[JudgedShare]]]:
+    """Each job active in ``epoch`` (ended ones, not closed yet, settle nothing more): the slot time
+    nobody served (the CSP's) and every holder's share judged by its availability during its tenure
+    and its standing (``build_report``'s docstring). ``tenure``: the agreed (median) entries."""
+    slots: dict[tuple[int, int], dict[str, int]] = defaultdict(dict)
+    available: dict[TenureKey, int] = {}  # availability during the tenure, 0-255
+    for job_id, replica, node, ms, alive_ms in tenure:
+        slots[(job_id, replica)][node] = ms
+        available[(job_id, replica, node)] = compute_tenure_availability(alive_ms, ms)
+    for job in jobs:
+        if not job.is_active_in(epoch):
+            continue
+        unserved_total, judged = 0, []
+        for replica in range(job.replicas):
+            shares, unserved = split_by_tenure(job.price_per_node_epoch, slots.get((job.job_id, replica), {}),
+                                               epoch_ms)
+            unserved_total += unserved
+            for node, share in shares.items():
+                holder, a = nodes.get(node), available[(job.job_id, replica, node)]
+                outcome = (ShareOutcome(node=0, refund=share, burn=0) if holder is None
+                           else compute_share_outcome(share, a, job.policy, holder.standing))
+                judged.append(JudgedShare(job, replica, node, share, a, holder, outcome))
+        yield job, unserved_total, judged
 
 
 _COMPARED = ("observations", "previous_id", "previous_epoch", "availability", "tenure", "settled", "totals", "pay",

@@ -50,7 +50,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -87,6 +87,7 @@ from mesh._scheduler import PlanMemo, assignment, step
 from mesh._submission import sign_submission
 from mesh._transport import SUBSCRIPTION_BUFFER, MemoryNetwork, Message, Transport
 from mesh._wire_capacity import Capacity, Resources
+from oracle._devnet_money import read_reports
 from oracle._inputs import read_inputs
 from oracle._report import (
     ChainInputs,
@@ -742,7 +743,7 @@ async def run_processes(world: World, args: argparse.Namespace, work: Path, star
 def process_figures(world: World, run: ProcessRun) -> dict[str, Any]:
     """Finalization, rounds and gas of a processes run (``run_processes``)."""
     genesis, epoch_s = world.dep.genesis_time, world.dep.epoch_seconds
-    reports = read_reports_in(run.report_dirs)
+    reports = read_reports(run.report_dirs)
     escrow = world.dep.escrow(world.chain)
     settled = [e for e in escrow.contract.events.EpochSettled().get_logs(from_block=world.dep.block)
                if run.first_epoch <= int(e["args"]["epoch"]) <= run.last_epoch]
@@ -768,15 +769,6 @@ def process_figures(world: World, run: ProcessRun) -> dict[str, Any]:
                         "nodes_process_cpu_share_of_one_core": run.nodes_cpu_share,
                         "window_s": round(run.window[1] - run.window[0], 1)},
             "epochs": rows}
-
-
-def read_reports_in(directories: Iterable[Path]) -> dict[int, EpochReport]:
-    out: dict[int, EpochReport] = {}
-    for d in directories:
-        for path in d.glob("*.json"):
-            report = EpochReport.model_validate_json(path.read_bytes())
-            out.setdefault(report.epoch, report)
-    return out
 
 
 # ------------------------------------------------------------------------------------- figures
