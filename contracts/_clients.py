@@ -6,16 +6,17 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from eth_abi import decode as abi_decode
 from eth_abi import encode as abi_encode
-from eth_utils import function_abi_to_4byte_selector, to_checksum_address
+from eth_utils import function_abi_to_4byte_selector
 from eth_utils.abi import get_abi_input_types, get_abi_output_types
 from web3.types import TxReceipt
 
 from . import _eip712
 from ._chain import Chain, ViewCall
+from ._keccak import to_checksum_address
 from ._types import (
     Claim,
     CspStatus,
@@ -44,18 +45,24 @@ class Event:
 
 class _Client:
     artifact = ""
+    # (artifact, function) -> (selector, input types, output types): the same for every instance
+    _abis: ClassVar[dict[tuple[str, str], tuple[bytes, list[str], list[str]]]] = {}
 
     def __init__(self, chain: Chain, address: str) -> None:
         self.chain = chain
         self.address = to_checksum_address(address)
         self.contract = chain.contract(self.artifact, self.address)
-        self._abis: dict[str, tuple[bytes, list[str], list[str]]] = {}
 
     def _tx(self, fn_name: str, *args: Any, sender: str) -> TxReceipt:
         return self.chain.transact(getattr(self.contract.functions, fn_name)(*args), sender)
 
     def _view(self, fn_name: str, *args: Any) -> Any:
         return self.chain.call(getattr(self.contract.functions, fn_name)(*args))
+
+    def _read(self, fn_name: str, *args: Any, then: Callable[[Any], Any] = lambda value: value) -> Any:
+        """A view that cannot revert, as a raw ``eth_call`` (``Chain.read_many``): ~1 ms of CPU
+        against ~5 ms through web3's pipeline, for the views oracles and nodes poll."""
+        return self.chain.read_many([self._prepare(fn_name, *args, then=then)])[0]
 
     def _prepare(self, fn_name: str, *args: Any, then: Callable[[Any], Any] = lambda value: value) -> ViewCall:
         """A view call for ``Chain.read_many``: its one return value (a struct as a tuple), then
@@ -67,14 +74,14 @@ class _Client:
                         lambda raw: then(abi_decode(outputs, raw)[0]))
 
     def _abi_of(self, fn_name: str) -> tuple[bytes, list[str], list[str]]:
-        found = self._abis.get(fn_name)
+        found = self._abis.get((self.artifact, fn_name))
         if found is None:
             entries = [e for e in self.contract.abi if e.get("type") == "function" and e.get("name") == fn_name]
             if len(entries) != 1:
                 raise ValueError(f"{self.artifact} has {len(entries)} functions named {fn_name}")
             entry = entries[0]
-            found = self._abis[fn_name] = (function_abi_to_4byte_selector(entry), get_abi_input_types(entry),
-                                           get_abi_output_types(entry))
+            found = self._abis[(self.artifact, fn_name)] = (
+                function_abi_to_4byte_selector(entry), get_abi_input_types(entry), get_abi_output_types(entry))
         return found
 
     def events(self, receipt: TxReceipt) -> list[Event]:
@@ -305,20 +312,20 @@ class JobEscrowClient(_Client):
 
     # -- views
     def current_epoch(self) -> Epoch:
-        return Epoch(self._view("currentEpoch"))
+        return Epoch(self._read("currentEpoch"))
 
     def epoch_clock(self) -> tuple[int, int, int]:
         genesis, seconds, grace = self._view("epochClock")
         return int(genesis), int(seconds), int(grace)
 
     def next_epoch(self) -> Epoch:
-        return Epoch(self._view("nextEpoch"))
+        return Epoch(self._read("nextEpoch"))
 
     def root_of(self, epoch: int) -> bytes:
-        return bytes(self._view("rootOf", epoch))
+        return bytes(self._read("rootOf", epoch))
 
     def totals_root_of(self, epoch: int) -> bytes:
-        return bytes(self._view("totalsRootOf", epoch))
+        return bytes(self._read("totalsRootOf", epoch))
 
     def settled_until(self, job_id: int) -> Epoch:
         """1 + the epoch whose totals were last applied to the job (0: none yet)."""
@@ -329,6 +336,9 @@ class JobEscrowClient(_Client):
 
     def last_job_id(self) -> int:
         return int(self._view("lastJobId"))
+
+    def last_job_id_call(self) -> ViewCall:
+        return self._prepare("lastJobId", then=int)
 
     def get_job(self, job_id: int) -> Job:
         return self.chain.read_many([self.job_call(job_id)])[0]  # type: ignore[no-any-return]

@@ -13,11 +13,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from eth_utils import to_checksum_address
-
 from ._chain import Chain
 from ._clients import JobEscrowClient, LicenseRegistryClient, OracleRegistryClient, TokenClient
 from ._errors import DeploymentError
+from ._keccak import to_checksum_address
 
 
 @dataclass(frozen=True)

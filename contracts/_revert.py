@@ -14,10 +14,11 @@ from functools import cache
 from typing import Any
 
 from eth_abi import decode as abi_decode
-from eth_utils import keccak, to_checksum_address
+from eth_utils import keccak
 
 from ._artifacts import artifact_names, load_artifact
 from ._errors import ContractRevert
+from ._keccak import to_checksum_address
 
 _BUILTIN_ERRORS: list[dict[str, Any]] = [
     {"type": "error", "name": "Error", "inputs": [{"name": "message", "type": "string"}]},

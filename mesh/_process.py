@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import trio
-from eth_utils import is_address, to_checksum_address
+from eth_utils import is_address
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve
 
@@ -34,6 +34,7 @@ from contracts import (
     JobEscrowClient,
     JobStatus,
     LicenseRegistryClient,
+    to_checksum_address,
 )
 
 from ._api import API_PROTOCOL, API_TIMEOUT_S, MAX_API_REQUEST_BYTES, NodeApi

@@ -13,21 +13,34 @@ from collections.abc import Iterable
 
 from contracts import Chain, Deployment, JobStatus, LicenseStatus
 
-from ._audit_chain import read_at
 from ._report import ChainInputs, JobInput, NodeInput, compute_replicas_at, standing_of
 
 
-class Scalings:
-    """The escrow's ``JobScaled`` events, read once: each call reads only the blocks it has not
-    read yet (a node that mines every second, or eth-tester, which scans logs in Python, makes a
-    scan from the deployment block cost more with every epoch). One per deployment and reader."""
+class InputsCache:
+    """What a reader of chain inputs keeps between epochs (one per deployment and reader):
+
+    - the escrow's epoch clock (immutable: read once);
+    - its ``JobScaled`` events, each call reading only the blocks not read yet (a node that mines
+      every second, or eth-tester, which scans logs in Python, makes a scan from the deployment
+      block cost more with every epoch);
+    - the jobs seen cancelled or closed, and at which block: those states are final, so a read at
+      that block or later skips them, and each epoch reads the open jobs, not every job ever made.
+    """
 
     def __init__(self, chain: Chain, deployment: Deployment) -> None:
         self._escrow = deployment.escrow(chain)
         self._read_to = deployment.block - 1
         self._rows: list[tuple[int, int, int, int, int]] = []  # (block, job, from epoch, previous, current)
+        self._clock: tuple[int, int, int] | None = None
+        self.ended: dict[int, int] = {}  # job id -> a block at which it was cancelled or closed
 
-    def at(self, block: int) -> dict[int, list[tuple[int, int, int]]]:
+    def clock(self) -> tuple[int, int, int]:
+        """(genesis, epoch seconds, close grace epochs) of the escrow."""
+        if self._clock is None:
+            self._clock = self._escrow.epoch_clock()
+        return self._clock
+
+    def scalings_at(self, block: int) -> dict[int, list[tuple[int, int, int]]]:
         """Job id -> its scalings (from epoch, previous, current) in blocks up to ``block``."""
         if block > self._read_to:
             for log in self._escrow.contract.events.JobScaled().get_logs(from_block=self._read_to + 1, to_block=block):
@@ -41,25 +54,34 @@ class Scalings:
                 scalings.setdefault(job_id, []).append((from_epoch, previous, current))
         return scalings
 
+    def open_at(self, block: int, last_job: int) -> list[int]:
+        """The job ids up to ``last_job`` not known to be cancelled or closed at ``block``."""
+        return [j for j in range(1, last_job + 1) if self.ended.get(j, block + 1) > block]
+
 
 def read_inputs(chain: Chain, deployment: Deployment, epoch: int, nodes: Iterable[str],
-                block: int | None = None, scalings: Scalings | None = None) -> ChainInputs:
+                block: int | None = None, cache: InputsCache | None = None) -> ChainInputs:
     """The inputs of ``epoch``'s report at ``block`` (default: the latest), for ``nodes``.
-    ``scalings``: the reader's ``Scalings`` kept between calls (default: read from the deployment)."""
+    ``cache``: the reader's ``InputsCache`` kept between calls (default: a new one)."""
     escrow, licenses = deployment.escrow(chain), deployment.licenses(chain)
+    cache = cache or InputsCache(chain, deployment)
     if block is None:
         block = chain.block_number()
     block_hash = "0x" + bytes(chain.w3.eth.get_block(block)["hash"]).hex()
-    genesis, seconds, _ = read_at(chain, escrow.contract.functions.epochClock(), block)
+    genesis, seconds, _ = cache.clock()
     start_ms, end_ms = (genesis + epoch * seconds) * 1000, (genesis + (epoch + 1) * seconds) * 1000
-    scaled = (scalings or Scalings(chain, deployment)).at(block)
-    # two trips (Chain.read_many at the block): every job and every node's license, then the
+    scaled = cache.scalings_at(block)
+    # two trips (Chain.read_many at the block): every open job and every node's license, then the
     # licenses' status; one call per view took ~2 s for 100 nodes and 50 jobs (BENCHMARKS.md)
     ordered = sorted({n.lower() for n in nodes})
-    last_job = int(read_at(chain, escrow.contract.functions.lastJobId(), block))
-    first = chain.read_many([escrow.job_call(j) for j in range(1, last_job + 1)]
+    last_job = int(chain.read_many([escrow.last_job_id_call()], block)[0])
+    job_ids = cache.open_at(block, last_job)
+    first = chain.read_many([escrow.job_call(j) for j in job_ids]
                             + [licenses.license_of_node_call(n) for n in ordered], block)
-    jobs_read, license_ids = first[:last_job], first[last_job:]
+    jobs_read, license_ids = first[:len(job_ids)], first[len(job_ids):]
+    for job in jobs_read:
+        if job.status in (JobStatus.CANCELLED, JobStatus.CLOSED):
+            cache.ended[job.job_id] = min(block, cache.ended.get(job.job_id, block))
     owned = [(n, int(lic)) for n, lic in zip(ordered, license_ids, strict=True) if lic]
     statuses = chain.read_many([licenses.status_call(lic) for _, lic in owned], block)
     jobs = [JobInput.from_job(job, compute_replicas_at(epoch, job.replicas, scaled.get(job.job_id, ())))

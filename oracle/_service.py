@@ -40,7 +40,7 @@ from eth_account import Account
 from contracts import Chain, ChainError, Deployment, recover, reverts, sign
 from mesh import ChainWorker, Message, Node, TaskStatus
 
-from ._inputs import Scalings, read_inputs
+from ._inputs import InputsCache, read_inputs
 from ._observe import compute_observation
 from ._report import (
     EpochReport,
@@ -137,7 +137,7 @@ class Oracle:
         self.address = Account.from_key(self.private_key).address
         self.domain = self.deployment.escrow(self.chain).domain()
         self.watcher = Watcher(self.node, self.clock, self.directory / "watch")
-        self.scalings = Scalings(self.chain, self.deployment)  # read once, kept (chain inputs)
+        self.inputs_cache = InputsCache(self.chain, self.deployment)  # kept between epochs
         self._landed_seen: set[int] = set()  # epochs whose EpochSettled we read, up to block _events_read_to
         self._events_read_to = self.deployment.block - 1
         self._set_read: tuple[float, frozenset[str], int] | None = None  # (when, oracles, threshold)
@@ -248,7 +248,7 @@ class Oracle:
         previous = await self._previous(epoch)
         nodes = {n for o in chosen for n, _ in o.availability} | {t[2] for o in chosen for t in o.tenure}
         phase("previous report")
-        inputs = await self.gate.run(read_inputs, self.chain, self.deployment, epoch, nodes, None, self.scalings)
+        inputs = await self.gate.run(read_inputs, self.chain, self.deployment, epoch, nodes, None, self.inputs_cache)
         phase("chain inputs")
         try:
             report = build_report(epoch, chosen, inputs, previous, threshold)
@@ -359,7 +359,7 @@ class Oracle:
             nodes = {n.node for n in report.inputs.nodes} | {n for n, _ in report.availability} \
                 | {t[2] for t in report.tenure}
             ours = await self.gate.run(read_inputs, self.chain, self.deployment, report.epoch, nodes,
-                                       report.inputs.block, self.scalings)
+                                       report.inputs.block, self.inputs_cache)
             if ours != report.inputs:
                 raise ReportError(f"chain inputs differ from the chain at the cited block {report.inputs.block}")
             if (objection := disagreement(report, self.observe(report.epoch))) is not None:

@@ -169,8 +169,8 @@ class Watcher:
         now = self._now_ms()
         epoch = self.clock.epoch_at(now)
         up, held = self.view()
-        self.dir.mkdir(parents=True, exist_ok=True)
         if epoch != self._epoch:
+            self.dir.mkdir(parents=True, exist_ok=True)
             carried = self._epoch is not None and self._last_at is not None and now - self._last_at <= GAP_MS
             if carried and self._epoch is not None and self._last_at is not None:
                 self._write(self._epoch, [{"at": now, "watching": True}])

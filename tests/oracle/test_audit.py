@@ -947,17 +947,31 @@ def test_inputs_at_a_block_the_chain_no_longer_serves_are_not_verified(history: 
     reports[full.epoch] = full.path
     block = full.report.inputs.block
     record, published = _record_and_published(history, reports)  # the latest block's state is served
-    eth = history.chain.w3.eth
-    served = eth.call
+    eth, provider = history.chain.w3.eth, history.chain.w3.provider
+    served, served_one, served_batch = eth.call, provider.make_request, getattr(provider, "make_batch_request", None)
     failure: list[Exception] = [ValueError({"code": -32000, "message": f"missing trie node {'ab' * 32}"})]
 
-    def pruned(transaction: Any, block_identifier: Any = None, *args: Any, **kwargs: Any) -> Any:
+    def gone(at: Any) -> bool:
         """A pruned node: the state of the blocks up to the cited one is gone."""
-        if isinstance(block_identifier, int) and block_identifier <= block:
+        number = int(at, 16) if isinstance(at, str) and at.startswith("0x") else at
+        return isinstance(number, int) and number <= block
+
+    def pruned(transaction: Any, block_identifier: Any = None, *args: Any, **kwargs: Any) -> Any:
+        if gone(block_identifier):
             raise failure[0]
         return served(transaction, block_identifier, *args, **kwargs)
 
+    def answer(method: Any, params: Any) -> Any:  # raw JSON-RPC (Chain.read_many on a URL), as a node answers
+        if method == "eth_call" and gone(params[1]):
+            if not isinstance(failure[0], ValueError):
+                raise failure[0]
+            return {"jsonrpc": "2.0", "id": 1, "error": failure[0].args[0]}
+        return served_one(method, params)
+
     monkeypatch.setattr(eth, "call", pruned)
+    monkeypatch.setattr(provider, "make_request", answer)
+    if served_batch is not None:
+        monkeypatch.setattr(provider, "make_batch_request", lambda requests: [answer(m, p) for m, p in requests])
     report = check(read_cited_inputs(history.chain, record, published), published)
     assert report.ok, [f.line for f in report.findings]  # not a discrepancy: the audit could not tell
     (unread,) = [line for line in report.not_verified if line != AMOUNTS_NOT_VERIFIED]
