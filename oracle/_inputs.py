@@ -24,8 +24,15 @@ class InputsCache:
       every second, or eth-tester, which scans logs in Python, makes a scan from the deployment
       block cost more with every epoch);
     - the jobs seen cancelled or closed, and at which block: those states are final, so a read at
-      that block or later skips them, and each epoch reads the open jobs, not every job ever made.
+      that block or later skips them, and each epoch reads the open jobs, not every job ever made;
+    - its last reads, per (epoch, block): a read for nodes that one of them covered is taken from
+      it (the state at a block does not change). An oracle reads its inputs as soon as it has
+      observed an epoch (``Oracle.prefetch``), so when the leader cites the same block, which a
+      chain that mines on demand or a slow one usually gives, neither the leader's build nor a
+      follower's check waits on the chain.
     """
+
+    KEPT_READS = 4
 
     def __init__(self, chain: Chain, deployment: Deployment) -> None:
         self._escrow = deployment.escrow(chain)
@@ -33,6 +40,20 @@ class InputsCache:
         self._rows: list[tuple[int, int, int, int, int]] = []  # (block, job, from epoch, previous, current)
         self._clock: tuple[int, int, int] | None = None
         self.ended: dict[int, int] = {}  # job id -> a block at which it was cancelled or closed
+        self._reads: dict[tuple[int, int], tuple[frozenset[str], ChainInputs]] = {}  # (epoch, block) ->
+
+    def recall(self, epoch: int, block: int, nodes: Iterable[str]) -> ChainInputs | None:
+        """A kept read of ``epoch``'s inputs at ``block`` narrowed to ``nodes`` (lower-case), if one covered them."""
+        kept = self._reads.get((epoch, block))
+        wanted = set(nodes)
+        if kept is None or not wanted <= kept[0]:
+            return None
+        return kept[1].model_copy(update={"nodes": tuple(n for n in kept[1].nodes if n.node in wanted)})
+
+    def remember(self, epoch: int, block: int, nodes: Iterable[str], inputs: ChainInputs) -> None:
+        self._reads[(epoch, block)] = (frozenset(nodes), inputs)
+        while len(self._reads) > self.KEPT_READS:
+            del self._reads[next(iter(self._reads))]
 
     def clock(self) -> tuple[int, int, int]:
         """(genesis, epoch seconds, close grace epochs) of the escrow."""
@@ -67,13 +88,15 @@ def read_inputs(chain: Chain, deployment: Deployment, epoch: int, nodes: Iterabl
     cache = cache or InputsCache(chain, deployment)
     if block is None:
         block = chain.block_number()
+    ordered = sorted({n.lower() for n in nodes})
+    if (kept := cache.recall(epoch, block, ordered)) is not None:
+        return kept
     block_hash = "0x" + bytes(chain.w3.eth.get_block(block)["hash"]).hex()
     genesis, seconds, _ = cache.clock()
     start_ms, end_ms = (genesis + epoch * seconds) * 1000, (genesis + (epoch + 1) * seconds) * 1000
     scaled = cache.scalings_at(block)
     # two trips (Chain.read_many at the block): every open job and every node's license, then the
     # licenses' status; one call per view took ~2 s for 100 nodes and 50 jobs (BENCHMARKS.md)
-    ordered = sorted({n.lower() for n in nodes})
     last_job = int(chain.read_many([escrow.last_job_id_call()], block)[0])
     job_ids = cache.open_at(block, last_job)
     first = chain.read_many([escrow.job_call(j) for j in job_ids]
@@ -89,6 +112,8 @@ def read_inputs(chain: Chain, deployment: Deployment, epoch: int, nodes: Iterabl
             if job.status is JobStatus.ACTIVE and job.start_epoch <= epoch]
     found = [NodeInput(node=n, license_id=lic, standing=standing_of(LicenseStatus(status)))
              for (n, lic), status in zip(owned, statuses, strict=True)]
-    return ChainInputs(block=block, block_hash=block_hash, start_ms=start_ms, end_ms=end_ms, jobs=tuple(jobs),
-                       nodes=tuple(found))
+    inputs = ChainInputs(block=block, block_hash=block_hash, start_ms=start_ms, end_ms=end_ms, jobs=tuple(jobs),
+                         nodes=tuple(found))
+    cache.remember(epoch, block, ordered, inputs)
+    return inputs
 

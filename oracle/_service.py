@@ -185,6 +185,24 @@ class Oracle:
         await trio.sleep(max(0.0, (end - self.node.now_ms()) / 1000))
         await self._oracle_set(max_age_s=0)  # meanwhile: a leader asks at once, a follower signs at once
         await trio.sleep(max(0.0, (end - self.node.now_ms()) / 1000 + self.config.settle_s))
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self.prefetch, epoch)
+            await self._agree(epoch)
+
+    async def prefetch(self, epoch: int) -> None:
+        """Read ``epoch``'s chain inputs for the nodes we observed, at the latest block, as soon as
+        we observed it: a leader citing that block (the usual case: ``InputsCache``) then builds,
+        and followers check, with no chain read of their own on the way."""
+        own = self.observe(epoch)
+        if own is None:
+            return
+        nodes = {n for n, _ in own.availability} | {t[2] for t in own.tenure}
+        try:
+            await self.gate.run(read_inputs, self.chain, self.deployment, epoch, nodes, None, self.inputs_cache)
+        except ChainError as exc:  # the leader's and followers' own reads will say it again, where it matters
+            log.debug("no early read of the chain inputs: %s", str(exc)[:200], extra={"epoch": epoch})
+
+    async def _agree(self, epoch: int) -> None:
         self.observe(epoch)
         round_ = 0
         while not await self._landed(epoch):
