@@ -178,6 +178,11 @@ class LicenseRegistryClient(_Client):
     def status_of(self, license_id: int) -> LicenseStatus:
         return LicenseStatus(self._view("statusOf", license_id))
 
+    def node_of_call(self, license_id: int) -> ViewCall:
+        """``node_of`` prepared for ``Chain.read_many`` (checksummed, None: no node linked)."""
+        return self._prepare("nodeOf", license_id,
+                             then=lambda node: None if int(node, 16) == 0 else to_checksum_address(node))
+
     def license_of_node_call(self, node: str) -> ViewCall:
         """``licenseOfNode`` prepared for ``Chain.read_many`` (0: none)."""
         return self._prepare("licenseOfNode", to_checksum_address(node), then=int)
@@ -204,6 +209,9 @@ class LicenseRegistryClient(_Client):
 
     def last_license_id(self) -> int:
         return int(self._view("lastLicenseId"))
+
+    def last_license_id_call(self) -> ViewCall:
+        return self._prepare("lastLicenseId", then=int)
 
 
 class OracleRegistryClient(_Client):

@@ -41,13 +41,17 @@ def fetch_oracles(oracles: OracleRegistryClient) -> frozenset[str]:
 
 
 def fetch_eligible(licenses: LicenseRegistryClient) -> frozenset[str]:
-    """Every node address linked to an active license (blocking; one pass over all licenses)."""
-    eligible = set()
-    for license_id in range(1, licenses.last_license_id() + 1):
-        node = licenses.node_of(license_id)
-        if node is not None and licenses.status_of(license_id) is LicenseStatus.ACTIVE:
-            eligible.add(node)
-    return frozenset(eligible)
+    """Every node address linked to an active license (blocking): two batched trips at one block
+    (``Chain.read_many``), every license's node, then the linked ones' status. Two web3 calls per
+    license took an oracle process 75 % of its time with 100 licenses (bench_oracle, processes)."""
+    chain = licenses.chain
+    block = chain.block_number()
+    ids = range(1, int(chain.read_many([licenses.last_license_id_call()], block)[0]) + 1)
+    nodes = chain.read_many([licenses.node_of_call(i) for i in ids], block)
+    linked = [(i, node) for i, node in zip(ids, nodes, strict=True) if node is not None]
+    statuses = chain.read_many([licenses.status_call(i) for i, _ in linked], block)
+    return frozenset(node for (_, node), status in zip(linked, statuses, strict=True)
+                     if status is LicenseStatus.ACTIVE)
 
 
 class LicenseView:

@@ -12,7 +12,8 @@ Each oracle runs a mesh participant of its own (``mesh.open_node`` with its regi
    registered oracles, complete, not equivocating), reads the chain inputs at the latest block
    (``_inputs.read_inputs``), builds the report (``build_report``, cumulative over the previous
    settled report) and asks every oracle to sign it. A follower signs only what it re-derives
-   itself (``verify_report``, and the inputs read again at the cited block) and that agrees with
+   itself (``verify_report``, and the inputs at the cited block: read as soon as it observed the
+   epoch, ``prefetch``, or again if the leader cites another block) and that agrees with
    what it saw itself (``disagreement``: colluders cannot finalize with honest signatures); with t signatures,
    its own included, the leader submits the root on chain. A round that has not landed within
    ``round_s`` gives way to the next leader in line, so a silent, slow or faulty leader costs one
