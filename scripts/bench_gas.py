@@ -14,7 +14,17 @@ Writes JSON (default benchmarks/gas.json):
   gas_per_node_epoch   per shape ("<jobs>x<replicas>": --jobs x --nodes/--jobs, and 50 x 2 on 100 nodes), the
                        gas per node-epoch over EPOCHS epochs of every report plus a keeper claiming every node's
                        pay every 1, 10 or EPOCHS epochs, BATCH claims per transaction, each transaction applying
-                       the totals of the jobs it claims from (once per round)
+                       the totals of the jobs it claims from (once per round). With one claim round
+                       (every EPOCHS) each claim pays first-time costs: the (job, license) claimed slot, the
+                       fresh owner's token balance, each job's first applyTotals. Hence also, from one run of
+                       2 x EPOCHS epochs claiming every EPOCHS epochs (jobs created for 2 x EPOCHS epochs):
+    every_<E>_first_window   reports of epochs 1..E + the first claim round (first-time writes), per
+                             node-epoch of that window (nodes x E): gas_per_node_epoch, reports_gas, claims_gas,
+                             reports_per_node_epoch, claim_transactions
+    every_<E>_steady_window  the same for reports of epochs E+1..2E + the second claim round, which rewrites
+                             nonzero slots (claimed amounts, owner balances, the jobs' applied totals)
+    claim_round_gas_first / claim_round_gas_steady   total gas of each claim round (claim transactions
+                             with the totals they apply); *_per_node: that divided by the nodes
 Usage: scripts/bench_gas.py [--out PATH] [--nodes N] [--jobs J] [--epochs E] [--batch B]
 """
 
@@ -29,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from eth_account import Account
+from eth_account.signers.local import LocalAccount
 
 from contracts import (
     Anvil,
@@ -39,6 +50,7 @@ from contracts import (
     JobId,
     JobParams,
     JobTotals,
+    LicenseId,
     MerkleTree,
     SettlementPolicy,
     TokenUnits,
@@ -54,7 +66,7 @@ PRICE = 1_000_000
 EPOCH_S = 100
 
 
-def _key(n: int) -> Account:
+def _key(n: int) -> LocalAccount:
     return Account.from_key((0xBE7C << 16 | n).to_bytes(32, "big"))
 
 
@@ -122,7 +134,7 @@ class Bench:
         return gas
 
     def claims(self, tree: MerkleTree, epoch: int, pay: dict[tuple[int, int], int]) -> list[Claim]:
-        return [Claim(JobId(j), lic, Epoch(epoch), TokenUnits(amt), tree.proof(release_leaf(j, lic, amt)))
+        return [Claim(JobId(j), LicenseId(lic), Epoch(epoch), TokenUnits(amt), tree.proof(release_leaf(j, lic, amt)))
                 for (j, lic), amt in pay.items()]
 
 
@@ -130,6 +142,7 @@ class Bench:
 class Run:
     report_gas: list[int]  # each report's
     claim_gas: list[int]  # each claim transaction's (with the totals it applies)
+    claim_rounds: list[list[int]]  # the same, grouped by claim round
     tree: MerkleTree  # of the last report
     pay: dict[tuple[int, int], int]
     totals: list[JobTotals]
@@ -146,6 +159,7 @@ def settle(bench: Bench, jobs: list[JobId], replicas: int, epochs: int, nodes: i
     start = bench.escrow.get_job(jobs[0]).start_epoch
     report_gas: list[int] = []
     claim_gas: list[int] = []
+    claim_rounds: list[list[int]] = []
     tree: MerkleTree | None = None
     pay: dict[tuple[int, int], int] = {}
     totals: list[JobTotals] = []
@@ -160,9 +174,10 @@ def settle(bench: Bench, jobs: list[JobId], replicas: int, epochs: int, nodes: i
         tree, gas = bench.report(epoch, pay, totals)
         report_gas.append(gas)
         if claim_every and (served % claim_every == 0 or served == epochs):
-            claim_gas.extend(bench.claim_round(tree, epoch, pay, totals, batch))
+            claim_rounds.append(bench.claim_round(tree, epoch, pay, totals, batch))
+            claim_gas.extend(claim_rounds[-1])
     assert tree is not None
-    return Run(report_gas, claim_gas, tree, pay, totals, start + epochs - 1)
+    return Run(report_gas, claim_gas, claim_rounds, tree, pay, totals, start + epochs - 1)
 
 
 def main() -> int:
@@ -270,6 +285,30 @@ def main() -> int:
                     "claim_transactions": len(run.claim_gas),
                 }
                 chain.revert_to(snap)
+            # first claim round vs a later one: 2 x EPOCHS epochs, claiming every EPOCHS epochs
+            epochs = args.epochs
+            chain = Chain.connect(node.url)
+            snap = chain.snapshot()
+            bench = Bench(chain, oracle_count=7, threshold=5, nodes=nodes)
+            jobs = bench.create_jobs(job_count, replicas, 2 * epochs)
+            run = settle(bench, jobs, replicas, 2 * epochs, nodes, claim_every=epochs, batch=args.batch)
+            assert len(run.report_gas) == 2 * epochs
+            assert len(run.claim_rounds) == 2
+            node_epochs = nodes * epochs
+            for w, kind in enumerate(("first", "steady")):
+                reports = sum(run.report_gas[w * epochs:(w + 1) * epochs])
+                claimed = sum(run.claim_rounds[w])
+                shape[f"every_{epochs}_{kind}_window"] = {
+                    "epochs": f"{w * epochs + 1}-{(w + 1) * epochs}",
+                    "reports_gas": reports,
+                    "claims_gas": claimed,  # including the totals each claim transaction applies
+                    "gas_per_node_epoch": round((reports + claimed) / node_epochs),
+                    "reports_per_node_epoch": round(reports / node_epochs),
+                    "claim_transactions": len(run.claim_rounds[w]),
+                }
+                shape[f"claim_round_gas_{kind}"] = claimed
+                shape[f"claim_round_gas_{kind}_per_node"] = round(claimed / nodes)
+            chain.revert_to(snap)
             per[f"{job_count}x{replicas}"] = shape
         result["gas_per_node_epoch"] = per
     result["seconds"] = round(time.perf_counter() - started, 1)
