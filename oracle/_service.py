@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -95,6 +95,11 @@ def disagreement(report: EpochReport, own: Observation | None) -> str | None:
         if any(abs(a - b) > slack for a, b in zip(agreed, seen, strict=False)):
             return f"tenure of {key}: agreed {agreed}, seen {seen}"
     return None
+
+
+def _nodes_named(rows: Iterable[Observation | EpochReport]) -> set[str]:
+    """Every node an observation or report gives an availability or a tenure row for."""
+    return {n for r in rows for n, _ in r.availability} | {t[2] for r in rows for t in r.tenure}
 
 
 def _signature_of(answer: dict[str, Any], message: dict[str, Any]) -> tuple[str, bytes] | None:
@@ -197,7 +202,7 @@ class Oracle:
         own = self.observe(epoch)
         if own is None:
             return
-        nodes = {n for n, _ in own.availability} | {t[2] for t in own.tenure}
+        nodes = _nodes_named([own])
         try:
             await self.gate.run(read_inputs, self.chain, self.deployment, epoch, nodes, None, self.inputs_cache)
         except ChainError as exc:  # the leader's and followers' own reads will say it again, where it matters
@@ -265,7 +270,7 @@ class Oracle:
         if len(chosen) < threshold:
             return f"{len(chosen)} usable observations, {threshold} needed"
         previous = await self._previous(epoch)
-        nodes = {n for o in chosen for n, _ in o.availability} | {t[2] for o in chosen for t in o.tenure}
+        nodes = _nodes_named(chosen)
         phase("previous report")
         inputs = await self.gate.run(read_inputs, self.chain, self.deployment, epoch, nodes, None, self.inputs_cache)
         phase("chain inputs")
@@ -375,8 +380,7 @@ class Oracle:
             report = EpochReport.model_validate_json(json.dumps(raw))
             oracles, threshold = await self._oracle_set()
             verify_report(report, self.domain, oracles, threshold, await self._previous(report.epoch))
-            nodes = {n.node for n in report.inputs.nodes} | {n for n, _ in report.availability} \
-                | {t[2] for t in report.tenure}
+            nodes = {n.node for n in report.inputs.nodes} | _nodes_named([report])
             ours = await self.gate.run(read_inputs, self.chain, self.deployment, report.epoch, nodes,
                                        report.inputs.block, self.inputs_cache)
             if ours != report.inputs:
