@@ -13,7 +13,7 @@ Writes JSON (default benchmarks/gas.json):
                        replicas (pulls from the CSP) or to 9 (refunds it and first writes its reclaimed amount)
   gas_per_node_epoch   per shape ("<jobs>x<replicas>": --jobs x --nodes/--jobs, and 50 x 2 on 100 nodes), the
                        gas per node-epoch over EPOCHS epochs of every report plus a keeper claiming every node's
-                       pay every 1, 10 or EPOCHS epochs, BATCH claims per transaction, each transaction applying
+                       pay every 1, 10, 24 or EPOCHS epochs, BATCH claims per transaction, each transaction applying
                        the totals of the jobs it claims from (once per round). With one claim round
                        (every EPOCHS) each claim pays first-time costs: the (job, license) claimed slot, the
                        fresh owner's token balance, each job's first applyTotals. Hence also, from one run of
@@ -185,7 +185,8 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/gas.json"))
     parser.add_argument("--nodes", type=int, default=1000, help="nodes of the first shape")
     parser.add_argument("--jobs", type=int, default=10, help="jobs of the first shape")
-    parser.add_argument("--epochs", type=int, default=24)
+    parser.add_argument("--epochs", type=int, default=30,
+                        help="epochs settled (the foundation issue's shape: 1,000 nodes over 30 epochs)")
     parser.add_argument("--batch", type=int, default=50)
     args = parser.parse_args()
     started = time.perf_counter()
@@ -263,13 +264,13 @@ def main() -> int:
         chain.revert_to(snap)
 
         # -- the whole settlement over EPOCHS epochs, t = 5 of 7, for two shapes, with a keeper
-        # claiming every node's pay every 1, 10 or EPOCHS epochs (and after the last report)
+        # claiming every node's pay every 1, 10, 24 or EPOCHS epochs (and after the last report)
         per: dict[str, object] = {}
         for nodes, job_count in ((args.nodes, args.jobs), (100, 50)):
             replicas = nodes // job_count
             shape: dict[str, object] = {"nodes": nodes, "jobs": job_count, "replicas": replicas,
                                         "epochs": args.epochs, "threshold": 5, "batch": args.batch}
-            for every in sorted({1, 10, args.epochs}):
+            for every in sorted({1, 10, 24, args.epochs}):
                 chain = Chain.connect(node.url)
                 snap = chain.snapshot()
                 bench = Bench(chain, oracle_count=7, threshold=5, nodes=nodes)
