@@ -66,9 +66,12 @@ class Chain:
     @classmethod
     def embedded(cls) -> Chain:
         """A fresh in-process eth-tester (py-evm) chain with 10 funded unlocked accounts."""
+        from eth_tester import EthereumTester, PyEVMBackend
         from web3 import EthereumTesterProvider
 
-        return cls(w3=Web3(EthereumTesterProvider()), kind=EMBEDDED, url=EMBEDDED)
+        # the backend named: eth-tester's default lookup resets the process's warning filters to
+        # "default" (every ResourceWarning and DeprecationWarning then printed at exit)
+        return cls(w3=Web3(EthereumTesterProvider(EthereumTester(PyEVMBackend()))), kind=EMBEDDED, url=EMBEDDED)
 
     @classmethod
     def connect(cls, url: str, *, timeout_s: float = 10.0) -> Chain:

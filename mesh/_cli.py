@@ -48,22 +48,44 @@ EXIT_CODES: dict[type[BaseException], int] = {
 }
 
 
+_RECORD_FIELDS = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
+
+
+def _extras(record: logging.LogRecord) -> dict[str, Any]:
+    """The ``extra`` fields a log call added (the epoch, the job, the error ...)."""
+    return {k: v for k, v in record.__dict__.items() if k not in _RECORD_FIELDS}
+
+
 class _JsonFormatter(logging.Formatter):
     """One JSON object per line: time, level, logger, message and any ``extra`` fields."""
-
-    _skip = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
 
     def format(self, record: logging.LogRecord) -> str:
         out: dict[str, Any] = {"ts": round(record.created, 3), "level": record.levelname.lower(),
                                "logger": record.name, "msg": record.getMessage()}
-        out.update({k: v for k, v in record.__dict__.items() if k not in self._skip})
+        out.update(_extras(record))
         return json.dumps(out, default=str)
+
+
+class _TextFormatter(logging.Formatter):
+    """``LEVEL logger: message key=value ...``: the ``extra`` fields too (a value with spaces,
+    quotes or ``=`` JSON-quoted), then any traceback."""
+
+    def __init__(self) -> None:
+        super().__init__("%(levelname)s %(name)s: %(message)s")
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        pairs = [f"{k}={_plain(v)}" for k, v in _extras(record).items()]
+        return " ".join([super().formatMessage(record), *pairs])
+
+
+def _plain(value: Any) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    return text if text and not any(c in text for c in ' "=\n') else json.dumps(text)
 
 
 def _configure_logging(level: str, fmt: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
-    text = logging.Formatter("%(levelname)s %(name)s: %(message)s")
-    handler.setFormatter(_JsonFormatter() if fmt == "json" else text)
+    handler.setFormatter(_JsonFormatter() if fmt == "json" else _TextFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

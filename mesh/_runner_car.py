@@ -522,6 +522,11 @@ class CarRunner:
             container.remove(force=True)
         except NotFound:
             pass  # already gone: removal is what we wanted
+        except APIError as exc:
+            # another remover got there first (a released replica's front and the reconciler, at
+            # shutdown): the engine finishes that removal
+            if exc.status_code != 409 or "already in progress" not in str(exc.explanation):
+                raise
 
     def _create_and_start(self, request: ContainerRequest, name: str, restarts: int) -> str:
         try:

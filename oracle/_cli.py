@@ -125,6 +125,10 @@ def _print_summary(console: Console, s: dict[str, Any]) -> None:
     for epoch, root in s["settled"]:
         epochs.add_row(str(epoch), root)
     console.print(epochs)
+    if s["no_quorum"] or s["passed_over"]:
+        console.print(f"epochs with no root: {', '.join(map(str, sorted({*s['no_quorum'], *s['passed_over']})))} "
+                      "(no quorum, or a later epoch landed first: oracles abstain from an epoch they "
+                      "came up in; a job epoch among them would stay locked)")
     money = Table("job", "kind", "name", "replicas", "epochs", "deposited", "released", "refunded", "burned",
                   "locked", "result", title="the jobs' money")
     for j in s["jobs"]:

@@ -48,7 +48,8 @@ def run_command(keystore: Path, password_file: Path | None, rpc: str, deployment
     /deedmesh/oracle/1: nodes claim with them, auditors check them).
 
     Prints one JSON line {"event": "ready", "addrs": [...], ...} when up, then one line per epoch:
-    {"event": "settled", "epoch": ..., "root": ...} or {"event": "no-quorum", ...}.
+    {"event": "settled", "epoch": ..., "root": ...}, {"event": "no-quorum", ...} (given up) or
+    {"event": "passed-over", ...} (a later epoch landed first: no root of its own).
     """
     password = resolve_password(password_file=password_file)
     if password is None:

@@ -1,7 +1,7 @@
 """``deedmesh devnet --processes``: every node and oracle as its own OS process, as a real
 deployment runs them: ``deedmesh node run`` and ``deedmesh oracle run`` against a JSON-RPC chain
 (anvil by default), each with a keystore in the work directory, read by the JSON lines they print
-(``ready``; the oracles' ``settled`` and ``no-quorum``). The devnet drives them as it drives its
+(``ready``; the oracles' ``settled``, ``no-quorum`` and ``passed-over``). The devnet drives them as it drives its
 in-process ones (``_devnet.drive``); a killed node is sent SIGKILL, and every process is stopped
 by the handle it was started with.
 """

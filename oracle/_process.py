@@ -5,8 +5,9 @@ one trio nursery.
 When up it prints one JSON line on stdout, ``{"event": "ready", "address", "peer_id", "addrs",
 "directory"}``, then one line per epoch it saw through: ``{"event": "settled", "epoch", "root",
 "rounds", "led"}`` once the epoch's root is on chain (``led``: the outcomes of the rounds this
-oracle led), or ``{"event": "no-quorum", ...}`` when it gave the epoch up (SETTLEMENT.md: its
-amounts stay locked). Supervisors and tests read these lines.
+oracle led), ``{"event": "no-quorum", ...}`` when it gave the epoch up, or ``{"event":
+"passed-over", ...}`` when a later epoch's root landed before this one had any (either way
+SETTLEMENT.md: its amounts stay locked). Supervisors and tests read these lines.
 
 The work directory keeps the watch logs (observations survive a restart: an oracle restarted
 mid-epoch observes what it saw and says so) and the settled reports, content-addressed.

@@ -134,9 +134,10 @@ class Oracle:
     config: OracleConfig = OracleConfig()
     observations: dict[int, Observation] = field(default_factory=dict)  # epoch -> ours
     reports: dict[int, EpochReport] = field(default_factory=dict)  # epoch -> the settled report we hold
-    settled: set[int] = field(default_factory=set)  # epochs whose root we saw on chain
+    settled: set[int] = field(default_factory=set)  # epochs the chain is past (landed, or passed over)
     led: list[tuple[int, int, str]] = field(default_factory=list)  # (epoch, round, outcome) of rounds we led
-    # told each epoch's outcome: {"event": "settled", "epoch", "root", "rounds"} or {"event": "no-quorum", ...}
+    # told each epoch's outcome: {"event": "settled", "epoch", "root", "rounds"}, {"event": "no-quorum", ...}
+    # (we gave it up) or {"event": "passed-over", ...} (a later epoch landed before it: it has no root)
     on_event: Callable[[dict[str, Any]], None] = lambda _: None
 
     def __post_init__(self) -> None:
@@ -232,7 +233,14 @@ class Oracle:
                 self.led.append((epoch, round_, "the round's time ran out"))
                 log.info("led a round: its time ran out", extra={"epoch": epoch, "round": round_})
             round_ += 1
-        root = await self._keep_settled(epoch)
+        root = await self.gate.run(self.deployment.escrow(self.chain).root_of, epoch)
+        if not any(root):
+            # a later epoch's report landed first (reports may skip epochs): this one has no root
+            # of its own; like an epoch given up, its amounts stay locked (SETTLEMENT.md)
+            log.info("a later epoch landed first; this one has no root", extra={"epoch": epoch})
+            self.on_event({"event": "passed-over", "epoch": epoch, "rounds": round_})
+            return
+        await self._keep_settled(epoch, root)
         self.on_event({"event": "settled", "epoch": epoch, "rounds": round_, "root": "0x" + root.hex(),
                        "led": [outcome for e, _, outcome in self.led if e == epoch]})
 
@@ -437,14 +445,12 @@ class Oracle:
         await self.gate.run(read)
         return self._landed_seen
 
-    async def _keep_settled(self, epoch: int) -> bytes:
-        """Hold the report that landed for ``epoch`` (another leader's, if ours did not land); its root."""
-        root = await self.gate.run(self.deployment.escrow(self.chain).root_of, epoch)
+    async def _keep_settled(self, epoch: int, root: bytes) -> None:
+        """Hold the report that landed for ``epoch`` with ``root`` (another leader's, if ours did not land)."""
         held = self.reports.get(epoch)
         if held is None or held.root_bytes != root:
             self.reports.pop(epoch, None)
             await self._fetch(epoch)
-        return root
 
     async def _fetch(self, epoch: int) -> EpochReport | None:
         """A settled report we do not hold, from any oracle that does (checked against the chain)."""

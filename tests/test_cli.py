@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -40,6 +41,13 @@ def test_devnet_settles_the_jobs_epochs_through_its_oracles_and_the_audit_balanc
     settled = {epoch: root for epoch, root in summary["settled"]}
     assert {first, last} <= set(settled)  # both of the jobs' epochs, by the oracles' agreement
     assert summary["epochs_settled"] == len(settled) >= 2
+    assert all(int(root, 16) for root in settled.values())  # settled means a root of its own on chain
+    # every epoch the oracles saw through is accounted for: landed, given up, or passed over by a
+    # later one (before the jobs, while the oracles came up); none of the jobs' epochs lacks a root
+    rootless = set(summary["no_quorum"]) | set(summary["passed_over"])
+    assert not rootless & set(settled)
+    assert set(range(min([*settled, *rootless]), last + 1)) <= set(settled) | rootless
+    assert not rootless & {first, last}
     for j in summary["jobs"]:
         assert j["locked"] == 0
         assert j["deposited"] == j["released"] + j["refunded"] + j["burned"] + j["locked"]
@@ -106,3 +114,18 @@ def test_chain_deploy_to_anvil_writes_a_usable_record(anvil_url: str, tmp_path: 
     dep.check_chain(chain)
     assert dep.oracles(chain).threshold() == 2
     assert dep.escrow(chain).is_token_allowed(dep.token)
+
+
+def test_text_log_lines_carry_their_extra_fields() -> None:
+    from mesh._cli import _TextFormatter
+
+    def line(msg: str, **extra: object) -> str:
+        record = logging.LogRecord("deedmesh.oracle", logging.WARNING, __file__, 1, msg, None, None)
+        record.__dict__.update(extra)
+        return _TextFormatter().format(record)
+
+    assert line("no quorum for an epoch") == "WARNING deedmesh.oracle: no quorum for an epoch"
+    assert line("no quorum for an epoch", epoch=3, rounds=2) == \
+        "WARNING deedmesh.oracle: no quorum for an epoch epoch=3 rounds=2"
+    quoted = line("reconcile failed", error='engine said "no" (x=1)')
+    assert quoted == 'WARNING deedmesh.oracle: reconcile failed error="engine said \\"no\\" (x=1)"'

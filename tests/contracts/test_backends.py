@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 
 import pytest
 
@@ -55,3 +56,12 @@ def test_embedded_time_travel_and_snapshots() -> None:
     chain.revert_to(snap)
     assert chain.block_number() == start
     assert chain.now() == before
+
+
+def test_the_embedded_chain_leaves_the_warning_filters_alone() -> None:
+    # eth-tester's default backend lookup resets them to "default": a CLI then printed every
+    # unclosed socket as a ResourceWarning at exit
+    before = list(warnings.filters)
+    chain = Chain.embedded()
+    assert chain.chain_id > 0
+    assert list(warnings.filters) == before

@@ -12,6 +12,7 @@ from typing import TypeVar
 
 import docker
 import pytest
+import requests
 
 from mesh._engine import EngineUnavailable, connect_engine, list_engine_candidates, read_url_file
 from mesh._runner_car import (
@@ -253,3 +254,25 @@ def test_request_rejects_reserved_labels_and_hashes_its_spec() -> None:
     assert a.ports == (PortMapping(80, "tcp", None),)
     assert a.spec_hash() == ContainerRequest(job_id=1, replica=0, image="x", env={"A": "1"}, ports=a.ports).spec_hash()
     assert a.spec_hash() != ContainerRequest(job_id=1, replica=0, image="x", env={"A": "2"}).spec_hash()
+
+
+class _Removing:
+    """A container the engine answers 409 about on removal (the engine's own words)."""
+
+    status = "exited"
+
+    def __init__(self, explanation: str) -> None:
+        self.explanation = explanation
+
+    def remove(self, force: bool) -> None:
+        answer = requests.Response()
+        answer.status_code = 409
+        raise docker.errors.APIError("409 Client Error: Conflict", response=answer, explanation=self.explanation)
+
+
+def test_a_removal_already_in_progress_counts_as_removed_and_other_conflicts_raise(runner: CarRunner) -> None:
+    # two removers of one container at shutdown (a released replica's front and the reconciler):
+    # the second is told the first's removal is under way, which is what it wanted
+    runner._remove(_Removing("removal of container 07c4 is already in progress"), 1)  # type: ignore[arg-type]
+    with pytest.raises(docker.errors.APIError, match="unpause it first"):
+        runner._remove(_Removing("container 07c4 is paused, unpause it first"), 1)  # type: ignore[arg-type]
