@@ -86,6 +86,7 @@ def _plain(value: Any) -> str:
 def _configure_logging(level: str, fmt: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_JsonFormatter() if fmt == "json" else _TextFormatter())
+    handler.setLevel(level.upper())  # records propagated from libraries' loggers skip the root's level
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

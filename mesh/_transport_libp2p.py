@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
@@ -64,6 +65,11 @@ from ._sync import PROTOCOL as SYNC_PROTOCOL
 from ._transport import DIRECT, SUBSCRIPTION_BUFFER, Handler, Message, Validator
 
 log = logging.getLogger("deedmesh.transport")
+# py-libp2p, when imported without LIBP2P_DEBUG, detaches its loggers (no handler, no propagation):
+# its warnings then reach stderr through logging's last-resort handler, bare, and break the
+# one-JSON-object-per-line logs of --log-format json. They go through the process's handlers.
+if not os.environ.get("LIBP2P_DEBUG"):
+    logging.getLogger("libp2p").propagate = True
 READ_CHUNK = 1 << 16  # a sync stream is read in chunks this big: one read usually holds a whole frame
 
 

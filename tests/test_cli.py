@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -129,3 +130,17 @@ def test_text_log_lines_carry_their_extra_fields() -> None:
         "WARNING deedmesh.oracle: no quorum for an epoch epoch=3 rounds=2"
     quoted = line("reconcile failed", error='engine said "no" (x=1)')
     assert quoted == 'WARNING deedmesh.oracle: reconcile failed error="engine said \\"no\\" (x=1)"'
+
+
+def test_libp2p_records_go_through_the_chosen_format_and_level() -> None:
+    # py-libp2p detaches its loggers on import; bare lines on stderr broke --log-format json
+    script = ("from mesh._cli import _configure_logging; _configure_logging('error', 'json'); "
+              "import logging, mesh._transport_libp2p; "
+              "logging.getLogger('libp2p.host.basic_host').warning('below the level'); "
+              "logging.getLogger('libp2p.host.basic_host').error('Failed to open stream')")
+    env = {k: v for k, v in os.environ.items() if k != "LIBP2P_DEBUG"}
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, env=env,
+                         check=True)
+    lines = [json.loads(line) for line in out.stderr.splitlines()]
+    assert [(r["level"], r["logger"], r["msg"]) for r in lines] == \
+        [("error", "libp2p.host.basic_host", "Failed to open stream")]
