@@ -216,8 +216,14 @@ class Oracle:
             oracles, threshold = await self._oracle_set()
             if round_ >= len(oracles) or self.clock.epoch_at(self.node.now_ms()) > epoch + 1:
                 # every oracle led a round, or the next epoch ended meanwhile: no quorum for this
-                # one; its amounts stay locked (SETTLEMENT.md) and the agreement moves on
-                log.warning("no quorum for an epoch; it stays locked", extra={"epoch": epoch, "rounds": round_})
+                # one; its amounts stay locked (SETTLEMENT.md) and the agreement moves on. Expected
+                # (info) when we watched too little of it ourselves: the epoch we came up in
+                own = self.observe(epoch)
+                watched = own is not None and own.complete
+                log.log(logging.WARNING if watched else logging.INFO,
+                        "no quorum for an epoch; it stays locked" if watched else
+                        "no quorum for an epoch we watched too little of ourselves; it stays locked",
+                        extra={"epoch": epoch, "rounds": round_})
                 self.on_event({"event": "no-quorum", "epoch": epoch, "rounds": round_})
                 return
             leading = leader(epoch, round_, oracles).lower() == self.address.lower()

@@ -12,7 +12,10 @@ mid-epoch) run on real libp2p, on the embedded chain and on anvil, in test_settl
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
+
+import pytest
 
 from oracle._report import Observation
 
@@ -46,7 +49,7 @@ async def test_a_lying_oracle_changes_no_amount(tmp_path: Path) -> None:
     world.assert_conserved()
 
 
-async def test_two_colluding_oracles_of_four_cannot_finalize(tmp_path: Path) -> None:
+async def test_two_colluding_oracles_of_four_cannot_finalize(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     async with settled_by(tmp_path, [Recorded, Recorded, Refuser, Refuser]) as setting:
         target = setting.start_epoch
         honest = setting.oracles[:2]
@@ -56,6 +59,10 @@ async def test_two_colluding_oracles_of_four_cannot_finalize(tmp_path: Path) -> 
         await until(lambda: all(target in o.finished for o in honest), deadline,
                     "both honest oracles are done with the job's first epoch")
         assert [o.finished[target] for o in honest] == [False, False]  # given up, not landed
+        # said as a warning: they watched the epoch whole (it is not the one they came up in)
+        gave_up = [r for r in caplog.records if r.levelno == logging.WARNING and getattr(r, "epoch", None) == target
+                   and r.getMessage() == "no quorum for an epoch; it stays locked"]
+        assert len(gave_up) >= 2
         assert not await setting.landed(target)
     outcomes = [outcome for o in setting.oracles for e, _, outcome in o.led if e == target]
     assert outcomes
