@@ -259,6 +259,7 @@ async def serve_node(identity: NodeIdentity, settings: NodeSettings, token_file:
             config = HypercornConfig()
             config.bind = [f"{settings.api_host}:{settings.api_port}"]
             config.accesslog = None
+            config.errorlog = logging.getLogger("deedmesh.api")  # our handlers and format, not its own
             await nursery.start(partial(serve, api, config, shutdown_trigger=trio.sleep_forever))  # type: ignore[arg-type]
             on_ready({"event": "ready", "address": identity.address, "peer_id": peer_id_of(identity),
                       "api": f"http://{settings.api_host}:{settings.api_port}", "addrs": transport.addrs(),

@@ -72,11 +72,12 @@ def start_node(tmp: Path, n: int, ident: NodeIdentity, rpc: str, record: Path, b
     if n == 0:
         lines += [f'key = "{key.name}"', f'rpc = "{rpc}"', f'deployment = "{record.name}"',
                   f"api_port = {api_port or free_port()}", f"bootstrap = {json.dumps(bootstrap)}", 'tags = ["edge"]']
-        args = [DEEDMESH, "node", "run", "--config", str(config)]
+        args = [DEEDMESH, "--log-format", "json", "node", "run", "--config", str(config)]
     else:
         contracts = (["--license-registry", json.loads(record.read_text())["license_registry"]] if n == 2
                      else ["--deployment", str(record)])
-        args = [DEEDMESH, "node", "run", "--config", str(config), "--key", str(key), "--rpc", rpc, *contracts,
+        args = [DEEDMESH, "--log-format", "json", "node", "run", "--config", str(config), "--key", str(key),
+                "--rpc", rpc, *contracts,
                 "--api-port", str(api_port or free_port())]
         for b in bootstrap:
             args += ["--bootstrap", b]
@@ -125,6 +126,11 @@ def test_five_processes_gate_ban_freeze_kill_and_rejoin(tmp_path: Path) -> None:
         finally:
             for node in nodes:
                 stop(node)
+    # structured logs: every line a node wrote on stderr is one JSON object (the API server's and
+    # py-libp2p's lines included, which used to come out in their own formats)
+    for log_file in sorted(tmp_path.glob("node*.log")):
+        for line in log_file.read_text().splitlines():
+            assert isinstance(json.loads(line), dict), (log_file.name, line)
 
 
 def run_scenario(tmp: Path, nodes: list[NodeProcess], idents: list[NodeIdentity], rpc: str, record: Path,
