@@ -14,10 +14,12 @@ Writes JSON (default benchmarks/gas.json):
   gas_per_node_epoch   per shape ("<jobs>x<replicas>": --jobs x --nodes/--jobs, and 50 x 2 on 100 nodes), the
                        gas per node-epoch over EPOCHS epochs of every report plus a keeper claiming every node's
                        pay every 1, 10, 24 or EPOCHS epochs, BATCH claims per transaction, each transaction applying
-                       the totals of the jobs it claims from (once per round). With one claim round
-                       (every EPOCHS) each claim pays first-time costs: the (job, license) claimed slot, the
-                       fresh owner's token balance, each job's first applyTotals. Hence also, from one run of
-                       2 x EPOCHS epochs claiming every EPOCHS epochs (jobs created for 2 x EPOCHS epochs):
+                       the totals of the jobs it claims from (once per round), then executing the jobs'
+                       burns and taking the CSP's refunds (one transaction each per round; in claims_gas).
+                       With one claim round (every EPOCHS) each claim pays first-time costs: the (job,
+                       license) claimed slot, the fresh owner's token balance, each job's first applyTotals.
+                       Hence also, from one run of 2 x EPOCHS epochs claiming every EPOCHS epochs (jobs
+                       created for 2 x EPOCHS epochs):
     every_<E>_first_window   reports of epochs 1..E + the first claim round (first-time writes), per
                              node-epoch of that window (nodes x E): gas_per_node_epoch, reports_gas, claims_gas,
                              reports_per_node_epoch, claim_transactions
@@ -120,7 +122,9 @@ class Bench:
                     batch: int) -> list[int]:
         """A keeper claims every leaf of the report of ``epoch``, ``batch`` per transaction; each
         transaction applies, in the same call, the totals of the jobs no earlier one of the round
-        applied. Returns each transaction's gas."""
+        applied. Then the keeper executes the jobs' burns and the CSP takes their refunds (one
+        transaction each, every job of the round: the money settled, not only the nodes' pay).
+        Returns each transaction's gas."""
         claims = self.claims(tree, epoch, pay)
         claims.sort(key=lambda c: (c.job_id, c.license_id))
         applied: set[int] = set()
@@ -131,6 +135,9 @@ class Bench:
             applied.update(fresh)
             proofs = totals_proofs(epoch, totals, fresh) if fresh else []
             gas.append(int(self.escrow.claim(chunk, sender=self.keeper, totals=proofs)["gasUsed"]))
+        jobs = sorted(applied)
+        gas.append(int(self.escrow.execute_burn(jobs, sender=self.keeper)["gasUsed"]))
+        gas.append(int(self.escrow.take_refund(jobs, sender=self.csp)["gasUsed"]))
         return gas
 
     def claims(self, tree: MerkleTree, epoch: int, pay: dict[tuple[int, int], int]) -> list[Claim]:
@@ -270,7 +277,7 @@ def main() -> int:
             replicas = nodes // job_count
             shape: dict[str, object] = {"nodes": nodes, "jobs": job_count, "replicas": replicas,
                                         "epochs": args.epochs, "threshold": 5, "batch": args.batch}
-            for every in sorted({1, 10, 24, args.epochs}):
+            for every in sorted({c for c in (1, 10, 24) if c < args.epochs} | {args.epochs}):
                 chain = Chain.connect(node.url)
                 snap = chain.snapshot()
                 bench = Bench(chain, oracle_count=7, threshold=5, nodes=nodes)
@@ -280,10 +287,10 @@ def main() -> int:
                 node_epochs = nodes * args.epochs
                 shape[f"claim_every_{every}"] = {
                     "reports_gas": reports,
-                    "claims_gas": claimed,  # including the totals each claim transaction applies
+                    "claims_gas": claimed,  # with the totals each claim transaction applies, the burns and refunds
                     "gas_per_node_epoch": round((reports + claimed) / node_epochs),
                     "reports_per_node_epoch": round(reports / node_epochs),
-                    "claim_transactions": len(run.claim_gas),
+                    "claim_transactions": len(run.claim_gas),  # with one burn and one refund per round
                 }
                 chain.revert_to(snap)
             # first claim round vs a later one: 2 x EPOCHS epochs, claiming every EPOCHS epochs
@@ -302,7 +309,7 @@ def main() -> int:
                 shape[f"every_{epochs}_{kind}_window"] = {
                     "epochs": f"{w * epochs + 1}-{(w + 1) * epochs}",
                     "reports_gas": reports,
-                    "claims_gas": claimed,  # including the totals each claim transaction applies
+                    "claims_gas": claimed,  # with the totals each claim transaction applies, the burns and refunds
                     "gas_per_node_epoch": round((reports + claimed) / node_epochs),
                     "reports_per_node_epoch": round(reports / node_epochs),
                     "claim_transactions": len(run.claim_rounds[w]),
