@@ -94,3 +94,11 @@ class RequestRefused(MeshError):
         super().__init__(f"{via} answered {status} {reason}: {message}")
         self.status = status
         self.reason = reason
+
+
+def first_leaf(error: BaseException) -> BaseException:
+    """The first error inside ``error``'s (nested) exception groups, or ``error`` itself: what a log
+    line names when a nursery's task failed (trio wraps it in a group on its way out)."""
+    while isinstance(error, BaseExceptionGroup) and error.exceptions:
+        error = error.exceptions[0]
+    return error

@@ -36,6 +36,7 @@ from typing import Any, Generic, TypeVar
 import trio
 from docker.errors import DockerException
 
+from ._errors import first_leaf
 from ._git import GitError
 from ._jobspec import CarJob, CommandHealth, HttpHealth, TcpHealth, WarJob, revision_of
 from ._keyed_tasks import KeyedTasks
@@ -494,9 +495,13 @@ class FrontedSupervisor(Generic[SpecT, R]):
         return gone
 
     async def _run_one(self, war: R) -> None:
+        stopped = False
         try:
             await war.run()
-        except (DockerException, OSError, CarRunnerError) as exc:  # the engine or the disk failed
+        except* (DockerException, OSError, CarRunnerError) as group:  # the engine or the disk failed
+            # (out of the replica's nursery: in a group) a node outlives its engine going away
             log.warning("a replica stopped on an error; it starts over",
-                        extra=war._extra(error=str(exc)[:500], retry_s=RETRY_S))
+                        extra=war._extra(error=str(first_leaf(group))[:500], retry_s=RETRY_S))
+            stopped = True
+        if stopped:  # waited out here: a cancel while waiting must not come out inside a group
             await trio.sleep(RETRY_S)

@@ -36,7 +36,7 @@ from docker.errors import DockerException
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ._chaindist import MAX_OUTPUT_BYTES, ShardBook, result_digest, shard_input
-from ._errors import TransportError
+from ._errors import TransportError, first_leaf
 from ._jobspec import ChainDistJob
 from ._keyed_tasks import KeyedTasks
 from ._membership import PeerState
@@ -364,11 +364,15 @@ class ChainDistSupervisor:
         return ChainDistRun(self.node, self.worker, job_id, spec, self.work_dir, on_change=self.on_change)
 
     async def _run_one(self, run: ChainDistRun) -> None:
+        stopped = False
         try:
             await run.run()
-        except (DockerException, OSError, CarRunnerError) as exc:  # the engine or the disk failed
+        except* (DockerException, OSError, CarRunnerError) as group:  # the engine or the disk failed
+            # (out of the run's nursery: in a group) a node outlives its engine going away
             log.warning("a ChainDist run stopped on an error; it starts over",
-                        extra={"job": run.job_id, "error": str(exc)[:500], "retry_s": RETRY_S})
+                        extra={"job": run.job_id, "error": str(first_leaf(group))[:500], "retry_s": RETRY_S})
+            stopped = True
+        if stopped:
             await trio.sleep(RETRY_S)
             return  # forgotten, then started again (KeyedTasks)
         await trio.sleep_forever()  # held, finished: its result is shown until the job goes

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import trio
+from docker.errors import DockerException
 from eth_account.signers.local import LocalAccount
 
 from contracts import (
@@ -429,11 +430,17 @@ async def remove_containers(nodes: list[str], progress: Callable[[str], object])
         return [(runner, c.container_id) for runner in (CarRunner(client, n) for n in nodes)
                 for c in runner.list_managed()]
 
-    with trio.move_on_after(20):
-        while await trio.to_thread.run_sync(leftovers):  # noqa: ASYNC110 (the engine has no event to wait on)
-            await trio.sleep(0.5)
-    for runner, container in await trio.to_thread.run_sync(leftovers):
-        await trio.to_thread.run_sync(runner.remove, container)
+    try:
+        with trio.move_on_after(20):
+            while await trio.to_thread.run_sync(leftovers):  # noqa: ASYNC110 (the engine has no event to wait on)
+                await trio.sleep(0.5)
+        for runner, container in await trio.to_thread.run_sync(leftovers):
+            await trio.to_thread.run_sync(runner.remove, container)
+    except (EngineUnavailable, DockerException, OSError) as exc:
+        # the engine went away during the run: the settlement and the audit are done, and its
+        # containers (if it comes back) carry the nodes' labels; the summary still prints
+        log.warning("could not remove the jobs' containers: the engine does not answer",
+                    extra={"error": str(exc)[:300]})
 
 
 def run_devnet(chain: Chain, shape: DevnetShape, new_key: Callable[[], LocalAccount], work: Path,
