@@ -123,10 +123,10 @@ def _print_summary(console: Console, s: dict[str, Any]) -> None:
                       f"replica {k['replica']} {moved}; {s['reallocations']} reallocation(s) seen by the mesh")
     epochs = Table("epoch", "root on chain", title="epochs settled by the oracles")
     for epoch, root in s["settled"]:
-        epochs.add_row(str(epoch), root)
+        epochs.add_row(str(epoch), root if int(root, 16) else f"{root[:18]}… (no node pay yet)")
     console.print(epochs)
     if s["no_quorum"] or s["passed_over"]:
-        console.print(f"epochs with no root: {', '.join(map(str, sorted({*s['no_quorum'], *s['passed_over']})))} "
+        console.print(f"epochs with no report: {', '.join(map(str, sorted({*s['no_quorum'], *s['passed_over']})))} "
                       "(no quorum, or a later epoch landed first: oracles abstain from an epoch they "
                       "came up in; a job epoch among them would stay locked)")
     money = Table("job", "kind", "name", "replicas", "epochs", "deposited", "released", "refunded", "burned",

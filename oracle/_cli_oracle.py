@@ -49,7 +49,7 @@ def run_command(keystore: Path, password_file: Path | None, rpc: str, deployment
 
     Prints one JSON line {"event": "ready", "addrs": [...], ...} when up, then one line per epoch:
     {"event": "settled", "epoch": ..., "root": ...}, {"event": "no-quorum", ...} (given up) or
-    {"event": "passed-over", ...} (a later epoch landed first: no root of its own).
+    {"event": "passed-over", ...} (a later epoch landed first: no report of its own).
     """
     password = resolve_password(password_file=password_file)
     if password is None:

@@ -291,7 +291,7 @@ async def drive(setup: Setup, shape: DevnetShape, work: Path, worker: ChainWorke
         # given up by an oracle, and landed by none (one may give up while another still lands it)
         "no_quorum": sorted({e["epoch"] for e in setup.events if e["event"] == "no-quorum"}
                             - {e["epoch"] for e in setup.events if e["event"] == "settled"}),
-        # no root of their own: a later epoch landed first (before the jobs: oracles that came up
+        # no report of their own: a later epoch landed first (before the jobs: oracles that came up
         # mid-epoch abstain from it); a job epoch here would stay locked (SETTLEMENT.md)
         "passed_over": sorted({e["epoch"] for e in setup.events if e["event"] == "passed-over"}
                               - {e["epoch"] for e in setup.events if e["event"] == "settled"}),

@@ -6,7 +6,7 @@ When up it prints one JSON line on stdout, ``{"event": "ready", "address", "peer
 "directory"}``, then one line per epoch it saw through: ``{"event": "settled", "epoch", "root",
 "rounds", "led"}`` once the epoch's root is on chain (``led``: the outcomes of the rounds this
 oracle led), ``{"event": "no-quorum", ...}`` when it gave the epoch up, or ``{"event":
-"passed-over", ...}`` when a later epoch's root landed before this one had any (either way
+"passed-over", ...}`` when a later epoch's report landed before this one had any (either way
 SETTLEMENT.md: its amounts stay locked). Supervisors and tests read these lines.
 
 The work directory keeps the watch logs (observations survive a restart: an oracle restarted

@@ -137,7 +137,7 @@ class Oracle:
     settled: set[int] = field(default_factory=set)  # epochs the chain is past (landed, or passed over)
     led: list[tuple[int, int, str]] = field(default_factory=list)  # (epoch, round, outcome) of rounds we led
     # told each epoch's outcome: {"event": "settled", "epoch", "root", "rounds"}, {"event": "no-quorum", ...}
-    # (we gave it up) or {"event": "passed-over", ...} (a later epoch landed before it: it has no root)
+    # (we gave it up) or {"event": "passed-over", ...} (a later epoch landed before it: no report of its own)
     on_event: Callable[[dict[str, Any]], None] = lambda _: None
 
     def __post_init__(self) -> None:
@@ -239,13 +239,14 @@ class Oracle:
                 self.led.append((epoch, round_, "the round's time ran out"))
                 log.info("led a round: its time ran out", extra={"epoch": epoch, "round": round_})
             round_ += 1
-        root = await self.gate.run(self.deployment.escrow(self.chain).root_of, epoch)
-        if not any(root):
-            # a later epoch's report landed first (reports may skip epochs): this one has no root
-            # of its own; like an epoch given up, its amounts stay locked (SETTLEMENT.md)
-            log.info("a later epoch landed first; this one has no root", extra={"epoch": epoch})
+        if epoch not in await self._landed_epochs():
+            # a later epoch's report landed first (reports may skip epochs): this one has no report
+            # of its own; like an epoch given up, its amounts stay locked (SETTLEMENT.md). (Its root
+            # cannot tell: a report with no node pay lands with a zero root too.)
+            log.info("a later epoch landed first; this one has no report", extra={"epoch": epoch})
             self.on_event({"event": "passed-over", "epoch": epoch, "rounds": round_})
             return
+        root = await self.gate.run(self.deployment.escrow(self.chain).root_of, epoch)
         await self._keep_settled(epoch, root)
         self.on_event({"event": "settled", "epoch": epoch, "rounds": round_, "root": "0x" + root.hex(),
                        "led": [outcome for e, _, outcome in self.led if e == epoch]})

@@ -42,9 +42,10 @@ def test_devnet_settles_the_jobs_epochs_through_its_oracles_and_the_audit_balanc
     settled = {epoch: root for epoch, root in summary["settled"]}
     assert {first, last} <= set(settled)  # both of the jobs' epochs, by the oracles' agreement
     assert summary["epochs_settled"] == len(settled) >= 2
-    assert all(int(root, 16) for root in settled.values())  # settled means a root of its own on chain
+    assert int(settled[first], 16) > 0  # the jobs' epochs have node pay: a root
+    assert int(settled[last], 16) > 0
     # every epoch the oracles saw through is accounted for: landed, given up, or passed over by a
-    # later one (before the jobs, while the oracles came up); none of the jobs' epochs lacks a root
+    # later one (before the jobs, while the oracles came up); none of the jobs' epochs lacks a report
     rootless = set(summary["no_quorum"]) | set(summary["passed_over"])
     assert not rootless & set(settled)
     assert set(range(min([*settled, *rootless]), last + 1)) <= set(settled) | rootless
