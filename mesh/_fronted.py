@@ -36,10 +36,9 @@ from typing import Any, Generic, TypeVar
 import trio
 from docker.errors import DockerException
 
-from ._errors import first_leaf
 from ._git import GitError
 from ._jobspec import CarJob, CommandHealth, HttpHealth, TcpHealth, WarJob, revision_of
-from ._keyed_tasks import KeyedTasks
+from ._keyed_tasks import KeyedTasks, stopped_on
 from ._port_front import PortFront
 from ._reconciler import ADOPT_GRACE_S
 from ._runner_car import CarRunnerError, ContainerRequest, ContainerStatus, HealthCheck, ImageUnavailable
@@ -495,13 +494,8 @@ class FrontedSupervisor(Generic[SpecT, R]):
         return gone
 
     async def _run_one(self, war: R) -> None:
-        stopped = False
-        try:
-            await war.run()
-        except* (DockerException, OSError, CarRunnerError) as group:  # the engine or the disk failed
-            # (out of the replica's nursery: in a group) a node outlives its engine going away
+        def say(error: BaseException) -> None:  # the engine or the disk failed: a node outlives it
             log.warning("a replica stopped on an error; it starts over",
-                        extra=war._extra(error=str(first_leaf(group))[:500], retry_s=RETRY_S))
-            stopped = True
-        if stopped:  # waited out here: a cancel while waiting must not come out inside a group
-            await trio.sleep(RETRY_S)
+                        extra=war._extra(error=str(error)[:500], retry_s=RETRY_S))
+
+        await stopped_on((DockerException, OSError, CarRunnerError), war.run, say, RETRY_S)

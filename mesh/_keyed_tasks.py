@@ -4,6 +4,7 @@
 every plan). ``run`` starts a task for each new key, cancels the task of a key no longer wanted,
 and hands a key's new spec to ``on_update``, or, if that refuses it, starts the key over. A task
 that ends on its own (an error) is forgotten, so the next ``want`` or ``retry`` starts it again.
+``stopped_on`` is how a task's body ends on an error it outlives (the engine or the disk failing).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Generic, TypeVar
 
 import trio
 
+from ._errors import first_leaf
 from ._trio_types import TaskStatus
 
 K = TypeVar("K")
@@ -64,3 +66,21 @@ class KeyedTasks(Generic[K, S, W]):
         if not scope.cancel_called and self.items.get(key, (None,))[0] is item:
             del self.items[key]  # it ended on its own: started again at the next wake
             self._wake.set()
+
+
+async def stopped_on(errors: tuple[type[Exception], ...], run: Callable[[], Awaitable[None]],
+                     say: Callable[[BaseException], None], retry_s: float) -> bool:
+    """Run ``run``; if it stops on one of ``errors``, ``say`` the first of them, wait ``retry_s``
+    and return True (the task then ends and ``KeyedTasks`` starts it over); False if it ended on
+    its own. ``run`` usually holds a nursery, out of which its error comes inside an exception
+    group: matched with ``except*``, and waited out after it, so that a cancel while waiting does
+    not come out inside a group."""
+    stopped = False
+    try:
+        await run()
+    except* errors as group:
+        say(first_leaf(group))
+        stopped = True
+    if stopped:
+        await trio.sleep(retry_s)
+    return stopped

@@ -36,9 +36,9 @@ from docker.errors import DockerException
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ._chaindist import MAX_OUTPUT_BYTES, ShardBook, result_digest, shard_input
-from ._errors import TransportError, first_leaf
+from ._errors import TransportError
 from ._jobspec import ChainDistJob
-from ._keyed_tasks import KeyedTasks
+from ._keyed_tasks import KeyedTasks, stopped_on
 from ._membership import PeerState
 from ._node import Node
 from ._runner_car import CarRunner, CarRunnerError, ContainerRequest, Mount
@@ -364,15 +364,10 @@ class ChainDistSupervisor:
         return ChainDistRun(self.node, self.worker, job_id, spec, self.work_dir, on_change=self.on_change)
 
     async def _run_one(self, run: ChainDistRun) -> None:
-        stopped = False
-        try:
-            await run.run()
-        except* (DockerException, OSError, CarRunnerError) as group:  # the engine or the disk failed
-            # (out of the run's nursery: in a group) a node outlives its engine going away
+        def say(error: BaseException) -> None:  # the engine or the disk failed: a node outlives it
             log.warning("a ChainDist run stopped on an error; it starts over",
-                        extra={"job": run.job_id, "error": str(first_leaf(group))[:500], "retry_s": RETRY_S})
-            stopped = True
-        if stopped:
-            await trio.sleep(RETRY_S)
+                        extra={"job": run.job_id, "error": str(error)[:500], "retry_s": RETRY_S})
+
+        if await stopped_on((DockerException, OSError, CarRunnerError), run.run, say, RETRY_S):
             return  # forgotten, then started again (KeyedTasks)
         await trio.sleep_forever()  # held, finished: its result is shown until the job goes

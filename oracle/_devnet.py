@@ -289,12 +289,10 @@ async def drive(setup: Setup, shape: DevnetShape, work: Path, worker: ChainWorke
         "api": [r["api"] for r in ready],
         "settled": sorted({(e["epoch"], e["root"]) for e in setup.events if e["event"] == "settled"}),
         # given up by an oracle, and landed by none (one may give up while another still lands it)
-        "no_quorum": sorted({e["epoch"] for e in setup.events if e["event"] == "no-quorum"}
-                            - {e["epoch"] for e in setup.events if e["event"] == "settled"}),
+        "no_quorum": sorted(_epochs(setup.events, "no-quorum") - _epochs(setup.events, "settled")),
         # no report of their own: a later epoch landed first (before the jobs: oracles that came up
         # mid-epoch abstain from it); a job epoch here would stay locked (SETTLEMENT.md)
-        "passed_over": sorted({e["epoch"] for e in setup.events if e["event"] == "passed-over"}
-                              - {e["epoch"] for e in setup.events if e["event"] == "settled"}),
+        "passed_over": sorted(_epochs(setup.events, "passed-over") - _epochs(setup.events, "settled")),
         "claimed": claimed.as_json(), "refunded": refunded.as_json(), "burned": burned.as_json(),
         "audit": {"balanced": audited.ok and AMOUNTS_NOT_VERIFIED not in audited.not_verified,
                   "discrepancies": [f.line for f in audited.errors],
@@ -362,6 +360,11 @@ def example_specs(work: Path, engine: bool) -> list[JobSpec]:
         text = text.replace(fixed, here)
     (work / "war-site.yaml").write_text(text)
     return [*specs, load_spec(work / "war-site.yaml"), load_spec(EXAMPLES / "chaindist-primes.yaml")]
+
+
+def _epochs(events: list[dict[str, Any]], outcome: str) -> set[int]:
+    """The epochs some oracle said ``outcome`` of (``settled``, ``no-quorum``, ``passed-over``)."""
+    return {e["epoch"] for e in events if e["event"] == outcome}
 
 
 def get_json(api: str, path: str) -> Any:
